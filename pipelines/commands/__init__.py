@@ -1,0 +1,1 @@
+"""One module per `loyalty-etl` sub-command. Each defines `register(subparsers)`; keep them thin."""

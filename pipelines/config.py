@@ -1,0 +1,172 @@
+"""Typed settings, resolved the dlt way: environment variables, then `.dlt/secrets.toml`, then `.dlt/config.toml`.
+
+`SOURCES__CARECLOUD__BASE_URL`, `SOURCES__CARECLOUD__CREDENTIALS__LOGIN`, `DESTINATION__DUCKDB__CREDENTIALS`, ...
+override the files. Every secret resolved here is registered for redaction before anything can log it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pendulum
+
+from pipelines.logs import register_secret
+
+DEFAULT_WAREHOUSE = "warehouse/loyalty_warehouse.duckdb"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message says which and how to fix it."""
+
+
+def _get(key: str, default: Any = None, kind: type | None = None) -> Any:
+    import dlt
+
+    value = dlt.config.get(key, kind) if kind else dlt.config.get(key)
+    return default if value is None or value == "" else value
+
+
+def _secret(key: str) -> str:
+    import dlt
+
+    value = dlt.secrets.get(key)
+    value = "" if value is None else str(value)
+    register_secret(value)
+    return value
+
+
+def parse_duration(text: str | int | float) -> pendulum.Duration:
+    """`3d`, `10m`, `6h`, `90s`, `1w` or a number of seconds."""
+    if isinstance(text, (int, float)):
+        return pendulum.duration(seconds=float(text))
+    s = str(text).strip().lower()
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+    try:
+        if s[-1] in units:
+            return pendulum.duration(**{units[s[-1]]: float(s[:-1])})
+        return pendulum.duration(seconds=float(s))
+    except (ValueError, IndexError):
+        raise ConfigError(f"invalid duration {text!r}: use e.g. 3d, 10m, 6h, 90s") from None
+
+
+def parse_instant(text: str | Any, name: str = "instant") -> pendulum.DateTime:
+    """An ISO 8601 instant; without an offset it is taken as UTC."""
+    if isinstance(text, pendulum.DateTime):
+        return text.in_timezone("UTC")
+    try:
+        value = pendulum.parse(str(text), tz="UTC")
+    except Exception:
+        raise ConfigError(f"invalid {name} {text!r}: use ISO 8601, e.g. 2026-01-31T00:00:00+00:00") from None
+    if not isinstance(value, pendulum.DateTime):
+        raise ConfigError(f"invalid {name} {text!r}: expected a date and time")
+    return value.in_timezone("UTC")
+
+
+def check_base_url(url: str, name: str, allow_insecure: bool) -> str:
+    """Refuse plain http:// to anything but loopback unless explicitly allowed: credentials would cross the
+    network in clear text."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError(f"{name} base_url {url!r} is not an http(s) URL")
+    if parsed.scheme == "http" and not allow_insecure:
+        host = parsed.hostname
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ConfigError(
+                f"{name} base_url uses plain http:// to a non-loopback host ({host}); credentials would travel "
+                "unencrypted. Use https://, or set [loyalty] allow_insecure_http = true if you really mean it."
+            )
+    return url.rstrip("/")
+
+
+@dataclass
+class SourceSettings:
+    name: str
+    base_url: str
+    customers: str
+    initial_start: pendulum.DateTime
+    rate_limit: float
+    concurrency: int
+    max_attempts: int
+    lookback: pendulum.Duration
+    safety_lag: pendulum.Duration
+    credentials: dict[str, str] = field(repr=False, default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Settings:
+    carecloud: SourceSettings
+    capillary: SourceSettings
+    warehouse: Path
+    allow_insecure_http: bool
+    alert_command: str
+    alert_webhook: str
+
+    @property
+    def pipelines_dir(self) -> Path:
+        return self.warehouse.parent / ".dlt-pipelines"
+
+    def source(self, name: str) -> SourceSettings:
+        return {"carecloud": self.carecloud, "capillary": self.capillary}[name]
+
+
+def warehouse_path() -> Path:
+    """The DuckDB file every part of the project uses (pipeline, dbt, dashboard, status)."""
+    raw = str(_get("destination.duckdb.credentials", DEFAULT_WAREHOUSE))
+    if raw.startswith("duckdb:///"):
+        raw = raw[len("duckdb:///"):]
+    path = Path(raw).expanduser()
+    return path if path.is_absolute() else (Path.cwd() / path)
+
+
+def _source(name: str, defaults: dict[str, Any], secret_keys: list[str], extra_keys: dict[str, Any],
+            allow_insecure: bool) -> SourceSettings:
+    sec = f"sources.{name}"
+    base_url = str(_get(f"{sec}.base_url", defaults.get("base_url", "")))
+    return SourceSettings(
+        name=name,
+        base_url=check_base_url(base_url, name, allow_insecure),
+        customers=str(_get(f"{sec}.customers", f"customers/{name}.csv")),
+        initial_start=parse_instant(_get(f"{sec}.initial_start", "2024-01-01T00:00:00+00:00"), "initial_start"),
+        rate_limit=float(_get(f"{sec}.rate_limit", defaults.get("rate_limit", 20.0))),
+        concurrency=int(_get(f"{sec}.concurrency", 16)),
+        max_attempts=int(_get(f"{sec}.max_attempts", 6)),
+        lookback=parse_duration(_get(f"{sec}.lookback", "3d")),
+        safety_lag=parse_duration(_get(f"{sec}.safety_lag", "10m")),
+        credentials={k: _secret(f"{sec}.credentials.{k}") for k in secret_keys},
+        extra={k: _get(f"{sec}.{k}", v) for k, v in extra_keys.items()},
+    )
+
+
+def load_settings() -> Settings:
+    allow_insecure = bool(_get("loyalty.allow_insecure_http", False))
+    carecloud = _source(
+        "carecloud",
+        {"rate_limit": 50.0},
+        ["login", "password", "external_app_id"],
+        {"timezone": "Europe/Prague", "page_size": 1000},
+        allow_insecure,
+    )
+    capillary = _source(
+        "capillary",
+        {"base_url": "https://eu.api.capillarytech.com", "rate_limit": 16.0},
+        ["till_id", "password", "key", "secret"],
+        {"identifier_name": "id", "identifier_source": "INSTORE", "server_timezone": "UTC"},
+        allow_insecure,
+    )
+    return Settings(
+        carecloud=carecloud,
+        capillary=capillary,
+        warehouse=warehouse_path(),
+        allow_insecure_http=allow_insecure,
+        alert_command=str(_get("loyalty.alert_command", "")),
+        alert_webhook=str(_get("loyalty.alert_webhook", "")),
+    )

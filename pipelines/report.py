@@ -1,0 +1,64 @@
+"""The run report: what one run did, written as one row of `loyalty_raw.runs` and printed as a short summary.
+
+Contract between the runner (fills it in) and operations (persists, prints, alerts). See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import pendulum
+
+EXIT_OK = 0          # all customers done
+EXIT_FAILED = 1      # the run failed
+EXIT_PARTIAL = 2     # finished, but some customers failed (listed)
+
+
+@dataclass
+class SourceReport:
+    window_start: pendulum.DateTime | None = None   # earliest window start among this run's customers
+    window_end: pendulum.DateTime | None = None     # the run's window end (until)
+    customers_total: int = 0
+    customers_done: int = 0
+    customers_failed: int = 0
+    customers_skipped: int = 0                       # blank / duplicate ids in the customer list
+    failed_customers: list[str] = field(default_factory=list)
+    requests: int = 0
+    retries: int = 0
+    http_429: int = 0
+    records: int = 0
+
+
+@dataclass
+class RunReport:
+    command: str = "run"                                         # run | backfill | demo
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    started_at: pendulum.DateTime = field(default_factory=lambda: pendulum.now("UTC"))
+    ended_at: pendulum.DateTime | None = None
+    sources: dict[str, SourceReport] = field(default_factory=dict)
+    rows_by_table: dict[str, int] = field(default_factory=dict)  # rows written per raw table in this run
+    models: str = "skipped"                                      # ok | failed | skipped
+    exit_code: int = EXIT_OK
+    error: str | None = None                                     # redacted message when the run failed
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        end = self.ended_at or pendulum.now("UTC")
+        return (end - self.started_at).total_seconds()
+
+    def finish(self) -> "RunReport":
+        self.ended_at = pendulum.now("UTC")
+        if self.error:
+            self.exit_code = EXIT_FAILED
+        elif any(s.customers_failed for s in self.sources.values()) or self.models == "failed":
+            self.exit_code = EXIT_PARTIAL
+        else:
+            self.exit_code = EXIT_OK
+        return self
+
+    @property
+    def status(self) -> str:
+        return {EXIT_OK: "ok", EXIT_PARTIAL: "partial"}.get(self.exit_code, "failed")
