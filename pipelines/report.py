@@ -62,3 +62,25 @@ class RunReport:
     @property
     def status(self) -> str:
         return {EXIT_OK: "ok", EXIT_PARTIAL: "partial"}.get(self.exit_code, "failed")
+
+
+def render_summary(report: RunReport) -> str:
+    """A short human summary printed at the end of every run."""
+    lines = [f"run {report.run_id} ({report.command}): {report.status.upper()} in {report.duration_s:.1f}s, exit code {report.exit_code}"]
+    for name, s in report.sources.items():
+        window = f"{s.window_start} .. {s.window_end}" if s.window_start else "-"
+        lines.append(
+            f"  {name}: {s.customers_done}/{s.customers_total} customers done, {s.customers_failed} failed, "
+            f"{s.customers_skipped} skipped; {s.records:,} records; {s.requests:,} requests "
+            f"({s.retries} retries, {s.http_429} x429); window {window}"
+        )
+        if s.failed_customers:
+            shown = ", ".join(s.failed_customers[:10])
+            more = f" and {len(s.failed_customers) - 10} more" if len(s.failed_customers) > 10 else ""
+            lines.append(f"    failed: {shown}{more}")
+    for table, n in sorted(report.rows_by_table.items()):
+        lines.append(f"  {table}: {n:,} rows written")
+    lines.append(f"  models: {report.models}")
+    if report.error:
+        lines.append(f"  error: {report.error}")
+    return "\n".join(lines)
