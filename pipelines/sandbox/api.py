@@ -1,0 +1,441 @@
+"""The two vendor APIs (and the sandbox's admin endpoints) as one request handler, independent of the socket layer.
+
+`SandboxApp.handle(request)` returns a `Response`; `server.py` turns it into bytes. Bodies follow the vendor
+documents summarised in ../shared/api-notes.md: CareCloud error objects per the OpenAPI `BasicError` /
+`BadRequestErrorBody`, Capillary `{"warnings": [], "errors": [{status, code, message}]}`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from urllib.parse import parse_qs
+
+import orjson
+
+from pipelines.sandbox import faults as F
+from pipelines.sandbox.clock import Clock
+from pipelines.sandbox.config import (
+    CAPILLARY_OAUTH_KEY, CAPILLARY_OAUTH_SECRET, CAPILLARY_PASSWORD, CAPILLARY_TILL_ID, CARECLOUD_APP_ID,
+    CARECLOUD_BASE_PATH, CARECLOUD_LEGACY_BASE_PATH, CARECLOUD_LOGIN, CARECLOUD_PASSWORD, FaultConfig, SandboxConfig,
+)
+from pipelines.sandbox.data import CARECLOUD_FIELDS, EXTRA_FIELDS, IDENTIFIER_NAMES, DataGenerator, parse_local_param
+
+CAPILLARY_SOURCES = {"FACEBOOK", "WEB_ENGAGE", "WECHAT", "INSTORE", "MARTJACK", "TMALL", "TAOBAO", "JD",
+                     "ECOMMERCE", "WEBSITE", "LINE", "MOBILE_APP"}
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]     # lower-case names
+    body: bytes = b""
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    action: str = F.PASS        # PASS, DROP or TRUNCATE: how the socket layer delivers it
+    delay: float = 0.0          # seconds to wait before answering (latency fault)
+    endpoint: str = ""
+
+
+def _json(status: int, obj: object, **kw) -> Response:
+    return Response(status, orjson.dumps(obj), **kw)
+
+
+def _cc_error(status: int, exception: str, title: str, detail: str, error_data: dict | None = None) -> Response:
+    err: dict = {"type": "about:blank", "exception": exception, "title": title, "detail": detail}
+    if error_data is not None:
+        err["error_data"] = error_data
+    return _json(status, {"error": err})
+
+
+def _cc_invalid(name: str, reason: str, value: object, message: str) -> Response:
+    return _cc_error(400, "bad_request_exception", "Bad request", message,
+                     {"invalid_params": [{"name": name, "reason": reason, "value": "" if value is None else str(value),
+                                          "message": message}]})
+
+
+def _cap_error(status: int, code: int, message: str) -> Response:
+    return _json(status, {"warnings": [], "errors": [{"status": False, "code": code, "message": message}]})
+
+
+class SandboxApp:
+    def __init__(self, config: SandboxConfig, faults: FaultConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.fault_config = faults
+        self.data = DataGenerator(config)
+        self.clock = clock or Clock(config.now)
+        self.faults = F.Faults(faults)
+        self._lock = threading.Lock()
+        self._cc_tokens: dict[str, list] = {}       # token -> [login, expires (monotonic), data requests]
+        self._cap_tokens: dict[str, tuple[str, float]] = {}
+        self.requests: Counter[str] = Counter()
+        self.records_served: Counter[str] = Counter()
+        self.sort_fields = set(CARECLOUD_FIELDS) | (set(EXTRA_FIELDS) if config.extra_fields else set())
+        self._basic_ok = "Basic " + base64.b64encode(
+            f"{CAPILLARY_TILL_ID}:{hashlib.md5(CAPILLARY_PASSWORD.encode()).hexdigest()}".encode()).decode()
+
+    # ------------------------------------------------------------------ dispatch
+    def handle(self, req: Request) -> Response:
+        resp = self._route(req)
+        delay = self.faults.delay()
+        if delay:
+            resp.delay = delay
+            self.faults.count("latency")
+        with self._lock:
+            self.requests[f"{resp.endpoint or 'other'} {resp.status}"] += 1
+        return resp
+
+    def _route(self, req: Request) -> Response:
+        path = req.path
+        cc_rest = None
+        if path.startswith(CARECLOUD_BASE_PATH + "/"):
+            cc_rest = path[len(CARECLOUD_BASE_PATH):]
+        elif self.config.accept_legacy_path and path.startswith(CARECLOUD_LEGACY_BASE_PATH + "/"):
+            cc_rest = path[len(CARECLOUD_LEGACY_BASE_PATH):]
+        if cc_rest is not None:
+            if cc_rest == "/point-history":
+                return self._only(req, "GET", "carecloud.point_history", self.point_history)
+            if cc_rest == "/users/actions/login":
+                return self._only(req, "POST", "carecloud.login", self.carecloud_login)
+            resp = _cc_error(404, "not_found_exception", "Not found", f"resource {cc_rest} does not exist",
+                             {"resource_name": cc_rest.strip("/").split("/")[0], "resource_id": ""})
+            resp.endpoint = "carecloud.other"
+            return resp
+        if path == "/v2/points/transfer":
+            return self._only(req, "GET", "capillary.transfers", self.capillary_transfers)
+        if path.startswith("/v2/customers/") and path.endswith("/pointsTransfers"):
+            return self._only(req, "GET", "capillary.summary", self.capillary_summary)
+        if path == "/v3/oauth/token/generate":
+            return self._only(req, "POST", "capillary.oauth", self.capillary_oauth)
+        if path.startswith("/_sandbox/"):
+            return self._admin(req)
+        resp = _json(404, {"error": "not found", "path": path})
+        resp.endpoint = "other"
+        return resp
+
+    @staticmethod
+    def _only(req: Request, method: str, endpoint: str, fn) -> Response:
+        if req.method != method:
+            resp = _cc_error(405, "method_not_allowed_exception", "Method not allowed",
+                             f"{req.method} is not allowed here", {"http_method": req.method})
+        else:
+            resp = fn(req)
+        resp.endpoint = endpoint
+        return resp
+
+    def _fault(self, credential: str, customer_key: str, vendor: str) -> Response | None:
+        action, retry_after = self.faults.decide(credential, customer_key)
+        if action == F.PASS:
+            return None
+        if action in (F.DROP, F.TRUNCATE):
+            return Response(0, action=action)  # the body is filled in by the caller (truncate needs the real one)
+        if action in (F.RATE_LIMITED, F.RANDOM_429):
+            resp = (_cc_error(429, "too_many_requests_exception", "Too many requests",
+                              "more than the resource limit") if vendor == "carecloud"
+                    else _cap_error(429, 429, "Rate limit exceeded"))
+            if retry_after is not None:
+                resp.headers.append(("Retry-After", str(max(1, int(retry_after + 0.999)))))
+            return resp
+        detail = "maintenance window" if action == F.MAINTENANCE else "service temporarily unavailable"
+        return (_cc_error(503, "service_unavailable_exception", "Service unavailable", detail)
+                if vendor == "carecloud" else _cap_error(503, 503, detail))
+
+    # ------------------------------------------------------------------ CareCloud
+    def carecloud_login(self, req: Request) -> Response:
+        try:
+            body = orjson.loads(req.body or b"{}")
+        except orjson.JSONDecodeError:
+            return _cc_invalid("body", "invalid_value_format", "", "request body is not valid JSON")
+        if not isinstance(body, dict):
+            return _cc_invalid("body", "invalid_value_format", "", "request body must be a JSON object")
+        for name in ("user_external_application_id", "login", "password"):
+            if not body.get(name):
+                return _cc_invalid(name, "required", "", f"{name} is required")
+        if (body.get("login"), body.get("password"), body.get("user_external_application_id")) != (
+                CARECLOUD_LOGIN, CARECLOUD_PASSWORD, CARECLOUD_APP_ID):
+            return _cc_error(401, "unauthorized_exception", "Unauthorized", "invalid login, password or application")
+        token = secrets.token_hex(20)
+        ttl = self.fault_config.token_ttl_seconds
+        with self._lock:
+            self._cc_tokens[token] = [CARECLOUD_LOGIN, time.monotonic() + ttl, 0]
+        valid_to = self.data.local(self.clock.now() + ttl)
+        user = {"user_id": "5a1e0000000000000000000001", "login": CARECLOUD_LOGIN, "first_name": "Sandbox",
+                "last_name": "User", "email": "sandbox@sandbox.example", "phone": "420000000000",
+                "user_role_ids": []}
+        return _json(200, {"data": {"bearer_token": token, "valid_to": valid_to, "user": user}})
+
+    def _carecloud_auth(self, req: Request) -> str | Response:
+        auth = req.headers.get("authorization", "")
+        if not auth.startswith("Bearer "):
+            return _cc_error(401, "unauthorized_exception", "Unauthorized", "missing bearer token")
+        token = auth[7:].strip()
+        with self._lock:
+            entry = self._cc_tokens.get(token)
+            if entry is not None:
+                entry[2] += 1
+                limit = self.fault_config.token_max_requests
+                if time.monotonic() >= entry[1] or (limit and entry[2] > limit):
+                    del self._cc_tokens[token]
+                    entry = None
+                    self.faults.counts["token_expired"] += 1
+        if entry is None:
+            return _cc_error(401, "unauthorized_exception", "Unauthorized", "invalid or expired token")
+        return entry[0]
+
+    def point_history(self, req: Request) -> Response:
+        login = self._carecloud_auth(req)
+        if isinstance(login, Response):
+            return login
+        q = req.query
+        customer_id = q.get("customer_id")
+        fault = self._fault(login, customer_id or "", "carecloud")
+        if fault is not None and fault.action == F.PASS:
+            return fault
+        if not customer_id:
+            return _cc_invalid("customer_id", "required", customer_id, "customer_id is required")
+        try:
+            count = int(q.get("count", "100"))
+            if count < 1:
+                raise ValueError
+        except ValueError:
+            return _cc_invalid("count", "invalid_value_format", q.get("count"), "count must be an integer >= 1")
+        if self.config.max_count and count > self.config.max_count:
+            return _cc_invalid("count", "not_allowed_value", count, f"count must be <= {self.config.max_count}")
+        try:
+            offset = int(q.get("offset", "0"))
+            if offset < 0:
+                raise ValueError
+        except ValueError:
+            return _cc_invalid("offset", "invalid_value_format", q.get("offset"), "offset must be an integer >= 0")
+        sort_field = q.get("sort_field") or None
+        if sort_field is not None and sort_field not in self.sort_fields:
+            return _cc_invalid("sort_field", "not_allowed_value", sort_field, "unknown sort field")
+        direction = (q.get("sort_direction") or "ASC").upper()
+        if direction not in ("ASC", "DESC"):
+            return _cc_invalid("sort_direction", "not_allowed_value", q.get("sort_direction"),
+                               "sort_direction must be ASC or DESC")
+        bounds = {}
+        for name in ("time_from", "time_to"):
+            if name in q and q[name] != "":
+                value = parse_local_param(q[name])
+                if value is None:
+                    return _cc_invalid(name, "invalid_value_format", q[name],
+                                       f"{name} must be YYYY-MM-DD HH:MM:SS or YYYY-MM-DDTHH:MM:SS")
+                bounds[name] = value
+        index = self.data.carecloud_index(customer_id)
+        if index is None:
+            if self.config.unknown_customer == "empty":
+                return Response(200, b'{"data":{"point_history":[],"total_items":0}}')
+            return _cc_invalid("customer_id", "not_found", customer_id, "customer does not exist")
+
+        h = self.data.carecloud(index)
+        now = self.clock.now()
+        tf, tt = bounds.get("time_from"), bounds.get("time_to")
+        fi, ti = self.config.time_from_inclusive, self.config.time_to_inclusive
+        store, partner = q.get("store_id"), q.get("partner_id")
+        op_type, op_note, ptype = q.get("point_operation_type"), q.get("point_operation_note"), q.get("point_type_id")
+        times, vis, recs = h.times, h.visible, h.records
+        sel = []
+        for j in range(len(times)):
+            if vis[j] > now:
+                continue
+            t = times[j]
+            if tf is not None and (t < tf if fi else t <= tf):
+                continue
+            if tt is not None and (t > tt if ti else t >= tt):
+                continue
+            if store or partner or op_type or op_note or ptype:
+                r = recs[j]
+                if (store and r["store_id"] != store) or (partner and r["partner_id"] != partner) \
+                        or (ptype and r["point_type_id"] != ptype) \
+                        or (op_type and op_type.lower() not in r["point_operation_type"].lower()) \
+                        or (op_note and op_note.lower() not in (r["point_operation_note"] or "").lower()):
+                    continue
+            sel.append(j)
+        if sort_field is None and self.config.default_sort == "insertion":
+            sel.sort(key=lambda j: (vis[j], j))
+        elif sort_field not in (None, "point_history_record_time"):
+            sel.sort(key=lambda j: (_sort_key(recs[j].get(sort_field)), j))
+        if direction == "DESC":
+            sel.reverse()
+        page = sel[offset: offset + count]
+        with self._lock:
+            self.records_served["carecloud"] += len(page)
+        body = b"".join((b'{"data":{"point_history":[', b",".join([h.encoded[j] for j in page]),
+                         b'],"total_items":', str(len(sel)).encode(), b"}}"))
+        resp = Response(200, body)
+        if fault is not None:
+            resp.action = fault.action
+        return resp
+
+    # ------------------------------------------------------------------ Capillary
+    def capillary_oauth(self, req: Request) -> Response:
+        try:
+            body = orjson.loads(req.body or b"{}")
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict) or (body.get("key"), body.get("secret")) != (
+                CAPILLARY_OAUTH_KEY, CAPILLARY_OAUTH_SECRET):
+            return _cap_error(401, 401, "Invalid key or secret")
+        ttl = self.config.capillary_oauth_ttl_seconds
+        header = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=").decode()
+        payload = base64.urlsafe_b64encode(orjson.dumps({"sub": CAPILLARY_OAUTH_KEY, "iat": int(self.clock.now()),
+                                                         "exp": int(self.clock.now()) + ttl})).rstrip(b"=").decode()
+        token = f"{header}.{payload}.{secrets.token_urlsafe(32)}"
+        with self._lock:
+            self._cap_tokens[token] = (CAPILLARY_OAUTH_KEY, time.monotonic() + ttl)
+        return _json(200, {"data": {"accessToken": token, "ttlSeconds": ttl}, "errors": None})
+
+    def _capillary_auth(self, req: Request) -> str | Response:
+        token = req.headers.get("x-cap-api-oauth-token")
+        if token:
+            with self._lock:
+                entry = self._cap_tokens.get(token)
+                if entry is not None and time.monotonic() >= entry[1]:
+                    del self._cap_tokens[token]
+                    entry = None
+                    self.faults.counts["token_expired"] += 1
+            if entry is None:
+                return _cap_error(401, 401, "Invalid or expired OAuth token")
+            return entry[0]
+        if req.headers.get("authorization", "") == self._basic_ok:
+            return CAPILLARY_TILL_ID
+        return _cap_error(401, 401, "Authentication failed: invalid credentials")
+
+    def _not_found(self) -> Response:
+        return _cap_error(self.config.capillary_8015_status, 8015, "Customer not found for the given identifiers")
+
+    def capillary_transfers(self, req: Request) -> Response:
+        cred = self._capillary_auth(req)
+        if isinstance(cred, Response):
+            return cred
+        q = req.query
+        name, value = q.get("identifierName", ""), q.get("identifierValue", "")
+        fault = self._fault(cred, f"{name}:{value}", "capillary")
+        if fault is not None and fault.action == F.PASS:
+            return fault
+        if q.get("source", "").upper() not in CAPILLARY_SOURCES:
+            return _cap_error(400, 8003, "Invalid source")
+        if name not in IDENTIFIER_NAMES:
+            return _cap_error(400, 8013, "Invalid identifier name")
+        index = self.data.capillary_index(name, value) if value else None
+        if index is None:
+            return self._not_found()
+        now = self.clock.now()
+        encoded = [orjson.dumps(r) for v, r in self.data.capillary_view(index) if v <= now]
+        with self._lock:
+            self.records_served["capillary"] += len(encoded)
+        resp = Response(200, b'{"data":[' + b",".join(encoded) + b'],"warnings":[],"errors":[]}')
+        if fault is not None:
+            resp.action = fault.action
+        return resp
+
+    def capillary_summary(self, req: Request) -> Response:
+        cred = self._capillary_auth(req)
+        if isinstance(cred, Response):
+            return cred
+        user_id = req.path[len("/v2/customers/"):-len("/pointsTransfers")]
+        fault = self._fault(cred, f"id:{user_id}", "capillary")
+        if fault is not None and fault.action == F.PASS:
+            return fault
+        q = req.query
+        try:
+            limit = int(q.get("limit", "10"))
+            offset = int(q.get("offset", "0"))
+            page = int(q["page"]) if q.get("page") else None
+            if limit < 1 or offset < 0 or (page is not None and page < 1):
+                raise ValueError
+        except ValueError:
+            return _cap_error(400, 814, "No Results Found")
+        sort_by = q.get("sortBy", "pointsTransferDate")
+        order = q.get("sortOrder", "desc").lower()
+        if sort_by not in ("pointsTransferDate", "pointsTransferred", "transferId") or order not in ("asc", "desc"):
+            return _cap_error(400, 814, "No Results Found")
+        index = self.data.capillary_index("id", user_id)
+        if index is None:
+            return self._not_found()
+        if page is not None:  # documented: page overrides offset
+            offset = (page - 1) * limit
+        now = self.clock.now()
+        rows = [r for v, r in self.data.capillary_view(index, summary=True) if v <= now]
+        rows.sort(key=lambda r: (r[sort_by], r["transferId"]), reverse=(order == "desc"))
+        rows = rows[offset: offset + limit]
+        with self._lock:
+            self.records_served["capillary_summary"] += len(rows)
+        resp = _json(200, {"data": rows, "warnings": [], "errors": []})
+        if fault is not None:
+            resp.action = fault.action
+        return resp
+
+    # ------------------------------------------------------------------ admin
+    def _admin(self, req: Request) -> Response:
+        path = req.path
+        if path == "/_sandbox/clock":
+            if req.method == "POST":
+                try:
+                    body = orjson.loads(req.body or b"{}")
+                    if "now" in body:
+                        self.clock.set(body["now"])
+                    elif "advance_seconds" in body:
+                        self.clock.advance(float(body["advance_seconds"]))
+                    else:
+                        raise ValueError("give {\"now\": iso} or {\"advance_seconds\": n}")
+                except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+                    return _json(400, {"error": str(exc)}, endpoint="admin.clock")
+            return _json(200, {"now": self.clock.now_datetime().isoformat()}, endpoint="admin.clock")
+        if path == "/_sandbox/stats" and req.method == "GET":
+            return _json(200, self.stats(), endpoint="admin.stats")
+        if path == "/_sandbox/health":
+            return _json(200, {"status": "ok"}, endpoint="admin.health")
+        return _json(404, {"error": "not found", "path": path}, endpoint="admin.other")
+
+    def stats(self) -> dict:
+        with self._lock:
+            requests = dict(self.requests)
+            records = dict(self.records_served)
+        by_endpoint: dict[str, dict[str, int]] = {}
+        for key, n in requests.items():
+            endpoint, status = key.rsplit(" ", 1)
+            by_endpoint.setdefault(endpoint, {})[status] = n
+        with self.faults.lock:
+            faults = dict(self.faults.counts)
+        return {
+            "now": datetime.fromtimestamp(self.clock.now(), timezone.utc).isoformat(),
+            "customers": self.config.customers,
+            "seed": self.config.seed,
+            "requests": by_endpoint,
+            "requests_total": sum(requests.values()),
+            "records_served": records,
+            "faults": faults,
+        }
+
+
+def parse_query(raw: str) -> dict[str, str]:
+    """First value of each parameter; `+` and %20 both decode to a space (time_from is allowReserved)."""
+    if not raw:
+        return {}
+    return {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+
+
+def _sort_key(value: object) -> tuple:
+    if value is None:
+        return (0, 0.0, "")
+    if isinstance(value, (int, float)):
+        return (1, float(value), "")
+    try:
+        return (1, float(value), "")  # type drift: numbers sent as strings still sort as numbers
+    except (TypeError, ValueError):
+        return (2, 0.0, str(value))

@@ -1,0 +1,131 @@
+"""Sandbox settings: the data it generates (`SandboxConfig`) and the faults it injects (`FaultConfig`).
+
+Every behaviour the vendor docs leave open (../shared/api-notes.md, "[I]") is a switch here with the default the
+notes recommend, so a test can pin the pipeline against either reading of the docs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+# Default sandbox credentials (also in the README and docs/architecture.md). Sandbox only.
+CARECLOUD_LOGIN = "sandbox"
+CARECLOUD_PASSWORD = "sandbox-password"
+CARECLOUD_APP_ID = "sandbox-app"
+CAPILLARY_TILL_ID = "sandbox.till"
+CAPILLARY_PASSWORD = "sandbox-password"
+CAPILLARY_OAUTH_KEY = "sandbox-key"
+CAPILLARY_OAUTH_SECRET = "sandbox-secret"
+
+CARECLOUD_BASE_PATH = "/webservice/rest-api/enterprise-interface/v1.0"
+CARECLOUD_LEGACY_BASE_PATH = "/rest-api/enterprise-interface/v1.0"
+
+
+@dataclass
+class SandboxConfig:
+    """What the sandbox serves. Data depends only on (`seed`, customer index, the size/shape fields), never on
+    the clock: the clock only decides which records are visible yet."""
+
+    customers: int = 1000
+    seed: int = 7
+    # Sandbox "now": None = the real wall clock; an ISO instant or datetime freezes the clock there (tests).
+    now: Any = None
+    timezone: str = "Europe/Prague"            # CareCloud project local time
+    capillary_timezone: str = "UTC"            # Capillary server time (EU cluster)
+    data_start: str = "2024-01-01"             # records span [data_start, data_end) in project local time
+    data_end: str = "2027-07-01"
+
+    # --- sizes
+    records_per_customer: float = 12.0         # mean CareCloud records of an ordinary customer
+    empty_every: int = 20                      # every n-th customer (index % n == 5) has no history at all; 0 = none
+    heavy_every: int = 500                     # index % n == 7 is a heavy customer; 0 = none
+    heavy_records: int = 2500                  # records of a heavy customer (several pages at count=1000)
+    duplicate_share: float = 0.01              # records repeated identically (same second, every field)
+    late_share: float = 0.03                   # records visible up to `late_max_seconds` after their timestamp
+    late_max_seconds: int = 2 * 86400          # stays inside a 3-day lookback
+    dst_every: int = 7                         # index % n == 2 gets extra records around the DST changes; 0 = none
+    transfers_per_customer: float = 3.0        # mean Capillary transfers a customer takes part in
+    transfer_group_size: int = 4               # transfers are generated per group of consecutive customers
+    stores: int = 300
+    partners: int = 25
+
+    # --- undocumented behaviours (switches)
+    point_amount_sign: str = "signed"          # signed: redemption/expiration/voucher negative | unsigned: all >= 0
+    time_from_inclusive: bool = True
+    time_to_inclusive: bool = True
+    default_sort: str = "point_history_record_time"  # when sort_field is absent; "none" = generation order
+    max_count: int = 0                         # 0 = unlimited `count`
+    accept_legacy_path: bool = True            # also serve /rest-api/... without /webservice
+    unknown_customer: str = "400"              # CareCloud unknown customer_id: "400" (not_found) | "empty" (200, [])
+    capillary_8015_status: int = 400           # HTTP status sent with Capillary error 8015
+    capillary_oauth_ttl_seconds: int = 900
+    null_extended_data: bool = True            # some manual corrections send extended_data: null (the spec says
+                                               # string; api-notes 1.3 says clients must accept null)
+
+    # --- bad-input quirks (all off; reflected in the truth)
+    extra_fields: bool = False                 # new, undocumented fields on every record
+    type_drift: bool = False                   # point_amount sent as a string on some records
+    bad_times: bool = False                    # null / malformed point_history_record_time on a few records
+    huge_notes: bool = False                   # ~100 KB notes on a few records
+
+    def __post_init__(self) -> None:
+        if self.customers < 0:
+            raise ValueError("customers must be >= 0")
+        if self.point_amount_sign not in ("signed", "unsigned"):
+            raise ValueError("point_amount_sign must be 'signed' or 'unsigned'")
+        if self.unknown_customer not in ("400", "empty"):
+            raise ValueError("unknown_customer must be '400' or 'empty'")
+        if self.transfer_group_size < 2:
+            raise ValueError("transfer_group_size must be >= 2")
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+
+@dataclass
+class FaultConfig:
+    """Faults injected on the data endpoints (point history, transfers, summary). All off by default.
+    Shares are probabilities per request; every injected fault is counted in `Sandbox.stats()["faults"]`."""
+
+    rate_limit_rps: float = 0.0                # token bucket per credential; 0 = off
+    rate_limit_burst: float = 0.0              # bucket size; 0 = max(1, rps)
+    retry_after_share: float = 1.0             # share of 429s that carry a Retry-After header
+    random_429_share: float = 0.0              # 429 regardless of the bucket
+    error_503_share: float = 0.0
+    latency_ms: float = 0.0                    # added before every response (login too)
+    jitter_ms: float = 0.0                     # + uniform [0, jitter_ms)
+    drop_share: float = 0.0                    # connection closed without a response
+    truncate_share: float = 0.0                # full Content-Length announced, half the body sent, then closed
+    token_ttl_seconds: float = 7 * 3600        # CareCloud bearer token lifetime (wall clock)
+    token_max_requests: int = 0                # token expires after N data requests; 0 = off
+    maintenance_share: float = 0.0             # share of customers answered 503 during the maintenance window
+    maintenance_after_seconds: float = 0.0     # window starts this long after the server started (wall clock)
+    maintenance_seconds: float = 0.0           # window length; 0 = off
+    seed: int = 1                              # fault dice are seeded too: a failing chaos test can be re-run
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+    def any_active(self) -> bool:
+        return any([
+            self.rate_limit_rps, self.random_429_share, self.error_503_share, self.latency_ms, self.jitter_ms,
+            self.drop_share, self.truncate_share, self.token_max_requests,
+            self.maintenance_share and self.maintenance_seconds,
+        ])
+
+
+def split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split one flat keyword dict into SandboxConfig and FaultConfig arguments (fixture convenience)."""
+    sb, fa = {}, {}
+    for k, v in kwargs.items():
+        if k in SandboxConfig.field_names():
+            sb[k] = v
+        elif k in FaultConfig.field_names():
+            fa[k] = v
+        else:
+            raise TypeError(f"unknown sandbox setting {k!r}")
+    return sb, fa
+

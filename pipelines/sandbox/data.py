@@ -1,0 +1,471 @@
+"""Deterministic test data for both vendor APIs, generated per customer on demand.
+
+Everything is a pure function of (seed, customer index, SandboxConfig sizes), so a sandbox of a million customers
+starts instantly and two processes with the same seed serve byte-identical data. Customer IDs encode their index,
+so looking a customer up needs no table. The clock never changes the data; it only decides what is visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from pipelines.sandbox.config import SandboxConfig
+
+# Operation type names exactly as the CareCloud tenant shows them; the dbt seed maps these strings.
+PURCHASE = "Purchase"
+PURCHASE_CS = "Nákup"
+POINTS_ADDITION = "Points addition"
+BONUS = "Bonus points"
+WELCOME = "Welcome bonus"
+VOUCHER = "Voucher purchase"
+REDEMPTION = "Points redemption"
+EXPIRATION = "Points expiration"
+MANUAL = "Manual correction"
+TRANSFER = "Points transfer"
+OPERATION_TYPES = [PURCHASE, PURCHASE_CS, POINTS_ADDITION, BONUS, WELCOME, VOUCHER, REDEMPTION, EXPIRATION,
+                   MANUAL, TRANSFER]
+# Sign in `signed` mode: +1 earn, -1 spend, 0 either sign.
+OPERATION_SIGN = {PURCHASE: 1, PURCHASE_CS: 1, POINTS_ADDITION: 1, BONUS: 1, WELCOME: 1, VOUCHER: -1,
+                  REDEMPTION: -1, EXPIRATION: -1, MANUAL: 0, TRANSFER: 0}
+_TYPE_WEIGHTS = [(PURCHASE, 38), (PURCHASE_CS, 12), (POINTS_ADDITION, 8), (BONUS, 7), (VOUCHER, 5),
+                 (REDEMPTION, 12), (EXPIRATION, 6), (MANUAL, 6), (TRANSFER, 6)]
+_TYPES, _WEIGHTS = zip(*_TYPE_WEIGHTS)
+_CUM_WEIGHTS = [sum(_WEIGHTS[: k + 1]) for k in range(len(_WEIGHTS))]
+
+CARECLOUD_FIELDS = ["customer_id", "point_amount", "point_operation_type", "point_operation_note", "point_type_id",
+                    "partner_id", "store_id", "point_history_record_time", "extended_data"]
+EXTRA_FIELDS = {"record_source": "pos", "loyalty_tier": "gold"}
+
+_NOTES = {
+    PURCHASE: ["Nákup v prodejně", "Online objednávka", "Body za nákup", "Purchase at store", "",
+               "Žluťoučký kůň úpěl ďábelské ódy"],
+    POINTS_ADDITION: ["Manual rewards points for the product purchase collection", "Body za recenzi", "Dotazník"],
+    BONUS: ["Vánoční akce 🎄", "Double points weekend", "Narozeninový bonus 🎂", "Bonus za věrnost"],
+    WELCOME: ["Bonus za registraci", "Welcome to the club"],
+    VOUCHER: ["Voucher 200 Kč", "Free one day", "Sleva 10 %"],
+    REDEMPTION: ["Uplatnění bodů", "Platba body", "Points used at checkout"],
+    EXPIRATION: ["Expirace bodů", "Points expired"],
+    MANUAL: ["Ruční oprava – reklamace", "Correction by support", "", "Storno nákupu č. 48/2025"],
+    TRANSFER: ["Převod bodů 🎁", "Transfer to family member", ""],
+}
+_NOTES[PURCHASE_CS] = _NOTES[PURCHASE]
+_ITEMS = [("Káva latte", 79.0), ("Croissant máslový", 39.9), ("Čaj zelený", 55.0), ("Voda 0,5 l", 24.9),
+          ("Chléb žitný", 42.5), ("Sýr eidam 30 %", 89.9), ("Dárková karta", 500.0), ("Jablka 🍎", 34.9),
+          ("Šampon", 129.0), ("Zubní pasta", 64.5), ("Tričko", 399.0), ("Ponožky 3×", 199.0)]
+_REASONS = ["complaint", "reklamace – vrácení zboží", "migration fix", "goodwill 🙏"]
+FIRST_NAMES = ["Jana", "Petr", "Žofie", "Łukasz", "Ørjan", "李", "Zoë", "", "Jiří", "Anna", "Müller", "O'Brien"]
+LAST_NAMES = ["Nováková", "Dvořák", "Šťastný", "", "García", "Ünal", "王", "Smith", "Černá", "Křížek"]
+GROUP_NAMES = ["Rodina Nováků", "Family 🏠", "Fleet Praha", "Skupina č. 7"]
+TRANSFER_NOTES = ["", "", "gift", "Převod bodů 🎁", "family pool", "dárek k narozeninám"]
+PROGRAM_NAME = "SandboxDefaultProgram"
+
+CAPILLARY_USER_BASE = 564_000_000     # Capillary userId = base + customer index
+OUTSIDE_USER_BASE = 990_000_000       # customers that exist at Capillary but are not in the customer list
+GROUP_BASE = 7_000_000                # USERGROUP2 entity ids
+TRANSFER_ID_BASE = 1_000_000
+TRANSFERS_PER_GROUP_MAX = 511
+IDENTIFIER_NAMES = ("mobile", "email", "externalId", "id")
+
+
+def _hex(text: str, nbytes: int) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=nbytes).hexdigest()
+
+
+def _fmt(dt: datetime) -> str:
+    return f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d} {dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
+
+
+def local_to_utc(text: str, zone: ZoneInfo) -> datetime | None:
+    """The documented convention for a project-local time string: in the repeated autumn hour take the EARLIER
+    instant (fold=0). Returns None for an unparseable string."""
+    try:
+        naive = datetime.strptime(text.replace("T", " "), "%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError):
+        return None
+    return naive.replace(tzinfo=zone, fold=0).astimezone(timezone.utc)
+
+
+@dataclass
+class CareCloudHistory:
+    """One customer's records, sorted by (local time string, generation order) so paging is stable."""
+
+    times: list[str]           # internal local time (used for filters/sort even when the sent value is broken)
+    visible: list[float]       # epoch seconds when each record appears in the API
+    instants: list[float]      # epoch seconds of the real event
+    records: list[dict]        # exactly as sent
+    encoded: list[bytes]       # orjson of each record, joined into pages without re-encoding
+    anomalies: list[str]       # "" or a comma list: invalid_json, type_drift, bad_time, huge_note, duplicate, late
+
+
+@dataclass
+class CapillaryView:
+    """The transfers one customer takes part in, as `GET /v2/points/transfer` returns them for that customer."""
+
+    visible: list[float]
+    records: list[dict]
+    encoded: list[bytes]
+
+
+class DataGenerator:
+    def __init__(self, config: SandboxConfig, cache_size: int = 4096) -> None:
+        self.config = config
+        self.zone = ZoneInfo(config.timezone)
+        self.cap_zone = ZoneInfo(config.capillary_timezone)
+        self.start_ts = datetime.fromisoformat(config.data_start).replace(tzinfo=self.zone).timestamp()
+        self.end_ts = datetime.fromisoformat(config.data_end).replace(tzinfo=self.zone).timestamp()
+        seed = config.seed
+        self.stores = [_hex(f"store:{seed}:{n}", 13) for n in range(max(1, config.stores))]
+        self.partners = [_hex(f"partner:{seed}:{n}", 13) for n in range(max(1, config.partners))]
+        self.point_types = [_hex(f"point-type:{seed}:{n}", 13) for n in range(3)]
+        self.transitions = self._dst_transitions()
+        self._lock = threading.Lock()
+        self._cc_cache: OrderedDict[int, CareCloudHistory] = OrderedDict()
+        self._cap_cache: OrderedDict[int, list[dict]] = OrderedDict()
+        self._cache_size = cache_size
+
+    # ------------------------------------------------------------------ identities
+    def carecloud_id(self, index: int) -> str:
+        # 16 hex of hash + 10 hex of the index = the vendor's 26-character id shape
+        return _hex(f"cust:{self.config.seed}:{index}", 8) + f"{index:010x}"
+
+    def carecloud_index(self, customer_id: str) -> int | None:
+        if not isinstance(customer_id, str) or len(customer_id) != 26:
+            return None
+        try:
+            index = int(customer_id[16:], 16)
+        except ValueError:
+            return None
+        if index >= self.config.customers or self.carecloud_id(index) != customer_id:
+            return None
+        return index
+
+    def capillary_identifiers(self, index: int) -> dict[str, str]:
+        return {
+            "id": str(CAPILLARY_USER_BASE + index),
+            "mobile": f"4207{index:08d}",
+            "email": f"member{index:08d}@sandbox.example",
+            "externalId": f"EXT-{self.config.seed}-{index:08d}",
+        }
+
+    def capillary_index(self, name: str, value: str) -> int | None:
+        try:
+            if name == "id":
+                index = int(value) - CAPILLARY_USER_BASE
+            elif name == "mobile":
+                index = int(value[4:]) if value.startswith("4207") and len(value) == 12 else -1
+            elif name == "email":
+                index = (int(value[6:14]) if value.startswith("member") and value.endswith("@sandbox.example")
+                         and len(value) == 30 else -1)
+            elif name == "externalId":
+                prefix = f"EXT-{self.config.seed}-"
+                index = int(value[len(prefix):]) if value.startswith(prefix) else -1
+            else:
+                return None
+        except (ValueError, TypeError):
+            return None
+        if not 0 <= index < self.config.customers:
+            return None
+        return index if self.capillary_identifiers(index)[name] == value else None
+
+    def capillary_user(self, index: int) -> dict:
+        rng = random.Random(f"capuser:{self.config.seed}:{index}")
+        return {"userId": CAPILLARY_USER_BASE + index, "firstName": rng.choice(FIRST_NAMES),
+                "lastName": rng.choice(LAST_NAMES), "externalId": self.capillary_identifiers(index)["externalId"]}
+
+    # ------------------------------------------------------------------ time helpers
+    def _dst_transitions(self) -> list[float]:
+        """UTC instants where the project zone's offset changes inside the data span."""
+        out = []
+        t = int(self.start_ts)
+        prev = datetime.fromtimestamp(t, self.zone).utcoffset()
+        while t < self.end_ts:
+            t += 3600
+            off = datetime.fromtimestamp(t, self.zone).utcoffset()
+            if off != prev:
+                # refine to the exact second the offset changed
+                lo, hi = t - 3600, t
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    if datetime.fromtimestamp(mid, self.zone).utcoffset() == prev:
+                        lo = mid
+                    else:
+                        hi = mid
+                out.append(float(hi))
+                prev = off
+        return out
+
+    def local(self, ts: float) -> str:
+        return _fmt(datetime.fromtimestamp(ts, self.zone))
+
+    # ------------------------------------------------------------------ CareCloud
+    def carecloud(self, index: int) -> CareCloudHistory:
+        with self._lock:
+            hit = self._cc_cache.get(index)
+            if hit is not None:
+                self._cc_cache.move_to_end(index)
+                return hit
+        history = self._generate_carecloud(index)
+        with self._lock:
+            self._cc_cache[index] = history
+            if len(self._cc_cache) > self._cache_size:
+                self._cc_cache.popitem(last=False)
+        return history
+
+    def record_count(self, index: int, rng: random.Random) -> int:
+        c = self.config
+        if c.empty_every and index % c.empty_every == 5:
+            return 0
+        if c.heavy_every and index % c.heavy_every == 7:
+            return c.heavy_records
+        mean = c.records_per_customer
+        if mean <= 0:
+            return 0
+        # uniform on [1, 2*mean-1] keeps the mean exact for integer means and never makes accidental empties
+        hi = max(1, int(round(2 * mean - 1)))
+        return rng.randint(1, hi)
+
+    def _generate_carecloud(self, index: int) -> CareCloudHistory:
+        c = self.config
+        seed = c.seed
+        rng = random.Random(f"cc:{seed}:{index}")
+        cid = self.carecloud_id(index)
+        n = self.record_count(index, rng)
+        if n == 0:
+            return CareCloudHistory([], [], [], [], [], [])
+        span = self.end_ts - self.start_ts
+        instants = [self.start_ts + rng.random() * span for _ in range(n)]
+        # awkward cases guaranteed on a fixed share of customers so even a 30-customer sandbox has them
+        if c.dst_every and index % c.dst_every == 2 and self.transitions:
+            for _ in range(rng.randint(2, 4)):
+                t = rng.choice(self.transitions)
+                instants.append(t + rng.uniform(-5400, 5400))
+        instants = sorted(int(t) for t in instants)
+        home_store = rng.randrange(len(self.stores))
+        home_partner = rng.randrange(len(self.partners))
+
+        raw: list[tuple[str, int, float, dict, str]] = []
+        for k, ts in enumerate(instants):
+            op = WELCOME if k == 0 and rng.random() < 0.6 else rng.choices(_TYPES, cum_weights=_CUM_WEIGHTS)[0]
+            amount, ext = self._amount_and_ext(rng, op, ts)
+            anomalies = []
+            if ext is not None and rng.random() < 0.002:
+                ext = ext[: max(1, len(ext) // 2)]  # a rare invalid JSON string, as seen in real exports
+                anomalies.append("invalid_json")
+            store = home_store if rng.random() < 0.7 else rng.randrange(len(self.stores))
+            partner = home_partner if rng.random() < 0.8 else rng.randrange(len(self.partners))
+            rec = {
+                "customer_id": cid,
+                "point_amount": amount,
+                "point_operation_type": op,
+                "point_operation_note": rng.choice(_NOTES[op]),
+                "point_type_id": self.point_types[0 if rng.random() < 0.85 else rng.randrange(3)],
+                "partner_id": self.partners[partner],
+                "store_id": self.stores[store],
+                "point_history_record_time": self.local(ts),
+                "extended_data": ext,
+            }
+            visible = float(ts)
+            if rng.random() < c.late_share:
+                visible += rng.uniform(600, c.late_max_seconds)
+                anomalies.append("late")
+            if c.type_drift and rng.random() < 0.05:
+                rec["point_amount"] = str(rec["point_amount"])
+                anomalies.append("type_drift")
+            if c.huge_notes and rng.random() < 0.01:
+                rec["point_operation_note"] = ("Dlouhá poznámka – " * 6000)[:100_000]
+                anomalies.append("huge_note")
+            internal_time = rec["point_history_record_time"]
+            if c.bad_times and rng.random() < 0.01:
+                rec["point_history_record_time"] = rng.choice([None, "0000-00-00 00:00:00", "2025-13-45 25:61:00",
+                                                               "not a time"])
+                anomalies.append("bad_time")
+            if c.extra_fields:
+                rec.update(EXTRA_FIELDS)
+                rec["record_source"] = rng.choice(["pos", "eshop", "app"])
+            raw.append((internal_time, ts, visible, rec, ",".join(anomalies)))
+            dup = (index % 11 == 4 and k == 0) or rng.random() < c.duplicate_share
+            if dup:  # two identical purchases in the same second are two real records
+                raw.append((internal_time, ts, visible, dict(rec), ",".join(anomalies + ["duplicate"])))
+        # stable order: local time string, then generation order (ties between identical records are harmless)
+        order = sorted(range(len(raw)), key=lambda j: (raw[j][0], j))
+        raw = [raw[j] for j in order]
+        return CareCloudHistory(
+            times=[r[0] for r in raw],
+            instants=[float(r[1]) for r in raw],
+            visible=[r[2] for r in raw],
+            records=[r[3] for r in raw],
+            encoded=[orjson.dumps(r[3]) for r in raw],
+            anomalies=[r[4] for r in raw],
+        )
+
+    def _amount_and_ext(self, rng: random.Random, op: str, ts: float) -> tuple[float | int, str | None]:
+        signed = self.config.point_amount_sign == "signed"
+        day = datetime.fromtimestamp(ts, self.zone).date()
+
+        def expiry() -> str | None:
+            return None if rng.random() < 0.3 else (day + timedelta(days=365)).isoformat()
+
+        ext: object
+        if op in (PURCHASE, PURCHASE_CS):
+            items = []
+            for _ in range(rng.randint(1, 5)):
+                name, price = rng.choice(_ITEMS)
+                items.append({"sku": f"SKU-{_hex(name, 3).upper()}", "name": name,
+                              "quantity": rng.randint(1, 4), "unit_price": price})
+            value = round(sum(i["quantity"] * i["unit_price"] for i in items), 2)
+            amount: float | int = int(value // 10) if rng.random() < 0.8 else round(value / 10, 1)
+            ext = {"purchase_value": value, "external_purchase_id": _hex(f"p:{ts}:{rng.random()}", 8).upper(),
+                   "date_of_points_expiration": expiry(), "purchase_items": items}
+        elif op in (POINTS_ADDITION, BONUS, WELCOME):
+            amount = 100 if op == WELCOME else rng.choice([10, 20, 25, 50, 100, 150, 200, 500])
+            ext = {"date_of_points_expiration": expiry(), "campaign_id": f"CMP-{day.year}-{rng.randint(1, 60):03d}"}
+        elif op == VOUCHER:
+            value = rng.choice([100.0, 200.0, 250.0, 500.0])
+            amount = int(value)
+            ext = {"voucher_id": _hex(f"v:{ts}:{rng.random()}", 13), "voucher_value": value}
+        elif op == REDEMPTION:
+            amount = rng.choice([50, 100, 120, 200, 300, 12.5])
+            ext = {"purchase_value": round(rng.uniform(100, 3000), 2),
+                   "external_purchase_id": _hex(f"r:{ts}:{rng.random()}", 8).upper()}
+        elif op == EXPIRATION:
+            amount = rng.choice([5, 10, 40, 75, 130, 210])
+            ext = {"date_of_points_expiration": day.isoformat(), "expired_batch_id": f"EXP-{day:%Y%m}-{rng.randint(1, 999):03d}"}
+        elif op == MANUAL:
+            amount = rng.choice([5, 10, 50, 100, 250])
+            roll = rng.random()
+            if roll < 0.3 and self.config.null_extended_data:
+                return self._sign(amount, op, rng, signed), None
+            ext = "" if roll < 0.6 else {"reason": rng.choice(_REASONS)}
+        else:  # TRANSFER
+            amount = rng.choice([10, 20, 50, 100, 500])
+            ext = {"transfer_id": str(TRANSFER_ID_BASE + rng.randrange(10**6))}
+        text = ext if isinstance(ext, str) else json.dumps(ext, ensure_ascii=False)
+        return self._sign(amount, op, rng, signed), text
+
+    @staticmethod
+    def _sign(amount: float | int, op: str, rng: random.Random, signed: bool) -> float | int:
+        if not signed:
+            return amount
+        sign = OPERATION_SIGN[op] or (1 if rng.random() < 0.5 else -1)
+        return amount * sign
+
+    # ------------------------------------------------------------------ Capillary
+    def transfers_of_group(self, group: int) -> list[dict]:
+        """Every transfer touching the customers of one group of consecutive indices, as neutral records with
+        both parties, so both sides of an internal transfer see the same transferId, amount and time."""
+        with self._lock:
+            hit = self._cap_cache.get(group)
+            if hit is not None:
+                self._cap_cache.move_to_end(group)
+                return hit
+        out = self._generate_group(group)
+        with self._lock:
+            self._cap_cache[group] = out
+            if len(self._cap_cache) > self._cache_size:
+                self._cap_cache.popitem(last=False)
+        return out
+
+    def _generate_group(self, group: int) -> list[dict]:
+        c = self.config
+        size = c.transfer_group_size
+        members = [i for i in range(group * size, min(c.customers, (group + 1) * size))]
+        if not members or c.transfers_per_customer <= 0:
+            return []
+        rng = random.Random(f"cap:{c.seed}:{group}")
+        # each transfer is seen by ~1.5 listed customers on average
+        hi = int(round(2 * c.transfers_per_customer * len(members) / 1.5))
+        n = min(TRANSFERS_PER_GROUP_MAX, rng.randint(0, max(0, hi)))
+        span = self.end_ts - self.start_ts
+        out = []
+        for j in range(n):
+            roll = rng.random()
+            a = rng.choice(members)
+            if roll < 0.5 and len(members) >= 2:
+                b = rng.choice([m for m in members if m != a])
+                frm, to = ("CUSTOMER", a), ("CUSTOMER", b)
+            elif roll < 0.75:
+                g = ("USERGROUP2", GROUP_BASE + group)
+                frm, to = (g, ("CUSTOMER", a)) if rng.random() < 0.5 else (("CUSTOMER", a), g)
+            else:
+                other = ("OUTSIDE", OUTSIDE_USER_BASE + group * 8 + rng.randrange(8))
+                frm, to = (other, ("CUSTOMER", a)) if rng.random() < 0.5 else (("CUSTOMER", a), other)
+            ts = int(self.start_ts + rng.random() * span)
+            visible = float(ts) + (rng.uniform(600, c.late_max_seconds) if rng.random() < c.late_share else 0.0)
+            out.append({
+                "transfer_id": TRANSFER_ID_BASE + group * (TRANSFERS_PER_GROUP_MAX + 1) + j,
+                "from": frm, "to": to, "ts": ts, "visible": visible,
+                "points": rng.choice([2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 12.5, 250.0]),
+                "notes": rng.choice(TRANSFER_NOTES),
+            })
+        return out
+
+    def _party(self, party: tuple[str, int], group: int) -> tuple[str, int, str, dict]:
+        """(entityType, entityId, object key suffix, party object)."""
+        kind, ident = party
+        if kind == "CUSTOMER":
+            user = self.capillary_user(ident)
+            return "CUSTOMER", user["userId"], "", user
+        if kind == "OUTSIDE":
+            rng = random.Random(f"outside:{self.config.seed}:{ident}")
+            user = {"userId": ident, "firstName": rng.choice(FIRST_NAMES), "lastName": rng.choice(LAST_NAMES),
+                    "externalId": f"EXT-OUT-{ident}"}
+            return "CUSTOMER", ident, "", user
+        # legacy group shape (api-notes 2.3): transferredFromUserGroup2 instead of transferredFrom
+        grp = {"id": ident, "groupStatus": "ACTIVE", "fleetGroupUsers": [],
+               "createdBy": 75155000, "createdOn": "2023-05-02 10:00:00",
+               "lifeTimePurchases": 0.0, "name": GROUP_NAMES[group % len(GROUP_NAMES)]}
+        return "USERGROUP2", ident, "UserGroup2", grp
+
+    def capillary_view(self, index: int, summary: bool = False) -> list[tuple[float, dict]]:
+        """(visible_from, record) for every transfer customer `index` takes part in, oldest first."""
+        group = index // self.config.transfer_group_size
+        out = []
+        for t in self.transfers_of_group(group):
+            frm, to = t["from"], t["to"]
+            if frm == ("CUSTOMER", index):
+                ttype = "DEDUCTION"
+            elif to == ("CUSTOMER", index):
+                ttype = "ADDITION"
+            else:
+                continue
+            ftype, fid, fkey, fobj = self._party(frm, group)
+            ttype_, tid, tkey, tobj = self._party(to, group)
+            dt = datetime.fromtimestamp(t["ts"], self.cap_zone)
+            iso = dt.isoformat(timespec="seconds")
+            if iso.endswith("+00:00"):
+                iso = iso[:-6] + "Z"
+            if summary:
+                fobj = {k: v for k, v in fobj.items() if k != "externalId"}
+                tobj = {k: v for k, v in tobj.items() if k != "externalId"}
+            rec = {
+                "toEntityId": tid, "toEntityType": ttype_,
+                "fromEntityId": fid, "fromEntityType": ftype,
+                "pointsTransferDate": _fmt(dt), "pointsTransferDateISO": iso,
+                "pointsTransferred": t["points"], "transferId": t["transfer_id"], "transferType": ttype,
+                "transferredFrom" + fkey: fobj, "transferredTo" + tkey: tobj,
+                "notes": t["notes"], "programName": PROGRAM_NAME,
+            }
+            out.append((t["visible"], t["ts"], rec))
+        out.sort(key=lambda x: (x[1], x[2]["transferId"]))
+        return [(v, r) for v, _, r in out]
+
+
+def parse_local_param(text: str) -> str | None:
+    """A `time_from`/`time_to` value in either documented format, normalised to `YYYY-MM-DD HH:MM:SS`."""
+    if not isinstance(text, str) or len(text) != 19 or text[10] not in " T":
+        return None
+    try:
+        datetime.strptime(text[:10] + " " + text[11:], "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return None
+    return text[:10] + " " + text[11:]
+

@@ -1,0 +1,98 @@
+"""Fault injection: per-credential token bucket, random 429/503, latency, dropped and truncated responses,
+maintenance windows. Decisions are drawn from a seeded RNG and every injected fault is counted by kind."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import zlib
+from collections import Counter
+
+from pipelines.sandbox.config import FaultConfig
+
+# What the server does with one data request.
+PASS = "pass"
+RATE_LIMITED = "429_rate_limit"
+RANDOM_429 = "429_random"
+ERROR_503 = "503_random"
+MAINTENANCE = "503_maintenance"
+DROP = "dropped_connection"
+TRUNCATE = "truncated_body"
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.capacity = burst if burst > 0 else max(1.0, rate)
+        self.tokens = self.capacity
+        self.updated = time.monotonic()
+
+    def take(self) -> float:
+        """0 if a token was taken, else the seconds until one is available."""
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class Faults:
+    def __init__(self, config: FaultConfig) -> None:
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.lock = threading.Lock()
+        self.buckets: dict[str, TokenBucket] = {}
+        self.counts: Counter[str] = Counter()
+        self.started = time.monotonic()
+
+    def count(self, kind: str) -> None:
+        with self.lock:
+            self.counts[kind] += 1
+
+    def in_maintenance(self, customer_key: str) -> bool:
+        c = self.config
+        if not (c.maintenance_share > 0 and c.maintenance_seconds > 0):
+            return False
+        elapsed = time.monotonic() - self.started
+        if not c.maintenance_after_seconds <= elapsed < c.maintenance_after_seconds + c.maintenance_seconds:
+            return False
+        # the same customers stay down for the whole window, like a shard under maintenance
+        return (zlib.crc32(customer_key.encode()) % 10_000) < c.maintenance_share * 10_000
+
+    def decide(self, credential: str, customer_key: str) -> tuple[str, float | None]:
+        """(action, retry_after seconds or None) for one data request."""
+        c = self.config
+        with self.lock:
+            if c.rate_limit_rps > 0:
+                bucket = self.buckets.get(credential)
+                if bucket is None:
+                    bucket = self.buckets[credential] = TokenBucket(c.rate_limit_rps, c.rate_limit_burst)
+                wait = bucket.take()
+                if wait > 0:
+                    self.counts[RATE_LIMITED] += 1
+                    return RATE_LIMITED, (wait if self.rng.random() < c.retry_after_share else None)
+            if self.in_maintenance(customer_key):
+                self.counts[MAINTENANCE] += 1
+                return MAINTENANCE, None
+            roll = self.rng.random()
+            for kind, share in ((RANDOM_429, c.random_429_share), (ERROR_503, c.error_503_share),
+                                (DROP, c.drop_share), (TRUNCATE, c.truncate_share)):
+                if roll < share:
+                    self.counts[kind] += 1
+                    retry = None
+                    if kind == RANDOM_429 and self.rng.random() < c.retry_after_share:
+                        retry = 1.0
+                    return kind, retry
+                roll -= share
+            return PASS, None
+
+    def delay(self) -> float:
+        c = self.config
+        if not (c.latency_ms or c.jitter_ms):
+            return 0.0
+        with self.lock:
+            jitter = self.rng.random() * c.jitter_ms
+        return (c.latency_ms + jitter) / 1000.0

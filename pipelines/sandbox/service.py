@@ -1,0 +1,218 @@
+"""`Sandbox`: the in-process handle used by tests, benchmarks, `loyalty-etl demo` and `loyalty-etl sandbox`.
+
+The server runs its asyncio loop on a background thread (or the main thread for the CLI), so a test drives the
+clock, reads stats and computes the truth from the same process while real HTTP clients talk to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import threading
+from pathlib import Path
+from typing import Any
+
+from pipelines.sandbox.api import SandboxApp
+from pipelines.sandbox.clock import to_epoch
+from pipelines.sandbox.config import CARECLOUD_BASE_PATH, FaultConfig, SandboxConfig
+from pipelines.sandbox.server import ServerOptions, create_server
+from pipelines.sandbox.truth import Truth, capillary_truth, carecloud_truth
+
+SOURCES = ("carecloud", "capillary")
+
+
+class Sandbox:
+    def __init__(self, config: SandboxConfig | None = None, faults: FaultConfig | None = None,
+                 options: ServerOptions | None = None) -> None:
+        self.config = config or SandboxConfig()
+        self.faults = faults or FaultConfig()
+        self.options = options or ServerOptions()
+        self.app = SandboxApp(self.config, self.faults)
+        self.host = "127.0.0.1"
+        self.port: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._thread: threading.Thread | None = None
+        # which customers the customer files list (truth covers exactly these); all unless narrowed
+        self._listed: dict[str, list[int] | range] = {s: range(self.config.customers) for s in SOURCES}
+        self.capillary_identifier = "id"
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> "Sandbox":
+        if self._thread is not None:
+            return self
+        ready = threading.Event()
+        error: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._loop = loop
+            try:
+                self._server = loop.run_until_complete(create_server(self.app, host, port, self.options))
+                self.host, self.port = host, self._server.sockets[0].getsockname()[1]
+            except BaseException as exc:  # report bind errors to the caller's thread
+                error.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                self._server.close()
+                loop.run_until_complete(self._server.wait_closed())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="loyalty-sandbox", daemon=True)
+        self._thread.start()
+        ready.wait(30)
+        if error:
+            self._thread = None
+            raise error[0]
+        return self
+
+    def serve_forever(self, host: str = "127.0.0.1", port: int = 8700, on_ready=None) -> None:
+        """Serve on the calling thread until interrupted (the CLI)."""
+
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._server = await create_server(self.app, host, port, self.options)
+            self.host, self.port = host, self._server.sockets[0].getsockname()[1]
+            if on_ready:
+                on_ready(self)
+            async with self._server:
+                await self._server.serve_forever()
+
+        asyncio.run(main())
+
+    def stop(self) -> None:
+        if self._thread is None or self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._thread = None
+
+    def __enter__(self) -> "Sandbox":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ addresses
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("sandbox not started")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def carecloud_base_url(self) -> str:
+        return self.url + CARECLOUD_BASE_PATH
+
+    @property
+    def capillary_base_url(self) -> str:
+        return self.url
+
+    # ------------------------------------------------------------------ clock
+    def now(self) -> float:
+        return self.app.clock.now()
+
+    def set_now(self, instant: Any) -> None:
+        self.app.clock.set(instant)
+
+    def advance(self, seconds: float) -> None:
+        self.app.clock.advance(seconds)
+
+    # ------------------------------------------------------------------ customers
+    def customer_ids(self, source: str, identifier_name: str | None = None) -> list[str]:
+        gen = self.app.data
+        indices = self._listed[source]
+        if source == "carecloud":
+            return [gen.carecloud_id(i) for i in indices]
+        if source == "capillary":
+            name = identifier_name or self.capillary_identifier
+            return [gen.capillary_identifiers(i)[name] for i in indices]
+        raise ValueError(f"unknown source {source!r}")
+
+    def list_customers(self, limit: int | None = None) -> None:
+        """Narrow the customer list (files and truth) to the first `limit` customers; None = all."""
+        n = self.config.customers if limit is None else min(limit, self.config.customers)
+        self._listed = {s: range(n) for s in SOURCES}
+
+    def unknown_customer_ids(self, source: str, n: int) -> list[str]:
+        """Well-formed ids the API does not know (400 not_found / 8015)."""
+        gen = self.app.data
+        if source == "carecloud":
+            return [gen.carecloud_id(self.config.customers + k)[:16][::-1] + f"{k:010x}" for k in range(n)]
+        return [str(880_000_000 + k) for k in range(n)]
+
+    def write_customer_files(self, out_dir: str | Path, *, limit: int | None = None, unknown: int = 0,
+                             duplicates: int = 0, blanks: int = 0,
+                             capillary_identifier: str = "id") -> dict[str, Path]:
+        """One CSV per source with a `customer_id` column. `limit` lists only the first N customers (the truth
+        follows); `unknown`, `duplicates`, `blanks` add bad lines for the reliability suite (not in the truth)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.list_customers(limit)
+        self.capillary_identifier = capillary_identifier
+        paths = {}
+        for source in SOURCES:
+            ids = self.customer_ids(source)
+            extra = self.unknown_customer_ids(source, unknown)
+            lines = ids + extra + ids[:duplicates] + [""] * blanks
+            if extra or duplicates or blanks:
+                # spread the bad lines through the file rather than all at the end
+                lines = [c for _, c in sorted(enumerate(lines), key=lambda kv: hashlib.md5(
+                    f"{self.config.seed}:{kv[0]}".encode()).digest())]
+            path = out / f"{source}.csv"
+            with path.open("w", newline="", encoding="utf-8") as fh:
+                w = csv.writer(fh)
+                w.writerow(["customer_id"])
+                for cid in lines:
+                    w.writerow([cid])
+            paths[source] = path
+        return paths
+
+    def env(self, warehouse_path: str | Path, **customer_file_options: Any) -> dict[str, str]:
+        """Environment variables that point the real CLI (dlt-style settings) at this sandbox. Writes the
+        customer files beside the warehouse file. Merge into `os.environ` for a subprocess."""
+        from pipelines.sandbox.config import (
+            CAPILLARY_PASSWORD, CAPILLARY_TILL_ID, CARECLOUD_APP_ID, CARECLOUD_LOGIN, CARECLOUD_PASSWORD,
+        )
+
+        warehouse = Path(warehouse_path)
+        files = self.write_customer_files(warehouse.parent, **customer_file_options)
+        return {
+            "SOURCES__CARECLOUD__BASE_URL": self.carecloud_base_url,
+            "SOURCES__CARECLOUD__CREDENTIALS__LOGIN": CARECLOUD_LOGIN,
+            "SOURCES__CARECLOUD__CREDENTIALS__PASSWORD": CARECLOUD_PASSWORD,
+            "SOURCES__CARECLOUD__CREDENTIALS__EXTERNAL_APP_ID": CARECLOUD_APP_ID,
+            "SOURCES__CARECLOUD__CUSTOMERS": str(files["carecloud"]),
+            "SOURCES__CARECLOUD__TIMEZONE": self.config.timezone,
+            "SOURCES__CAPILLARY__BASE_URL": self.capillary_base_url,
+            "SOURCES__CAPILLARY__CREDENTIALS__TILL_ID": CAPILLARY_TILL_ID,
+            "SOURCES__CAPILLARY__CREDENTIALS__PASSWORD": CAPILLARY_PASSWORD,
+            "SOURCES__CAPILLARY__CUSTOMERS": str(files["capillary"]),
+            "SOURCES__CAPILLARY__IDENTIFIER_NAME": self.capillary_identifier,
+            "SOURCES__CAPILLARY__SERVER_TIMEZONE": self.config.capillary_timezone,
+            "DESTINATION__DUCKDB__CREDENTIALS": str(warehouse),
+        }
+
+    # ------------------------------------------------------------------ truth and stats
+    def truth(self, now: Any = None) -> Truth:
+        at = self.now() if now is None else to_epoch(now)
+        gen = self.app.data
+        return Truth(
+            carecloud_point_history=carecloud_truth(gen, at, self._listed["carecloud"]),
+            capillary_customer_transfers=capillary_truth(gen, at, self._listed["capillary"],
+                                                         self.capillary_identifier),
+        )
+
+    def write_truth(self, out_dir: str | Path, now: Any = None) -> dict[str, Path]:
+        return self.truth(now).write(out_dir)
+
+    def stats(self) -> dict:
+        return self.app.stats()
