@@ -5,7 +5,6 @@ Contract between the runner (fills it in) and operations (persists, prints, aler
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,31 +17,6 @@ EXIT_OK = 0          # all customers done
 EXIT_FAILED = 1      # the run failed
 EXIT_PARTIAL = 2     # finished, but some customers failed (listed)
 MAX_LISTED_FAILURES = 100
-
-
-# Columns of `loyalty_raw.runs`, one row per run (written by `state.py` from `RunReport.runs_row()`, read by
-# `loyalty-etl status`). Per-source detail (window, customers, requests) is a JSON object keyed by source so a new
-# source needs no migration; the totals beside it are what `status` and ad-hoc queries filter on.
-RUNS_COLUMNS: dict[str, str] = {
-    "run_id": "TEXT PRIMARY KEY",
-    "command": "TEXT",
-    "status": "TEXT",                 # ok | partial | failed
-    "exit_code": "INTEGER",
-    "started_at": "TIMESTAMPTZ",
-    "ended_at": "TIMESTAMPTZ",
-    "duration_s": "DOUBLE",
-    "customers_done": "BIGINT",
-    "customers_failed": "BIGINT",
-    "customers_skipped": "BIGINT",
-    "records": "BIGINT",
-    "requests": "BIGINT",
-    "retries": "BIGINT",
-    "http_429": "BIGINT",
-    "models": "TEXT",
-    "error": "TEXT",
-    "sources": "JSON",                # {source: {window_start, window_end, customers_total, ..., failed_customers}}
-    "rows_by_table": "JSON",          # {table: rows written}
-}
 
 
 @dataclass
@@ -91,21 +65,6 @@ class RunReport:
     @property
     def status(self) -> str:
         return {EXIT_OK: "ok", EXIT_PARTIAL: "partial"}.get(self.exit_code, "failed")
-
-    def runs_row(self) -> dict[str, Any]:
-        """The `loyalty_raw.runs` row for this run, keys in `RUNS_COLUMNS` order (JSON columns as text)."""
-        d = self.to_dict()
-        srcs = self.sources.values()
-        row = {
-            **{k: d[k] for k in ("run_id", "command", "status", "exit_code", "duration_s", "models", "error")},
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-            **{f"customers_{k}": sum(getattr(s, f"customers_{k}") for s in srcs) for k in ("done", "failed", "skipped")},
-            **{k: sum(getattr(s, k) for s in srcs) for k in ("records", "requests", "retries", "http_429")},
-            "sources": json.dumps(d["sources"]),
-            "rows_by_table": json.dumps(d["rows_by_table"]),
-        }
-        return {k: row[k] for k in RUNS_COLUMNS}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view (instants as ISO 8601 strings) for alerts and log shippers; secrets redacted."""
