@@ -35,9 +35,12 @@ def handle(args: argparse.Namespace) -> int:
     warehouse.parent.mkdir(parents=True, exist_ok=True)
     with Sandbox(SandboxConfig(customers=args.customers, seed=args.seed)) as sb:
         sb.start()
-        files = sb.write_customer_files(warehouse.parent / "demo-customers")
         print(f"sandbox API on {sb.url} with {args.customers:,} customers per source (seed {args.seed})")
-        os.environ.update(demo_env(sb, files))
+        # the dlt way: environment variables override .dlt/ files, pointing both sources at the sandbox
+        os.environ.update(sb.env(warehouse))
+        # the sandbox is in-process and fast: no need to throttle it like a production API
+        os.environ.setdefault("SOURCES__CARECLOUD__RATE_LIMIT", "1000")
+        os.environ.setdefault("SOURCES__CAPILLARY__RATE_LIMIT", "1000")
         from pipelines.config import load_settings
         from pipelines.runner import run
 
@@ -45,26 +48,6 @@ def handle(args: argparse.Namespace) -> int:
     if report.exit_code != 1:
         print_loaded(warehouse, models=not args.no_models)
     return report.exit_code
-
-
-def demo_env(sb, files: dict[str, Path]) -> dict[str, str]:
-    """Environment overrides (the dlt way) that point both sources at the running sandbox."""
-    from pipelines.sandbox import DEFAULT_CREDENTIALS as C
-
-    return {
-        "SOURCES__CARECLOUD__BASE_URL": sb.carecloud_base_url,
-        "SOURCES__CARECLOUD__CREDENTIALS__LOGIN": C["carecloud"]["login"],
-        "SOURCES__CARECLOUD__CREDENTIALS__PASSWORD": C["carecloud"]["password"],
-        "SOURCES__CARECLOUD__CREDENTIALS__EXTERNAL_APP_ID": C["carecloud"]["external_app_id"],
-        "SOURCES__CARECLOUD__CUSTOMERS": str(files["carecloud"]),
-        "SOURCES__CAPILLARY__BASE_URL": sb.capillary_base_url,
-        "SOURCES__CAPILLARY__CREDENTIALS__TILL_ID": C["capillary"]["till_id"],
-        "SOURCES__CAPILLARY__CREDENTIALS__PASSWORD": C["capillary"]["password"],
-        "SOURCES__CAPILLARY__CUSTOMERS": str(files["capillary"]),
-        # the sandbox is in-process and fast: no need to throttle it like a production API
-        "SOURCES__CARECLOUD__RATE_LIMIT": "1000",
-        "SOURCES__CAPILLARY__RATE_LIMIT": "1000",
-    }
 
 
 def print_loaded(warehouse: Path, models: bool) -> None:
