@@ -1,0 +1,205 @@
+"""Security: credentials never leave the process that uses them, plain http:// to the network is refused, and the
+secrets file is kept out of git.
+
+The leak test runs full loads (with retries, token expiry and a wrong password, so error paths run too) with
+distinctive credential values, then searches everything the runs left behind: stdout/stderr of every run (text and
+JSON logs at debug level), every file under the test's directory (warehouse file and WAL, `.dlt-pipelines`, logs,
+the run's HOME), every table of the warehouse exported to CSV, and every file of the repository written during
+the test (the exported dlt schema YAML, dbt's target and logs).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from chaos.fixtures import rig_factory  # noqa: F401  (fixture)
+from chaos.harness import ROOT, connect_ro
+
+CC_LOGIN = "ccLogin-Qm4Rt8Vw"
+CC_PASSWORD = "ccPassw0rd-7Kx2Lp9Zs4"
+CC_APP_ID = "ccAppId-3Hn6Bd1Yc"
+CAP_TILL = "capTill-5Wq8Ej2Uf"
+CAP_PASSWORD = "capPassw0rd-9Gt4Mv6Xa1"
+CAP_KEY = "capKey-2Rs7Pk3Nd"
+CAP_SECRET = "capSecret-8Yb1Cf5Jh0"
+WRONG_PASSWORD = "ccWrongPw-4Tz9Qa2Lk6"
+
+
+def _derived(secrets: list[str]) -> list[str]:
+    """What a leak may look like besides the value itself: the Capillary Basic header parts."""
+    md5 = hashlib.md5(CAP_PASSWORD.encode()).hexdigest()
+    basic = base64.b64encode(f"{CAP_TILL}:{md5}".encode()).decode()
+    return secrets + [md5, basic]
+
+
+@pytest.fixture
+def distinctive_credentials(monkeypatch):
+    """The sandbox accepts only these values (its credential constants are swapped for this test), so a run that
+    loads data provably used them."""
+    import pipelines.sandbox.api as api
+    import pipelines.sandbox.config as cfg
+
+    values = {"CARECLOUD_LOGIN": CC_LOGIN, "CARECLOUD_PASSWORD": CC_PASSWORD, "CARECLOUD_APP_ID": CC_APP_ID,
+              "CAPILLARY_TILL_ID": CAP_TILL, "CAPILLARY_PASSWORD": CAP_PASSWORD,
+              "CAPILLARY_OAUTH_KEY": CAP_KEY, "CAPILLARY_OAUTH_SECRET": CAP_SECRET}
+    for name, value in values.items():
+        for mod in (api, cfg):
+            if hasattr(mod, name):
+                monkeypatch.setattr(mod, name, value)
+    return values
+
+
+def _spy_tokens(sb) -> list[str]:
+    """Bearer and OAuth tokens the sandbox hands out are credentials too."""
+    tokens: list[str] = []
+    app = sb.app
+    for name, path in (("carecloud_login", ("data", "bearer_token")), ("capillary_oauth", ("data", "accessToken"))):
+        original = getattr(app, name)
+
+        def spy(req, _original=original, _path=path):
+            resp = _original(req)
+            if resp.status == 200:
+                obj = orjson.loads(resp.body)
+                tokens.append(obj[_path[0]][_path[1]])
+            return resp
+
+        setattr(app, name, spy)
+    return tokens
+
+
+def _files_under(*roots: Path) -> list[Path]:
+    out = []
+    for root in roots:
+        if root.is_file():
+            out.append(root)
+        elif root.is_dir():
+            out += [p for p in root.rglob("*") if p.is_file()]
+    return out
+
+
+def _repo_files_written_since(start: float) -> list[Path]:
+    skip = {".git", ".venv", "node_modules", "__pycache__", ".pytest_cache"}
+    found = []
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        dirnames[:] = [d for d in dirnames if d not in skip]
+        for f in filenames:
+            p = Path(dirpath) / f
+            try:
+                if p.stat().st_mtime >= start:
+                    found.append(p)
+            except OSError:
+                continue
+    return found
+
+
+def _leaks(needles: list[str], haystacks: dict[str, bytes]) -> list[str]:
+    found = []
+    for where, data in haystacks.items():
+        for needle in needles:
+            for form in {needle.encode(), needle.encode("utf-16-le")}:
+                if form in data:
+                    found.append(f"{needle!r} in {where}")
+    return found
+
+
+def test_no_credential_in_any_output_log_report_or_file(rig_factory, distinctive_credentials, tmp_path):
+    start = time.time() - 1
+    home = tmp_path / "home"
+    home.mkdir()
+    rig = rig_factory(
+        "sec", customers=24, token_max_requests=15, random_429_share=0.05, error_503_share=0.03,
+        settings={"max_attempts": 8},
+        env={"SOURCES__CAPILLARY__CREDENTIALS__KEY": CAP_KEY, "SOURCES__CAPILLARY__CREDENTIALS__SECRET": CAP_SECRET,
+             "HOME": str(home)})
+    tokens = _spy_tokens(rig.sb)
+
+    first = rig.etl.run("-vv", "run", "--until", rig.until().isoformat())
+    assert first.returncode == 0, first.describe()
+    rig.sb.advance(86400)
+    second = rig.etl.run("-vv", "--log-format", "json", "run", "--until", rig.until().isoformat())
+    assert second.returncode == 0, second.describe()
+    # a wrong password: the error path (401, exception message, failed run report) must not echo it
+    wrong = rig.etl.run("-vv", "run", "--until", rig.until().isoformat(), "--no-models",
+                        env={"SOURCES__CARECLOUD__CREDENTIALS__PASSWORD": WRONG_PASSWORD})
+    assert wrong.returncode in (1, 2), wrong.describe()
+
+    # the loads really used these credentials: data arrived, tokens were issued and renewed
+    cmp = rig.compare(ledger=True)
+    assert cmp.ok, str(cmp)
+    assert len([t for t in tokens if t]) >= 2, "token expiry should have forced a new login"
+
+    export = tmp_path / "export"
+    con = connect_ro(rig.warehouse)
+    try:
+        con.execute(f"export database '{export}' (format csv)")
+    finally:
+        con.close()
+
+    needles = _derived(list(distinctive_credentials.values()) + [WRONG_PASSWORD]) + tokens
+    haystacks: dict[str, bytes] = {}
+    for i, run in enumerate(rig.etl.runs):
+        haystacks[f"run {i} stdout"] = run.stdout.encode()
+        haystacks[f"run {i} stderr"] = run.stderr.encode()
+    files = _files_under(rig.dir, home, export) + _repo_files_written_since(start)
+    for p in files:
+        haystacks[str(p)] = p.read_bytes()
+    # the customer files and env are the test's own inputs; nothing else under rig.dir holds secrets
+    assert any(".dlt-pipelines" in k for k in haystacks), "expected the dlt pipeline dir beside the warehouse"
+    assert any(k.endswith(".csv") and "export" in k for k in haystacks), "expected exported warehouse tables"
+    leaks = _leaks(needles, haystacks)
+    assert not leaks, "credentials leaked:\n" + "\n".join(leaks)
+    # the searched text really contains the run's output (a search over nothing would pass trivially)
+    assert "carecloud" in first.output and "run " in first.output
+
+
+@pytest.mark.parametrize("url,refused", [
+    ("http://api.example.com/webservice/rest-api/enterprise-interface/v1.0", True),
+    ("http://10.1.2.3:8080/v1.0", True),
+    ("http://127.0.0.1.nip.io/v1.0", True),
+    ("http://localhost.example.com/v1.0", True),
+    ("http://127.0.0.1:9/v1.0", False),
+    ("http://[::1]:9/v1.0", False),
+    ("http://localhost:9/v1.0", False),
+    ("https://api.example.com/v1.0", False),
+])
+def test_plain_http_to_a_non_loopback_host_is_refused(url, refused, tmp_path):
+    """Settings are resolved by the real CLI; a refused URL ends the run before any request, with a message that
+    says how to allow it."""
+    env = {**os.environ, "SOURCES__CARECLOUD__BASE_URL": url,
+           "DESTINATION__DUCKDB__CREDENTIALS": str(tmp_path / "w" / "loyalty_warehouse.duckdb")}
+    code = ("import sys\nfrom pipelines.config import load_settings, ConfigError\n"
+            "try:\n    load_settings()\nexcept ConfigError as e:\n    print('REFUSED', e); sys.exit(3)\n"
+            "print('ACCEPTED')")
+    p = subprocess.run([os.sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    if refused:
+        assert p.returncode == 3 and "allow_insecure_http" in p.stdout, p.stdout + p.stderr
+        allowed = subprocess.run([os.sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                                 env={**env, "LOYALTY__ALLOW_INSECURE_HTTP": "true"}, timeout=60)
+        assert "ACCEPTED" in allowed.stdout, allowed.stdout + allowed.stderr
+        # and the CLI itself refuses it, with exit code 1 and the same clear message, before touching anything
+        run = subprocess.run([os.sys.executable, "-m", "pipelines.cli", "run", "--no-models"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 1, run.stdout + run.stderr
+        assert "allow_insecure_http" in run.stdout + run.stderr and "Traceback" not in run.stdout + run.stderr
+        assert not (tmp_path / "w" / "loyalty_warehouse.duckdb").exists()
+    else:
+        assert "ACCEPTED" in p.stdout, p.stdout + p.stderr
+
+
+def test_secrets_file_is_ignored_by_git_and_documented():
+    check = subprocess.run(["git", "check-ignore", "-q", ".dlt/secrets.toml"], cwd=ROOT)
+    assert check.returncode == 0, ".dlt/secrets.toml must be git-ignored"
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert not [f for f in tracked.splitlines() if f.endswith("secrets.toml")], "a secrets.toml is committed"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert ".dlt/secrets.toml" in readme, "README must say secrets go in .dlt/secrets.toml"
+    assert "SOURCES__CARECLOUD__CREDENTIALS__PASSWORD" in readme or "environment variable" in readme.lower(), \
+        "README must say secrets can come from environment variables"
