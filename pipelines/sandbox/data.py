@@ -8,17 +8,29 @@ so looking a customer up needs no table. The clock never changes the data; it on
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import orjson
 
 from pipelines.sandbox.config import SandboxConfig
+
+def _hex(text: str, nbytes: int) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=nbytes).hexdigest()
+
+
+def _pick(rng: random.Random, seq):
+    # rng.choice/randint cost ~1 us each through randrange; this is the generator's hot loop
+    return seq[int(rng.random() * len(seq))]
+
+
+def _randint(rng: random.Random, lo: int, hi: int) -> int:
+    return lo + int(rng.random() * (hi - lo + 1))
+
 
 # Operation type names exactly as the CareCloud tenant shows them; the dbt seed maps these strings.
 PURCHASE = "Purchase"
@@ -61,6 +73,7 @@ _NOTES[PURCHASE_CS] = _NOTES[PURCHASE]
 _ITEMS = [("Káva latte", 79.0), ("Croissant máslový", 39.9), ("Čaj zelený", 55.0), ("Voda 0,5 l", 24.9),
           ("Chléb žitný", 42.5), ("Sýr eidam 30 %", 89.9), ("Dárková karta", 500.0), ("Jablka 🍎", 34.9),
           ("Šampon", 129.0), ("Zubní pasta", 64.5), ("Tričko", 399.0), ("Ponožky 3×", 199.0)]
+_ITEMS = [(name, price, f"SKU-{_hex(name, 3).upper()}") for name, price in _ITEMS]
 _REASONS = ["complaint", "reklamace – vrácení zboží", "migration fix", "goodwill 🙏"]
 FIRST_NAMES = ["Jana", "Petr", "Žofie", "Łukasz", "Ørjan", "李", "Zoë", "", "Jiří", "Anna", "Müller", "O'Brien"]
 LAST_NAMES = ["Nováková", "Dvořák", "Šťastný", "", "García", "Ünal", "王", "Smith", "Černá", "Křížek"]
@@ -76,12 +89,9 @@ TRANSFERS_PER_GROUP_MAX = 511
 IDENTIFIER_NAMES = ("mobile", "email", "externalId", "id")
 
 
-def _hex(text: str, nbytes: int) -> str:
-    return hashlib.blake2b(text.encode(), digest_size=nbytes).hexdigest()
-
-
 def _fmt(dt: datetime) -> str:
-    return f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d} {dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
+    return dt.isoformat(" ", "seconds")[:19]
+
 
 
 def local_to_utc(text: str, zone: ZoneInfo) -> datetime | None:
@@ -116,7 +126,7 @@ class CapillaryView:
 
 
 class DataGenerator:
-    def __init__(self, config: SandboxConfig, cache_size: int = 4096) -> None:
+    def __init__(self, config: SandboxConfig) -> None:
         self.config = config
         self.zone = ZoneInfo(config.timezone)
         self.cap_zone = ZoneInfo(config.capillary_timezone)
@@ -130,7 +140,8 @@ class DataGenerator:
         self._lock = threading.Lock()
         self._cc_cache: OrderedDict[int, CareCloudHistory] = OrderedDict()
         self._cap_cache: OrderedDict[int, list[dict]] = OrderedDict()
-        self._cache_size = cache_size
+        self._view_cache: OrderedDict[tuple[int, bool], list[tuple[float, dict]]] = OrderedDict()
+        self._cache_size = max(16, config.cache_customers)
 
     # ------------------------------------------------------------------ identities
     def carecloud_id(self, index: int) -> str:
@@ -178,8 +189,8 @@ class DataGenerator:
 
     def capillary_user(self, index: int) -> dict:
         rng = random.Random(f"capuser:{self.config.seed}:{index}")
-        return {"userId": CAPILLARY_USER_BASE + index, "firstName": rng.choice(FIRST_NAMES),
-                "lastName": rng.choice(LAST_NAMES), "externalId": self.capillary_identifiers(index)["externalId"]}
+        return {"userId": CAPILLARY_USER_BASE + index, "firstName": _pick(rng, FIRST_NAMES),
+                "lastName": _pick(rng, LAST_NAMES), "externalId": self.capillary_identifiers(index)["externalId"]}
 
     # ------------------------------------------------------------------ time helpers
     def _dst_transitions(self) -> list[float]:
@@ -231,7 +242,7 @@ class DataGenerator:
             return 0
         # uniform on [1, 2*mean-1] keeps the mean exact for integer means and never makes accidental empties
         hi = max(1, int(round(2 * mean - 1)))
-        return rng.randint(1, hi)
+        return _randint(rng, 1, hi)
 
     def _generate_carecloud(self, index: int) -> CareCloudHistory:
         c = self.config
@@ -245,32 +256,33 @@ class DataGenerator:
         instants = [self.start_ts + rng.random() * span for _ in range(n)]
         # awkward cases guaranteed on a fixed share of customers so even a 30-customer sandbox has them
         if c.dst_every and index % c.dst_every == 2 and self.transitions:
-            for _ in range(rng.randint(2, 4)):
-                t = rng.choice(self.transitions)
+            for _ in range(_randint(rng, 2, 4)):
+                t = _pick(rng, self.transitions)
                 instants.append(t + rng.uniform(-5400, 5400))
         instants = sorted(int(t) for t in instants)
-        home_store = rng.randrange(len(self.stores))
-        home_partner = rng.randrange(len(self.partners))
+        home_store = int(rng.random() * len(self.stores))
+        home_partner = int(rng.random() * len(self.partners))
 
         raw: list[tuple[str, int, float, dict, str]] = []
         for k, ts in enumerate(instants):
             op = WELCOME if k == 0 and rng.random() < 0.6 else rng.choices(_TYPES, cum_weights=_CUM_WEIGHTS)[0]
-            amount, ext = self._amount_and_ext(rng, op, ts)
+            local_dt = datetime.fromtimestamp(ts, self.zone)
+            amount, ext = self._amount_and_ext(rng, op, ts, local_dt.date())
             anomalies = []
             if ext is not None and rng.random() < 0.002:
                 ext = ext[: max(1, len(ext) // 2)]  # a rare invalid JSON string, as seen in real exports
                 anomalies.append("invalid_json")
-            store = home_store if rng.random() < 0.7 else rng.randrange(len(self.stores))
-            partner = home_partner if rng.random() < 0.8 else rng.randrange(len(self.partners))
+            store = home_store if rng.random() < 0.7 else int(rng.random() * len(self.stores))
+            partner = home_partner if rng.random() < 0.8 else int(rng.random() * len(self.partners))
             rec = {
                 "customer_id": cid,
                 "point_amount": amount,
                 "point_operation_type": op,
-                "point_operation_note": rng.choice(_NOTES[op]),
-                "point_type_id": self.point_types[0 if rng.random() < 0.85 else rng.randrange(3)],
+                "point_operation_note": _pick(rng, _NOTES[op]),
+                "point_type_id": self.point_types[0 if rng.random() < 0.85 else int(rng.random() * 3)],
                 "partner_id": self.partners[partner],
                 "store_id": self.stores[store],
-                "point_history_record_time": self.local(ts),
+                "point_history_record_time": _fmt(local_dt),
                 "extended_data": ext,
             }
             visible = float(ts)
@@ -285,12 +297,12 @@ class DataGenerator:
                 anomalies.append("huge_note")
             internal_time = rec["point_history_record_time"]
             if c.bad_times and rng.random() < 0.01:
-                rec["point_history_record_time"] = rng.choice([None, "0000-00-00 00:00:00", "2025-13-45 25:61:00",
+                rec["point_history_record_time"] = _pick(rng, [None, "0000-00-00 00:00:00", "2025-13-45 25:61:00",
                                                                "not a time"])
                 anomalies.append("bad_time")
             if c.extra_fields:
                 rec.update(EXTRA_FIELDS)
-                rec["record_source"] = rng.choice(["pos", "eshop", "app"])
+                rec["record_source"] = _pick(rng, ["pos", "eshop", "app"])
             raw.append((internal_time, ts, visible, rec, ",".join(anomalies)))
             dup = (index % 11 == 4 and k == 0) or rng.random() < c.duplicate_share
             if dup:  # two identical purchases in the same second are two real records
@@ -307,9 +319,8 @@ class DataGenerator:
             anomalies=[r[4] for r in raw],
         )
 
-    def _amount_and_ext(self, rng: random.Random, op: str, ts: float) -> tuple[float | int, str | None]:
+    def _amount_and_ext(self, rng: random.Random, op: str, ts: float, day: date) -> tuple[float | int, str | None]:
         signed = self.config.point_amount_sign == "signed"
-        day = datetime.fromtimestamp(ts, self.zone).date()
 
         def expiry() -> str | None:
             return None if rng.random() < 0.3 else (day + timedelta(days=365)).isoformat()
@@ -317,38 +328,37 @@ class DataGenerator:
         ext: object
         if op in (PURCHASE, PURCHASE_CS):
             items = []
-            for _ in range(rng.randint(1, 5)):
-                name, price = rng.choice(_ITEMS)
-                items.append({"sku": f"SKU-{_hex(name, 3).upper()}", "name": name,
-                              "quantity": rng.randint(1, 4), "unit_price": price})
+            for _ in range(_randint(rng, 1, 5)):
+                name, price, sku = _pick(rng, _ITEMS)
+                items.append({"sku": sku, "name": name, "quantity": _randint(rng, 1, 4), "unit_price": price})
             value = round(sum(i["quantity"] * i["unit_price"] for i in items), 2)
             amount: float | int = int(value // 10) if rng.random() < 0.8 else round(value / 10, 1)
-            ext = {"purchase_value": value, "external_purchase_id": _hex(f"p:{ts}:{rng.random()}", 8).upper(),
+            ext = {"purchase_value": value, "external_purchase_id": f"{rng.getrandbits(64):016X}",
                    "date_of_points_expiration": expiry(), "purchase_items": items}
         elif op in (POINTS_ADDITION, BONUS, WELCOME):
-            amount = 100 if op == WELCOME else rng.choice([10, 20, 25, 50, 100, 150, 200, 500])
-            ext = {"date_of_points_expiration": expiry(), "campaign_id": f"CMP-{day.year}-{rng.randint(1, 60):03d}"}
+            amount = 100 if op == WELCOME else _pick(rng, [10, 20, 25, 50, 100, 150, 200, 500])
+            ext = {"date_of_points_expiration": expiry(), "campaign_id": f"CMP-{day.year}-{_randint(rng, 1, 60):03d}"}
         elif op == VOUCHER:
-            value = rng.choice([100.0, 200.0, 250.0, 500.0])
+            value = _pick(rng, [100.0, 200.0, 250.0, 500.0])
             amount = int(value)
-            ext = {"voucher_id": _hex(f"v:{ts}:{rng.random()}", 13), "voucher_value": value}
+            ext = {"voucher_id": f"{rng.getrandbits(104):026x}", "voucher_value": value}
         elif op == REDEMPTION:
-            amount = rng.choice([50, 100, 120, 200, 300, 12.5])
+            amount = _pick(rng, [50, 100, 120, 200, 300, 12.5])
             ext = {"purchase_value": round(rng.uniform(100, 3000), 2),
-                   "external_purchase_id": _hex(f"r:{ts}:{rng.random()}", 8).upper()}
+                   "external_purchase_id": f"{rng.getrandbits(64):016X}"}
         elif op == EXPIRATION:
-            amount = rng.choice([5, 10, 40, 75, 130, 210])
-            ext = {"date_of_points_expiration": day.isoformat(), "expired_batch_id": f"EXP-{day:%Y%m}-{rng.randint(1, 999):03d}"}
+            amount = _pick(rng, [5, 10, 40, 75, 130, 210])
+            ext = {"date_of_points_expiration": day.isoformat(), "expired_batch_id": f"EXP-{day:%Y%m}-{_randint(rng, 1, 999):03d}"}
         elif op == MANUAL:
-            amount = rng.choice([5, 10, 50, 100, 250])
+            amount = _pick(rng, [5, 10, 50, 100, 250])
             roll = rng.random()
             if roll < 0.3 and self.config.null_extended_data:
                 return self._sign(amount, op, rng, signed), None
-            ext = "" if roll < 0.6 else {"reason": rng.choice(_REASONS)}
+            ext = "" if roll < 0.6 else {"reason": _pick(rng, _REASONS)}
         else:  # TRANSFER
-            amount = rng.choice([10, 20, 50, 100, 500])
+            amount = _pick(rng, [10, 20, 50, 100, 500])
             ext = {"transfer_id": str(TRANSFER_ID_BASE + rng.randrange(10**6))}
-        text = ext if isinstance(ext, str) else json.dumps(ext, ensure_ascii=False)
+        text = ext if isinstance(ext, str) else orjson.dumps(ext).decode()  # compact; stdlib json is 15x slower here
         return self._sign(amount, op, rng, signed), text
 
     @staticmethod
@@ -383,14 +393,14 @@ class DataGenerator:
         rng = random.Random(f"cap:{c.seed}:{group}")
         # each transfer is seen by ~1.5 listed customers on average
         hi = int(round(2 * c.transfers_per_customer * len(members) / 1.5))
-        n = min(TRANSFERS_PER_GROUP_MAX, rng.randint(0, max(0, hi)))
+        n = min(TRANSFERS_PER_GROUP_MAX, _randint(rng, 0, max(0, hi)))
         span = self.end_ts - self.start_ts
         out = []
         for j in range(n):
             roll = rng.random()
-            a = rng.choice(members)
+            a = _pick(rng, members)
             if roll < 0.5 and len(members) >= 2:
-                b = rng.choice([m for m in members if m != a])
+                b = _pick(rng, [m for m in members if m != a])
                 frm, to = ("CUSTOMER", a), ("CUSTOMER", b)
             elif roll < 0.75:
                 g = ("USERGROUP2", GROUP_BASE + group)
@@ -403,8 +413,8 @@ class DataGenerator:
             out.append({
                 "transfer_id": TRANSFER_ID_BASE + group * (TRANSFERS_PER_GROUP_MAX + 1) + j,
                 "from": frm, "to": to, "ts": ts, "visible": visible,
-                "points": rng.choice([2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 12.5, 250.0]),
-                "notes": rng.choice(TRANSFER_NOTES),
+                "points": _pick(rng, [2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 12.5, 250.0]),
+                "notes": _pick(rng, TRANSFER_NOTES),
             })
         return out
 
@@ -416,7 +426,7 @@ class DataGenerator:
             return "CUSTOMER", user["userId"], "", user
         if kind == "OUTSIDE":
             rng = random.Random(f"outside:{self.config.seed}:{ident}")
-            user = {"userId": ident, "firstName": rng.choice(FIRST_NAMES), "lastName": rng.choice(LAST_NAMES),
+            user = {"userId": ident, "firstName": _pick(rng, FIRST_NAMES), "lastName": _pick(rng, LAST_NAMES),
                     "externalId": f"EXT-OUT-{ident}"}
             return "CUSTOMER", ident, "", user
         # legacy group shape (api-notes 2.3): transferredFromUserGroup2 instead of transferredFrom
@@ -427,6 +437,20 @@ class DataGenerator:
 
     def capillary_view(self, index: int, summary: bool = False) -> list[tuple[float, dict]]:
         """(visible_from, record) for every transfer customer `index` takes part in, oldest first."""
+        key = (index, summary)
+        with self._lock:
+            hit = self._view_cache.get(key)
+            if hit is not None:
+                self._view_cache.move_to_end(key)
+                return hit
+        view = self._capillary_view(index, summary)
+        with self._lock:
+            self._view_cache[key] = view
+            if len(self._view_cache) > self._cache_size:
+                self._view_cache.popitem(last=False)
+        return view
+
+    def _capillary_view(self, index: int, summary: bool) -> list[tuple[float, dict]]:
         group = index // self.config.transfer_group_size
         out = []
         for t in self.transfers_of_group(group):
