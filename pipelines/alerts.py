@@ -32,6 +32,7 @@ from pipelines.report import EXIT_OK, RunReport, render_summary
 
 log = get_logger("alerts")
 
+REPORTED_ENV = "LOYALTY_ALERT_REPORTED_FILE"
 COMMAND_TIMEOUT_S = 60.0
 WEBHOOK_TIMEOUT_S = 10.0
 # environment variables the alert command must not inherit: it is often a third-party script
@@ -52,6 +53,7 @@ def notify(settings: AlertSettings, report: RunReport) -> None:
     try:
         if report.exit_code == EXIT_OK:
             return
+        _mark_reported(report)
         command = (getattr(settings, "alert_command", "") or "").strip()
         webhook = (getattr(settings, "alert_webhook", "") or "").strip()
         if not command and not webhook:
@@ -64,6 +66,17 @@ def notify(settings: AlertSettings, report: RunReport) -> None:
             _post_webhook(webhook, body)
     except Exception as exc:  # noqa: BLE001 - the contract: alerting never breaks the run
         log.error("alerting failed: %s", redact(f"{type(exc).__name__}: {exc}"))
+
+
+def _mark_reported(report: RunReport) -> None:
+    """Tell a wrapper (deploy/cron, deploy/systemd) that this run reported itself, so the wrapper alerts only for
+    deaths that never reached `notify` (SIGKILL, OOM, a config error before the run started)."""
+    marker = os.environ.get(REPORTED_ENV)
+    if marker:
+        try:
+            Path(marker).write_text(f"{report.run_id} {report.status} {report.exit_code}\n")
+        except OSError as exc:
+            log.warning("cannot write %s=%s: %s", REPORTED_ENV, marker, exc)
 
 
 def _run_command(command: str, body: dict[str, Any], report: RunReport) -> None:
@@ -115,6 +128,20 @@ def _log_tail(path: Path, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def _exit_code(text: str) -> int:
+    """`137`, or `KILL` / `SIGKILL` (systemd's $EXIT_STATUS for a killed service) as 128 + signal number."""
+    import signal
+
+    try:
+        return int(text)
+    except ValueError:
+        name = text.upper() if text.upper().startswith("SIG") else "SIG" + text.upper()
+        try:
+            return 128 + signal.Signals[name].value
+        except KeyError:
+            raise argparse.ArgumentTypeError(f"not an exit code or signal name: {text}") from None
+
+
 def _describe_exit(code: int) -> str:
     if code == 75:
         return "skipped: the previous run still holds the lock"
@@ -131,7 +158,8 @@ def _describe_exit(code: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.alerts",
                                      description="Send an alert for a run that ended without its own report.")
-    parser.add_argument("--exit-code", type=int, required=True)
+    parser.add_argument("--exit-code", type=_exit_code, required=True,
+                        help="the exit code, or a signal name as systemd reports it (KILL, SEGV, ...)")
     parser.add_argument("--command", default="run", help="the loyalty-etl sub-command that ran")
     parser.add_argument("--log", type=Path, help="log file whose tail goes into the alert")
     args = parser.parse_args(argv)

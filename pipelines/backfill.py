@@ -1,0 +1,197 @@
+"""Backfills: load a long history in fixed chunks, resumable after a crash, without touching the nightly state.
+
+A backfill splits `[since, until)` into chunks (`--chunk 7d`) and, per source and chunk, calls the runner's
+`run_window(..., update_customer_state=False)`: the same extraction, normalization and merge as a nightly run, for
+a fixed window and every listed customer, leaving `_customer_sync_state` (where each customer's nightly window
+starts) exactly as it was.
+
+Resumability: after a chunk's load and bookkeeping commit, one row goes into `loyalty_raw._backfill_progress`.
+A rerun of the same command skips every chunk already covered by completed rows (coverage is by interval, so a rerun
+with another `--chunk` still skips what is done), and for a chunk that completed with failed customers it retries
+only those customers. A crash between a chunk's load and its progress row only means that chunk is loaded again:
+raw tables merge on their keys, so the rerun leaves the data identical.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import duckdb
+import pendulum
+
+from pipelines.logs import get_logger
+from pipelines.report import RunReport
+
+log = get_logger("backfill")
+
+SCHEMA = "loyalty_raw"
+TABLE = f"{SCHEMA}._backfill_progress"
+DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    source TEXT NOT NULL,
+    chunk_start TIMESTAMPTZ NOT NULL,
+    chunk_end TIMESTAMPTZ NOT NULL,
+    run_id TEXT,
+    customers BIGINT,
+    customers_failed BIGINT,
+    failed_customers JSON,      -- retried (alone) by the next run of the same backfill
+    records BIGINT,
+    completed_at TIMESTAMPTZ,
+    PRIMARY KEY (source, chunk_start, chunk_end)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    start: pendulum.DateTime
+    end: pendulum.DateTime
+
+    def __str__(self) -> str:
+        return f"[{self.start.isoformat()}, {self.end.isoformat()})"
+
+
+def plan_chunks(since: dt.datetime, until: dt.datetime, chunk: dt.timedelta) -> list[Chunk]:
+    """`[since, until)` cut into consecutive chunks of `chunk`; the last one ends at `until`."""
+    start, end = pendulum.instance(since).in_timezone("UTC"), pendulum.instance(until).in_timezone("UTC")
+    if end <= start:
+        raise ValueError(f"--until ({end.isoformat()}) must be after --since ({start.isoformat()})")
+    if chunk.total_seconds() <= 0:
+        raise ValueError("--chunk must be positive")
+    out = []
+    while start < end:
+        nxt = min(start + chunk, end)
+        out.append(Chunk(start, nxt))
+        start = nxt
+    return out
+
+
+def ensure_table(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute(DDL)
+
+
+def _merge(intervals: list[tuple[dt.datetime, dt.datetime]]) -> list[tuple[dt.datetime, dt.datetime]]:
+    merged: list[tuple[dt.datetime, dt.datetime]] = []
+    for s, e in sorted(intervals):
+        if merged and s <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+        else:
+            merged.append((s, e))
+    return merged
+
+
+@dataclass
+class ChunkPlan:
+    chunk: Chunk
+    customers: list[str]          # who to load in this chunk (all, or only those that failed last time)
+    retry: bool = False
+
+
+def pending(conn: duckdb.DuckDBPyConnection, source: str, chunks: Sequence[Chunk],
+            customers: list[str]) -> list[ChunkPlan]:
+    """What is left to do for `source`: chunks not covered by fully completed rows, and for a chunk recorded with
+    failures, just its failed customers (still in today's list)."""
+    rows = conn.execute(
+        f"SELECT chunk_start, chunk_end, customers_failed, failed_customers FROM {TABLE} WHERE source = ?", [source]
+    ).fetchall()
+    covered = _merge([(s, e) for s, e, failed, _ in rows if not failed])
+    partial = {(s, e): json.loads(f or "[]") for s, e, failed, f in rows if failed}
+    listed = set(customers)
+    plans = []
+    for c in chunks:
+        if any(s <= c.start and c.end <= e for s, e in covered):
+            continue
+        retry = partial.get((c.start, c.end))
+        if retry is not None:
+            plans.append(ChunkPlan(c, [x for x in retry if x in listed], retry=True))
+        else:
+            plans.append(ChunkPlan(c, list(customers)))
+    return plans
+
+
+def record_chunk(conn: duckdb.DuckDBPyConnection, source: str, plan: ChunkPlan, run_id: str, failed: list[str],
+                 records: int) -> None:
+    """Mark a chunk done (or done with these failures). Written only after the chunk's load committed."""
+    conn.execute(
+        f"""INSERT INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (source, chunk_start, chunk_end) DO UPDATE SET
+              run_id = excluded.run_id, customers = excluded.customers,
+              customers_failed = excluded.customers_failed, failed_customers = excluded.failed_customers,
+              records = {TABLE}.records + excluded.records, completed_at = excluded.completed_at""",
+        [source, plan.chunk.start, plan.chunk.end, run_id, len(plan.customers), len(failed), json.dumps(failed),
+         records, pendulum.now("UTC")],
+    )
+
+
+def backfill(settings: Any, sources: Sequence[str], since: dt.datetime, until: dt.datetime,
+             chunk: dt.timedelta, *, models: bool = True) -> RunReport:
+    """Run (or resume) a backfill; returns the run report (also written as a `runs` row, command `backfill`)."""
+    from pipelines import runner, state
+    from pipelines.customers import load_customers
+    from pipelines.lock import RunLock, connect_writer
+    from pipelines.report import SourceReport
+
+    chunks = plan_chunks(since, until, chunk)
+    report = RunReport(command="backfill")
+    report.extra.update(since=chunks[0].start.isoformat(), until=chunks[-1].end.isoformat(),
+                        chunk_s=chunk.total_seconds(), chunks=len(chunks))
+    with RunLock(settings.warehouse):
+        conn = connect_writer(settings.warehouse)
+        try:
+            state.ensure_tables(conn)
+            ensure_table(conn)
+            work: dict[str, tuple[list[str], list[ChunkPlan]]] = {}
+            for source in sources:
+                listed = load_customers(settings.source(source).customers, conn)
+                work[source] = (listed.ids, pending(conn, source, chunks, listed.ids))
+                report.sources[source] = SourceReport(window_start=chunks[0].start, window_end=chunks[-1].end,
+                                                      customers_total=len(listed.ids),
+                                                      customers_skipped=listed.skipped)
+                done = len(chunks) - sum(1 for p in work[source][1] if not p.retry)
+                log.info("backfill %s: %d chunks of %s, %d already done, %d to retry for failed customers",
+                         source, len(chunks), chunk, done, sum(1 for p in work[source][1] if p.retry))
+            try:
+                for source, (ids, plans) in work.items():
+                    for plan in plans:
+                        if not plan.customers:
+                            record_chunk(conn, source, plan, report.run_id, [], 0)
+                            continue
+                        _load_chunk(runner, settings, source, plan, report, conn)
+            except Exception as exc:  # noqa: BLE001 - the run row and alert must still be written
+                log.exception("backfill failed")
+                report.error = f"{type(exc).__name__}: {exc}"
+            _finish(settings, report, conn, models)
+        finally:
+            conn.close()
+    return report
+
+
+def _load_chunk(runner: Any, settings: Any, source: str, plan: ChunkPlan, report: RunReport,
+                conn: duckdb.DuckDBPyConnection) -> None:
+    src = report.sources[source]
+    failed_before, records_before = list(src.failed_customers), src.records
+    # run_window accumulates into the report; customers done/failed there count customer-chunks, not customers
+    runner.run_window(settings, source, plan.chunk.start, plan.chunk.end, plan.customers, report,
+                      update_customer_state=False)
+    failed = [c for c in src.failed_customers[len(failed_before):]]
+    record_chunk(conn, source, plan, report.run_id, failed, src.records - records_before)
+    log.info("backfill %s chunk %s: %d customers, %d failed, %d records", source, plan.chunk,
+             len(plan.customers), len(failed), src.records - records_before)
+
+
+def _finish(settings: Any, report: RunReport, conn: duckdb.DuckDBPyConnection, models: bool) -> None:
+    from pipelines import state
+
+    if models and not report.error:
+        from pipelines.models import run_dbt
+
+        report.models = "ok" if run_dbt(settings.warehouse, quiet=True) == 0 else "failed"
+    # a customer that failed in one chunk and succeeded on retry is not failing any more
+    for s in report.sources.values():
+        s.failed_customers = sorted(set(s.failed_customers))
+    report.finish()
+    state.write_run(conn, report)
