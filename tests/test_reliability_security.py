@@ -14,6 +14,7 @@ import base64
 import hashlib
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -170,28 +171,33 @@ def test_no_credential_in_any_output_log_report_or_file(rig_factory, distinctive
     ("http://localhost:9/v1.0", False),
     ("https://api.example.com/v1.0", False),
 ])
-def test_plain_http_to_a_non_loopback_host_is_refused(url, refused, tmp_path):
-    """Settings are resolved by the real CLI; a refused URL ends the run before any request, with a message that
-    says how to allow it."""
-    env = {**os.environ, "SOURCES__CARECLOUD__BASE_URL": url,
-           "DESTINATION__DUCKDB__CREDENTIALS": str(tmp_path / "w" / "loyalty_warehouse.duckdb")}
-    code = ("import sys\nfrom pipelines.config import load_settings, ConfigError\n"
-            "try:\n    load_settings()\nexcept ConfigError as e:\n    print('REFUSED', e); sys.exit(3)\n"
-            "print('ACCEPTED')")
-    p = subprocess.run([os.sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+def test_plain_http_to_a_non_loopback_host_is_refused(url, refused):
+    from pipelines.config import ConfigError, check_base_url
+
     if refused:
-        assert p.returncode == 3 and "allow_insecure_http" in p.stdout, p.stdout + p.stderr
-        allowed = subprocess.run([os.sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                                 env={**env, "LOYALTY__ALLOW_INSECURE_HTTP": "true"}, timeout=60)
-        assert "ACCEPTED" in allowed.stdout, allowed.stdout + allowed.stderr
-        # and the CLI itself refuses it, with exit code 1 and the same clear message, before touching anything
-        run = subprocess.run([os.sys.executable, "-m", "pipelines.cli", "run", "--no-models"], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=120)
-        assert run.returncode == 1, run.stdout + run.stderr
-        assert "allow_insecure_http" in run.stdout + run.stderr and "Traceback" not in run.stdout + run.stderr
-        assert not (tmp_path / "w" / "loyalty_warehouse.duckdb").exists()
+        with pytest.raises(ConfigError, match="allow_insecure_http"):
+            check_base_url(url, "carecloud", allow_insecure=False)
+        assert check_base_url(url, "carecloud", allow_insecure=True)
     else:
-        assert "ACCEPTED" in p.stdout, p.stdout + p.stderr
+        assert check_base_url(url, "carecloud", allow_insecure=False)
+
+
+def test_cli_refuses_plain_http_before_touching_anything(tmp_path):
+    """End to end through the settings resolution of the real CLI: exit code 1, a message that says how to allow
+    it, no traceback, no warehouse created; `[loyalty] allow_insecure_http = true` (here as env) lets it through."""
+    url = "http://api.example.com/webservice/rest-api/enterprise-interface/v1.0"
+    warehouse = tmp_path / "w" / "loyalty_warehouse.duckdb"
+    env = {**os.environ, "SOURCES__CARECLOUD__BASE_URL": url, "DESTINATION__DUCKDB__CREDENTIALS": str(warehouse)}
+    run = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--no-models"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    out = run.stdout + run.stderr
+    assert run.returncode == 1, out
+    assert "allow_insecure_http" in out and "Traceback" not in out, out
+    assert not warehouse.exists()
+    code = "from pipelines.config import load_settings; print(load_settings().carecloud.base_url)"
+    allowed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                             env={**env, "LOYALTY__ALLOW_INSECURE_HTTP": "true"})
+    assert allowed.stdout.strip() == url, allowed.stdout + allowed.stderr
 
 
 def test_secrets_file_is_ignored_by_git_and_documented():

@@ -202,9 +202,10 @@ class Checker:
         led = "wh.loyalty.fct_points_ledger"
         cc = self.multiset(
             "fct_points_ledger (carecloud)",
-            "select customer_id, epoch_ms(recorded_at), abs(point_amount) from truth_cc",
+            # a record whose time the API sent broken has no instant to place it at; it is checked in the raw table
+            "select customer_id, epoch_ms(recorded_at), abs(point_amount) from truth_cc where recorded_at is not null",
             f"select customer_id, epoch_ms(occurred_at), abs(points::double) from {led} "
-            "where source_system = 'carecloud'")
+            "where source_system = 'carecloud' and occurred_at is not null")
         cap = self.multiset(
             "fct_points_ledger (capillary)",
             """with t as (select distinct transfer_id, points_transferred, transferred_at from truth_cap)

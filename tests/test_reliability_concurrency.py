@@ -1,0 +1,139 @@
+"""Two runs at once, and readers during a load.
+
+- A second run on the same warehouse is refused up front with a clear message, and the first is unharmed.
+- An analyst querying in a loop (another process, plain DuckDB read-only) and `loyalty-etl status` during a nightly
+  run see the previous complete state or a clear busy answer: never a half-built state, and they never make the
+  load fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chaos.fixtures import record_figures, rig_factory  # noqa: F401  (fixture)
+from chaos.harness import ROOT, connect_ro, query
+from chaos.reader import snapshot
+
+
+def _wait_until(pred, timeout: float, what: str, every: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
+def _data_requests(sb) -> int:
+    req = sb.stats()["requests"]
+    return sum(n for ep, by in req.items() if ep in ("carecloud.point_history", "capillary.transfers")
+               for n in by.values())
+
+
+def test_second_run_is_refused_and_the_first_is_unharmed(rig_factory):
+    rig = rig_factory("two", customers=40, latency_ms=15)
+    first = rig.spawn(models=True)
+    # the first run is loading (it took the lock before its first request)
+    _wait_until(lambda: _data_requests(rig.sb) > 5 or not first.running(), 120, "the first run to start loading")
+    assert first.running(), "the first run ended before the second could start; make it slower"
+    t0 = time.monotonic()
+    second = rig.run(models=True)
+    took = time.monotonic() - t0
+    assert first.running(), "the second run must not wait for the first"
+    assert second.returncode == 1, second.describe()
+    msg = second.output.lower()
+    assert "another run" in msg and ".lock" in msg, f"the refusal should say why and where:\n{second.describe()}"
+    assert "traceback" not in msg, second.describe()
+    assert took < 30, f"refusal took {took:.1f}s"
+    done = first.wait(600)
+    assert done.returncode == 0, done.describe()
+    cmp = rig.compare(ledger=True)
+    assert cmp.ok, f"the first run was harmed:\n{cmp}"
+    rows = query(rig.warehouse, "select count(*), count(distinct run_id) from loyalty_raw.runs")
+    assert rows == [(1, 1)], f"only the first run should have a run row: {rows}"
+    record_figures("two_runs", runs=2, refused=1, rows_compared=cmp.rows_compared, mismatches=cmp.mismatches)
+
+
+def _start_reader(warehouse: Path, out: Path, stop: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A plain DuckDB reader, or with `env` (the run's settings) `loyalty-etl status` in a loop."""
+    args = [sys.executable, str(ROOT / "tests" / "chaos" / "reader.py"), str(warehouse), str(out), str(stop)]
+    if env is not None:
+        args.append("--status")
+    return subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def _snapshot(warehouse: Path) -> list:
+    con = connect_ro(warehouse)
+    try:
+        return json.loads(json.dumps(snapshot(con)))
+    finally:
+        con.close()
+
+
+def _readers_during_load(rig_factory, name: str, customers: int, nights: int) -> dict:
+    rig = rig_factory(name, customers=customers, latency_ms=10)
+    first = rig.run(models=True)
+    assert first.returncode == 0, first.describe()
+    reads = busy = status_busy = status_ok = 0
+    for night in range(nights):
+        before = _snapshot(rig.warehouse)
+        assert not any(isinstance(v, str) for v in before), f"the marts are incomplete after a clean run: {before}"
+        rig.sb.advance(36 * 3600)
+        out, sout, stop = rig.dir / f"reads-{night}.jsonl", rig.dir / f"status-{night}.jsonl", rig.dir / f"stop-{night}"
+        # `status` is the project's own reader; it resolves the warehouse from the same settings as the run
+        readers = [_start_reader(rig.warehouse, out, stop), _start_reader(rig.warehouse, sout, stop, rig.etl.env)]
+        time.sleep(0.5)
+        t0 = time.time()
+        run = rig.run(models=True)
+        t1 = time.time()
+        time.sleep(0.5)
+        stop.touch()
+        for r in readers:
+            r.wait(120)
+        assert run.returncode == 0, f"night {night}: the load failed with readers around:\n{run.describe()}"
+        after = _snapshot(rig.warehouse)
+        assert after != before, "the night loaded nothing new; the test would prove nothing"
+        cmp = rig.compare(ledger=True)
+        assert cmp.ok, f"night {night}:\n{cmp}"
+
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        during = [r for r in records if t0 <= r["t"] <= t1]
+        assert len(during) >= 3, f"night {night}: the reader barely ran during the load ({len(during)} reads)"
+        for r in records:
+            if r["ok"]:
+                assert r["snapshot"] in (before, after), (
+                    f"night {night}: a reader saw a state that is neither the previous nor the new complete one:\n"
+                    f"{r['snapshot']}\nbefore {before}\nafter  {after}")
+                reads += 1
+            else:
+                assert r["busy"], f"night {night}: a reader got an error that is not 'busy': {r['error']}"
+                busy += 1
+        for r in (json.loads(line) for line in sout.read_text().splitlines()):
+            text = r["stdout"] + r["stderr"]
+            assert "Traceback" not in text, text
+            if r["rc"] == 75:
+                assert "retry" in text.lower(), f"status busy without saying to retry: {text}"
+                status_busy += 1
+            else:
+                assert r["rc"] == 0, f"status failed during a load: rc {r['rc']}\n{text}"
+                status_ok += 1
+    figures = {"nights": nights, "reader_reads_ok": reads, "reader_busy": busy, "status_ok": status_ok,
+               "status_busy": status_busy, "runs": nights + 1}
+    record_figures(name, **figures)
+    return figures
+
+
+def test_readers_during_a_load_see_a_complete_state_or_busy(rig_factory):
+    _readers_during_load(rig_factory, "readers", customers=40, nights=1)
+
+
+@pytest.mark.chaos
+def test_readers_during_many_loads(rig_factory):
+    _readers_during_load(rig_factory, "readers_many", customers=200, nights=4)
