@@ -1,0 +1,17 @@
+-- One row per Capillary points transfer (a transfer is seen by both parties; the raw table holds it once).
+select
+    cast(transfer_id as bigint) as transfer_id,
+    cast(from_entity_id as bigint) as from_entity_id,
+    from_entity_type,
+    cast(to_entity_id as bigint) as to_entity_id,
+    to_entity_type,
+    abs(cast(points_transferred as double)) as points_transferred,
+    cast(transferred_at as timestamptz) as transferred_at,
+    cast(timezone('{{ var("reporting_timezone") }}', cast(transferred_at as timestamptz)) as date) as transferred_on,
+    points_transfer_date as transfer_date_as_sent,
+    nullif(notes, '') as notes,
+    program_name,
+    cast(from_user_id as bigint) as from_user_id,
+    cast(to_user_id as bigint) as to_user_id
+from {{ source('loyalty_raw', 'capillary_points_transfers') }}
+qualify row_number() over (partition by transfer_id order by transferred_at) = 1

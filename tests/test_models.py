@@ -1,0 +1,371 @@
+"""dbt models (sql/) on a small hand-made warehouse in the raw contract's shape (docs/architecture.md).
+
+The data covers both CareCloud sign conventions, unmapped operation names, extended_data expirations in the
+future and past, Capillary transfers between customers, and a late record landing in an earlier day. Expected
+values are computed here in Python from the same rows, independently of the SQL. One warehouse is built per
+module; tests that change data work on copies.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import duckdb
+import pytest
+
+from pipelines.models import SQL_DIR, last_results, run_dbt
+
+ROOT = Path(__file__).resolve().parent.parent
+PRAGUE = ZoneInfo("Europe/Prague")
+AS_OF = "2026-11-20"
+VARS = ["--vars", json.dumps({"as_of_date": AS_OF})]
+
+EXTENDED_KEYS = ("date_of_points_expiration", "purchase_value", "external_purchase_id")
+
+
+# ---------------------------------------------------------------------------------------------- raw data
+def cc(customer: str, amount: float, op: str, local: str, *, store: str = "S1", partner: str = "P1",
+       expires: str | None = None, purchase: float | None = None, note: str = "") -> dict:
+    """One CareCloud record as the pipeline stores it (record time project-local, recorded_at UTC)."""
+    local_dt = datetime.fromisoformat(local)
+    ext = {"date_of_points_expiration": expires, "purchase_value": purchase,
+           "external_purchase_id": f"X-{customer}-{local}" if purchase else None}
+    return {
+        "record_key": f"{customer}|{local}|{op}|{amount}",
+        "customer_id": customer,
+        "point_amount": amount,
+        "point_operation_type": op,
+        "point_operation_note": note,
+        "point_type_id": "PT1",
+        "partner_id": partner,
+        "store_id": store,
+        "point_history_record_time": local_dt,
+        "recorded_at": local_dt.replace(tzinfo=PRAGUE).astimezone(timezone.utc),
+        "extended_data_raw": json.dumps(ext),
+        **{f"extended_data__{k}": v for k, v in ext.items()},
+    }
+
+
+# Customer A: the tenant sends signed amounts; customer B: unsigned (every amount >= 0).
+CARECLOUD = [
+    cc("A", 100, "Purchase", "2026-10-01 10:00:00", expires="2027-01-31", purchase=50.0),
+    cc("A", 40, "Nákup", "2026-10-01 18:30:00", store="S2", expires="2026-11-01", purchase=20.0),
+    cc("A", -30, "Points redemption", "2026-10-05 12:00:00"),
+    cc("A", -10, "Points expiration", "2026-11-02 00:05:00"),
+    cc("A", -5, "Manual correction", "2026-11-03 09:00:00"),
+    cc("A", 25, "Welcome bonus", "2026-09-30 23:30:00", partner="P2"),  # 21:30 UTC: local day differs from UTC
+    cc("B", 200, "Points addition", "2026-10-02 08:00:00", expires="2026-12-24"),
+    cc("B", 80, "Voucher purchase", "2026-10-20 08:00:00"),     # unsigned: a redemption sent positive
+    cc("B", 15, "Points expiration", "2026-10-21 08:00:00"),
+    cc("B", 7, "Mystery operation", "2026-10-22 08:00:00"),      # not in the seed: other, sign as sent
+    cc("B", 60, "Bonus points", "2026-11-10 08:00:00", expires="2027-03-01", store="S2"),
+]
+
+# Capillary entities 101, 102, 103 (queried by id, so identifier = entity id).
+TRANSFERS = [
+    # transfer_id, from, to, points, transferred_at (UTC), program
+    (9001, 101, 102, 50.0, "2026-10-03T10:00:00+00:00", "Gold"),
+    (9002, 102, 103, 20.0, "2026-10-04T23:30:00+00:00", "Gold"),   # 00:30 next day in Prague
+    (9003, 101, 103, 5.0, "2026-10-10T08:00:00+00:00", "Silver"),
+]
+PARTIES = [(101, "Ann", "Able", "E101"), (102, "Bob", "Baker", "E102"), (103, "", "", "E103")]
+
+LATE_CARECLOUD = cc("A", 12, "Bonus points", "2026-10-02 11:00:00")   # lands before A's later days
+NEW_TRANSFER = (9004, 103, 101, 3.0, "2026-11-15T12:00:00+00:00", "Gold")
+
+
+def _create_raw(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("CREATE SCHEMA IF NOT EXISTS loyalty_raw")
+    con.execute("""
+        CREATE TABLE loyalty_raw.carecloud_point_history (
+            record_key VARCHAR, customer_id VARCHAR, point_amount DOUBLE, point_operation_type VARCHAR,
+            point_operation_note VARCHAR, point_type_id VARCHAR, partner_id VARCHAR, store_id VARCHAR,
+            point_history_record_time TIMESTAMP, recorded_at TIMESTAMPTZ, extended_data_raw VARCHAR,
+            extended_data__date_of_points_expiration VARCHAR, extended_data__purchase_value DOUBLE,
+            extended_data__external_purchase_id VARCHAR, _loaded_run_id VARCHAR, _dlt_load_id VARCHAR,
+            _dlt_id VARCHAR)""")
+    con.execute("""
+        CREATE TABLE loyalty_raw.capillary_points_transfers (
+            transfer_id BIGINT, from_entity_id BIGINT, from_entity_type VARCHAR, to_entity_id BIGINT,
+            to_entity_type VARCHAR, points_transferred DOUBLE, points_transfer_date VARCHAR,
+            transferred_at TIMESTAMPTZ, notes VARCHAR, program_name VARCHAR, from_user_id BIGINT,
+            to_user_id BIGINT, _dlt_load_id VARCHAR, _dlt_id VARCHAR)""")
+    con.execute("""
+        CREATE TABLE loyalty_raw.capillary_customer_transfers (
+            customer_id VARCHAR, transfer_id BIGINT, transfer_type VARCHAR, points_signed DOUBLE,
+            _dlt_load_id VARCHAR, _dlt_id VARCHAR)""")
+    con.execute("""
+        CREATE TABLE loyalty_raw.capillary_transfer_parties (
+            user_id BIGINT, first_name VARCHAR, last_name VARCHAR, external_id VARCHAR,
+            _dlt_load_id VARCHAR, _dlt_id VARCHAR)""")
+
+
+def insert_carecloud(con: duckdb.DuckDBPyConnection, rows: list[dict], run_id: str) -> None:
+    for r in rows:
+        con.execute(
+            "INSERT INTO loyalty_raw.carecloud_point_history VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [r["record_key"], r["customer_id"], r["point_amount"], r["point_operation_type"],
+             r["point_operation_note"], r["point_type_id"], r["partner_id"], r["store_id"],
+             r["point_history_record_time"], r["recorded_at"], r["extended_data_raw"],
+             *(r[f"extended_data__{k}"] for k in EXTENDED_KEYS), run_id, run_id, r["record_key"][:14]],
+        )
+
+
+def insert_transfer(con: duckdb.DuckDBPyConnection, t: tuple) -> None:
+    tid, src, dst, pts, at, program = t
+    at_dt = datetime.fromisoformat(at)
+    con.execute(
+        "INSERT INTO loyalty_raw.capillary_points_transfers VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        [tid, src, "CUSTOMER", dst, "CUSTOMER", pts, at_dt.strftime("%Y-%m-%d %H:%M:%S"), at_dt, "", program,
+         src, dst, "l1", f"t{tid}"],
+    )
+    # each party queried by its id sees the transfer from its side
+    con.execute("INSERT INTO loyalty_raw.capillary_customer_transfers VALUES (?,?,?,?,?,?)",
+                [str(src), tid, "DEDUCTION", -pts, "l1", f"d{tid}"])
+    con.execute("INSERT INTO loyalty_raw.capillary_customer_transfers VALUES (?,?,?,?,?,?)",
+                [str(dst), tid, "ADDITION", pts, "l1", f"a{tid}"])
+
+
+def build_raw_warehouse(path: Path) -> None:
+    con = duckdb.connect(str(path))
+    try:
+        _create_raw(con)
+        insert_carecloud(con, CARECLOUD, "run-1")
+        for t in TRANSFERS:
+            insert_transfer(con, t)
+        for p in PARTIES:
+            con.execute("INSERT INTO loyalty_raw.capillary_transfer_parties VALUES (?,?,?,?,?,?)",
+                        [*p, "l1", f"p{p[0]}"])
+    finally:
+        con.close()
+
+
+# ---------------------------------------------------------------------------------------------- expected
+def seed_mapping() -> dict[str, str]:
+    with open(SQL_DIR / "seeds" / "carecloud_operation_types.csv", encoding="utf-8") as f:
+        return {row["operation_type"].strip().lower(): row["movement_type"] for row in csv.DictReader(f)}
+
+
+def expected_ledger(carecloud: list[dict], transfers: list[tuple]) -> dict[str, tuple]:
+    """ledger_key -> (customer_key, occurred_on, points, movement_type), computed without SQL."""
+    mapping = seed_mapping()
+    out: dict[str, tuple] = {}
+    for r in carecloud:
+        mt = mapping.get(r["point_operation_type"].strip().lower(), "other")
+        amount = r["point_amount"]
+        points = abs(amount) if mt == "earn" else -abs(amount) if mt in ("redeem", "expire") else amount
+        out[f"carecloud:{r['record_key']}"] = (
+            f"carecloud:{r['customer_id']}", r["point_history_record_time"].date(), points, mt)
+    for tid, src, dst, pts, at, _ in transfers:
+        local_day = datetime.fromisoformat(at).astimezone(PRAGUE).date()
+        out[f"capillary:{tid}:out"] = (f"capillary:{src}", local_day, -pts, "transfer_out")
+        out[f"capillary:{tid}:in"] = (f"capillary:{dst}", local_day, pts, "transfer_in")
+    return out
+
+
+def expected_daily(ledger: dict[str, tuple]) -> dict[tuple, tuple]:
+    """(customer_key, day) -> (net, running balance)."""
+    per_day: dict[tuple, float] = defaultdict(float)
+    for customer, day, points, _ in ledger.values():
+        per_day[(customer, day)] += points
+    out, balance = {}, defaultdict(float)
+    for (customer, day) in sorted(per_day):
+        balance[customer] += per_day[(customer, day)]
+        out[(customer, day)] = (per_day[(customer, day)], balance[customer])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+def build(warehouse: Path, target: Path, *extra: str) -> int:
+    return run_dbt(warehouse, ["build", *VARS, *extra], target_dir=target)
+
+
+def query(warehouse: Path, sql: str, params: list | None = None) -> list[tuple]:
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
+
+
+def failed_nodes() -> set[str]:
+    return {n.unique_id.split(".")[2] for n in last_results() if n.status in ("fail", "error")}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("models")
+    warehouse = d / "loyalty_warehouse.duckdb"
+    build_raw_warehouse(warehouse)
+    assert build(warehouse, d / "target") == 0, [n for n in last_results() if n.status != "success"]
+    return warehouse
+
+
+def copy_of(built: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "loyalty_warehouse.duckdb"
+    shutil.copy(built, dst)
+    return dst
+
+
+# ---------------------------------------------------------------------------------------------- tests
+def test_ledger_row_for_row(built: Path) -> None:
+    rows = query(built, "SELECT ledger_key, customer_key, occurred_on, points, movement_type "
+                        "FROM loyalty.fct_points_ledger")
+    got = {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+    assert got == expected_ledger(CARECLOUD, TRANSFERS)
+
+
+def test_ledger_instants_and_extended_data(built: Path) -> None:
+    rows = dict(query(built, "SELECT ledger_key, occurred_at FROM loyalty.fct_points_ledger"))
+    for r in CARECLOUD:
+        assert rows[f"carecloud:{r['record_key']}"] == r["recorded_at"]
+    welcome = query(built, "SELECT occurred_on, timezone('UTC', occurred_at)::date, store_id, partner_id "
+                           "FROM loyalty.fct_points_ledger WHERE operation_type = 'Welcome bonus'")
+    assert welcome == [(date(2026, 9, 30), date(2026, 9, 30), "S1", "P2")]
+    ext = query(built, "SELECT expires_on, purchase_value, external_purchase_id FROM loyalty.fct_points_ledger "
+                       "WHERE operation_type = 'Purchase'")
+    assert ext == [(date(2027, 1, 31), 50.0, "X-A-2026-10-01 10:00:00")]
+    # a Capillary transfer at 23:30 UTC belongs to the next Prague day
+    late = query(built, "SELECT DISTINCT occurred_on FROM loyalty.fct_points_ledger WHERE transfer_id = 9002")
+    assert late == [(date(2026, 10, 5),)]
+
+
+def test_dim_customers(built: Path) -> None:
+    rows = query(built, "SELECT customer_key, lifetime_earned, lifetime_redeemed, lifetime_expired, "
+                        "lifetime_transferred_in, lifetime_transferred_out, lifetime_adjusted, lifetime_other, "
+                        "current_balance, movements, full_name, queried_identifiers FROM loyalty.dim_customers")
+    got = {r[0]: r[1:] for r in rows}
+    assert got == {
+        "carecloud:A": (165.0, 30.0, 10.0, 0.0, 0.0, -5.0, 0.0, 120.0, 6, None, None),
+        "carecloud:B": (260.0, 80.0, 15.0, 0.0, 0.0, 0.0, 7.0, 172.0, 5, None, None),
+        "capillary:101": (0.0, 0.0, 0.0, 0.0, 55.0, 0.0, 0.0, -55.0, 2, "Ann Able", "101"),
+        "capillary:102": (0.0, 0.0, 0.0, 50.0, 20.0, 0.0, 0.0, 30.0, 2, "Bob Baker", "102"),
+        "capillary:103": (0.0, 0.0, 0.0, 25.0, 0.0, 0.0, 0.0, 25.0, 2, None, "103"),
+    }
+    # the independent computation agrees
+    balances = defaultdict(float)
+    for customer, _, points, _ in expected_ledger(CARECLOUD, TRANSFERS).values():
+        balances[customer] += points
+    assert {k: v[7] for k, v in got.items()} == dict(balances)
+
+
+def test_daily_running_balance(built: Path) -> None:
+    rows = query(built, "SELECT customer_key, activity_on, net_points, running_balance "
+                        "FROM loyalty.customer_points_daily")
+    assert {(r[0], r[1]): (r[2], r[3]) for r in rows} == expected_daily(expected_ledger(CARECLOUD, TRANSFERS))
+
+
+def test_points_expiring(built: Path) -> None:
+    rows = query(built, "SELECT customer_key, expires_on, days_until_expiration, expiring_points, "
+                        "expiring_points_capped, as_of_date FROM loyalty.points_expiring ORDER BY 1, 2")
+    as_of = date.fromisoformat(AS_OF)
+    # A's 2026-11-01 expiration is before the as-of date, so it is not upcoming
+    assert rows == [
+        ("carecloud:A", date(2027, 1, 31), (date(2027, 1, 31) - as_of).days, 100.0, 100.0, as_of),
+        ("carecloud:B", date(2026, 12, 24), (date(2026, 12, 24) - as_of).days, 200.0, 172.0, as_of),
+        ("carecloud:B", date(2027, 3, 1), (date(2027, 3, 1) - as_of).days, 60.0, 0.0, as_of),
+    ]
+
+
+def test_transfer_network_and_stores(built: Path) -> None:
+    edges = query(built, "SELECT edge_key, transfers, points_transferred, sender_name, receiver_name "
+                         "FROM loyalty.transfer_network ORDER BY 1")
+    assert edges == [("101->102", 1, 50.0, "Ann Able", "Bob Baker"), ("101->103", 1, 5.0, "Ann Able", None),
+                     ("102->103", 1, 20.0, "Bob Baker", None)]
+    stores = query(built, "SELECT store_month_key, movements, customers, earned, redeemed, expired, adjusted, "
+                          "net_points, purchase_value FROM loyalty.store_points_monthly ORDER BY 1")
+    assert stores == [
+        ("S1:P1:2026-10", 6, 2, 300.0, 110.0, 15.0, 7.0, 182.0, 50.0),
+        ("S1:P1:2026-11", 2, 1, 0.0, 0.0, 10.0, -5.0, -15.0, 0.0),
+        ("S1:P2:2026-09", 1, 1, 25.0, 0.0, 0.0, 0.0, 25.0, 0.0),
+        ("S2:P1:2026-10", 1, 1, 40.0, 0.0, 0.0, 0.0, 40.0, 20.0),
+        ("S2:P1:2026-11", 1, 1, 60.0, 0.0, 0.0, 0.0, 60.0, 0.0),
+    ]
+
+
+def test_schemas_and_docs(built: Path) -> None:
+    schemas = dict(query(built, "SELECT table_name, table_schema FROM information_schema.tables "
+                                "WHERE table_schema LIKE 'loyalty%' AND table_schema <> 'loyalty_raw'"))
+    assert schemas["fct_points_ledger"] == "loyalty"
+    assert schemas["points_expiring"] == "loyalty"
+    assert schemas["stg_carecloud__point_history"] == "loyalty_staging"
+
+
+def test_second_build_touches_only_new_rows_while_connection_open(built: Path, tmp_path: Path) -> None:
+    warehouse = copy_of(built, tmp_path)
+    before = dict(query(warehouse, "SELECT ledger_key, _dbt_invocation_id FROM loyalty.fct_points_ledger"))
+    daily_before = dict(query(warehouse, "SELECT customer_day_key, _dbt_invocation_id "
+                                         "FROM loyalty.customer_points_daily"))
+    # the pipeline's runner keeps its own connection to the file open while dbt runs in the same process
+    holder = duckdb.connect(str(warehouse))
+    try:
+        insert_carecloud(holder, [LATE_CARECLOUD], "run-2")
+        insert_transfer(holder, NEW_TRANSFER)
+        assert build(warehouse, tmp_path / "target") == 0, failed_nodes()
+        after = dict(holder.execute("SELECT ledger_key, _dbt_invocation_id FROM loyalty.fct_points_ledger")
+                     .fetchall())
+        daily_after = holder.execute("SELECT customer_day_key, customer_key, activity_on, _dbt_invocation_id, "
+                                     "net_points, running_balance FROM loyalty.customer_points_daily").fetchall()
+    finally:
+        holder.close()
+
+    new_keys = {f"carecloud:{LATE_CARECLOUD['record_key']}", "capillary:9004:out", "capillary:9004:in"}
+    assert set(after) - set(before) == new_keys
+    second_run = after[next(iter(new_keys))]
+    assert {k for k, inv in after.items() if inv == second_run} == new_keys   # old rows untouched
+    assert all(after[k] == inv for k, inv in before.items())
+
+    # daily: exactly the affected customers from their earliest changed day were rewritten
+    ledger = expected_ledger(CARECLOUD + [LATE_CARECLOUD], TRANSFERS + [NEW_TRANSFER])
+    expected = expected_daily(ledger)
+    changed_from = {"carecloud:A": date(2026, 10, 2), "capillary:103": date(2026, 11, 15),
+                    "capillary:101": date(2026, 11, 15)}
+    rewritten = {(c, d) for _, c, d, inv, _, _ in daily_after if inv == second_run}
+    assert rewritten == {(c, d) for (c, d) in expected if c in changed_from and d >= changed_from[c]}
+    assert {(c, d): (n, b) for _, c, d, _, n, b in daily_after} == expected
+    assert all(inv == daily_before[k] for k, c, d, inv, _, _ in daily_after if (c, d) not in rewritten)
+
+
+@pytest.mark.parametrize("damage", ["drop", "double"])
+def test_reconciliation_fails_when_raw_row_dropped_or_doubled(built: Path, tmp_path: Path, damage: str) -> None:
+    warehouse = copy_of(built, tmp_path)
+    con = duckdb.connect(str(warehouse))
+    try:
+        if damage == "drop":
+            con.execute("DELETE FROM loyalty_raw.carecloud_point_history WHERE record_key = ?",
+                        [CARECLOUD[2]["record_key"]])
+            con.execute("DELETE FROM loyalty_raw.capillary_points_transfers WHERE transfer_id = 9003")
+        else:
+            con.execute("INSERT INTO loyalty_raw.carecloud_point_history SELECT * FROM "
+                        "loyalty_raw.carecloud_point_history WHERE record_key = ?", [CARECLOUD[2]["record_key"]])
+            con.execute("INSERT INTO loyalty_raw.capillary_points_transfers SELECT * FROM "
+                        "loyalty_raw.capillary_points_transfers WHERE transfer_id = 9003")
+    finally:
+        con.close()
+    assert build(warehouse, tmp_path / "target") == 1
+    failed = failed_nodes()
+    assert {"assert_ledger_reconciles_with_carecloud_raw", "assert_ledger_reconciles_with_capillary_raw"} <= failed
+
+
+def test_cli_models_uses_configured_warehouse(built: Path, tmp_path: Path) -> None:
+    warehouse = copy_of(built, tmp_path)
+    env = {"PATH": str(ROOT / ".venv" / "bin"), "HOME": str(tmp_path),
+           "DESTINATION__DUCKDB__CREDENTIALS": str(warehouse)}
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "models", "--select", "dim_customers"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "dim_customers" in proc.stdout
+    # an unknown warehouse directory is a clear error, not a traceback
+    env["DESTINATION__DUCKDB__CREDENTIALS"] = str(tmp_path / "missing" / "w.duckdb")
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "models"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
