@@ -1,0 +1,166 @@
+"""Ratios, target checks and the Markdown tables printed by `make bench` and kept in docs/performance.md."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+START, END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
+
+
+def _rps(v: dict[str, Any] | None) -> float | None:
+    return v.get("records_per_s") if v else None
+
+
+def ratios(variants: dict[str, Any]) -> dict[str, float | None]:
+    a, b = _rps(variants.get("a")), _rps(variants.get("b"))
+    c = variants.get("c") or {}
+    c_total, c_duck = _rps(c.get("total")), _rps(c.get("duckdb"))
+    div = lambda x, y: round(x / y, 2) if x and y else None  # noqa: E731
+    return {"b_over_a": div(b, a), "c_over_b": div(c_total, b), "c_duckdb_over_b": div(c_duck, b),
+            "c_over_a": div(c_total, a)}
+
+
+def targets(results: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    r = (results.get("throughput") or {}).get("ratios") or {}
+    if r.get("b_over_a") is not None:
+        out["b_at_least_20x_a"] = {"value": r["b_over_a"], "ok": r["b_over_a"] >= 20}
+    if r.get("c_over_b") is not None:
+        out["b_within_3x_of_c"] = {"value": r["c_over_b"], "ok": r["c_over_b"] <= 3}
+    mem = results.get("memory")
+    if mem:
+        big = mem["big"]["peak_rss_mb"]
+        entry: dict[str, Any] = {"peak_rss_mb": big, "records": mem["big"]["records"], "ok": big < 1024}
+        if mem.get("small"):
+            entry["small_peak_rss_mb"] = mem["small"]["peak_rss_mb"]
+            entry["small_records"] = mem["small"]["records"]
+            entry["growth"] = round(big / mem["small"]["peak_rss_mb"], 2)
+            # "independent of the number of records": 4-5x the records may not cost more than 25 % more memory
+            entry["flat"] = entry["growth"] <= 1.25
+            entry["ok"] = entry["ok"] and entry["flat"]
+        out["memory_under_1gb_and_flat"] = entry
+    rl = results.get("rate_limit")
+    if rl:
+        lost = sum((rl.get("lost") or {}).values())
+        ok = (rl.get("achieved_share") or 0) >= 0.95 and rl["share_429"] <= 0.01 and lost == 0
+        out["rate_limit"] = {"achieved_share": rl.get("achieved_share"), "share_429": rl["share_429"],
+                             "lost": lost, "ok": ok}
+    for n in results.get("nightly", []):
+        out[f"nightly_no_change_{n['customers']}"] = {
+            "cpu_ms_per_customer": n["no_change"]["cpu_ms_per_customer"],
+            "requests_per_customer": n["no_change"]["requests_per_customer"],
+            "ok": None,   # reported, no threshold in the issue
+        }
+    return out
+
+
+def _f(v: Any, nd: int = 1) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.{nd}f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _lost(v: dict[str, Any]) -> str:
+    lost = v.get("lost")
+    return "–" if lost is None else _f(sum(lost.values()))
+
+
+def render(results: dict[str, Any]) -> str:
+    lines: list[str] = []
+    thr = results.get("throughput")
+    if thr:
+        v = thr["variants"]
+        lines += [f"### Throughput: {thr['customers']:,} customers, "
+                  f"{thr['truth']['carecloud_point_history']:,} point-history + "
+                  f"{thr['truth']['capillary_customer_transfers']:,} transfer records (sandbox truth)", "",
+                  "| variant | customers | records | wall s | records/s | data requests | req/s | client CPU s "
+                  "| sandbox CPU s | peak RSS MB | lost vs truth |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        rows = [("(a) dlt rest_api, defaults", v.get("a"), v.get("a", {}).get("customers") or thr["customers"]),
+                ("(b) this pipeline", v.get("b"), thr["customers"]),
+                ("(c) fetch once + DuckDB, total", (v.get("c") or {}).get("total"), thr["customers"]),
+                ("(c) fetch part", (v.get("c") or {}).get("fetch"), thr["customers"]),
+                ("(c) DuckDB part", (v.get("c") or {}).get("duckdb"), thr["customers"])]
+        for label, x, n in rows:
+            if not x:
+                continue
+            lines.append(f"| {label} | {_f(n)} | {_f(x['records'])} | {_f(x['wall_s'])} | {_f(x['records_per_s'], 0)} "
+                         f"| {_f(x['requests']['data_requests'])} | {_f(x['requests_per_s'], 0)} | {_f(x['cpu_s'])} "
+                         f"| {_f(x['sandbox_cpu_s'])} | {_f(x['peak_rss_mb'], 0)} | {_lost(x)} |")
+        r = thr.get("ratios", {})
+        lines += ["", f"Ratios (records/s): **b/a = {_f(r.get('b_over_a'), 2)}**, **c/b = {_f(r.get('c_over_b'), 2)}** "
+                      f"(c = fetch + DuckDB), DuckDB part alone / b = {_f(r.get('c_duckdb_over_b'), 2)}, "
+                      f"c/a = {_f(r.get('c_over_a'), 2)}", ""]
+    mem = results.get("memory")
+    if mem:
+        lines += ["### Memory: (b) at two sizes, RSS sampled over the run", "",
+                  "| run | customers | records | wall s | records/s | req/s | client CPU s | peak RSS MB |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        if thr and thr["variants"].get("b"):
+            s = thr["variants"]["b"]
+            lines.append(f"| small | {_f(thr['customers'])} | {_f(s['records'])} | {_f(s['wall_s'])} | "
+                         f"{_f(s['records_per_s'], 0)} | {_f(s['requests_per_s'], 0)} | {_f(s['cpu_s'])} | "
+                         f"{_f(s['peak_rss_mb'], 0)} |")
+        b = mem["big"]
+        lines += [f"| big | {_f(mem['customers'])} | {_f(b['records'])} | {_f(b['wall_s'])} | "
+                  f"{_f(b['records_per_s'], 0)} | {_f(b['requests_per_s'], 0)} | {_f(b['cpu_s'])} | "
+                  f"{_f(b['peak_rss_mb'], 0)} |", ""]
+        samples = b.get("rss_samples") or []
+        if samples:
+            step = max(1, len(samples) // 12)
+            lines += ["RSS over the big run (s → MB): " + ", ".join(f"{t:.0f}→{m:.0f}" for t, m in samples[::step]),
+                      ""]
+    nights = results.get("nightly")
+    if nights:
+        lines += ["### Nightly runs on a loaded warehouse", "",
+                  "| customers | run | wall s | data requests | requests/customer | client CPU s | CPU ms/customer "
+                  "| new records | customers changed |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for n in nights:
+            for key, label in (("no_change", "nothing changed"), ("changed_1pct", "clock +1 day (~1 % changed)")):
+                x = n[key]
+                lines.append(f"| {_f(n['customers'])} | {label} | {_f(x['wall_s'])} | "
+                             f"{_f(x['requests']['data_requests'])} | {_f(x['requests_per_customer'], 2)} | "
+                             f"{_f(x['cpu_s'])} | {_f(x['cpu_ms_per_customer'], 2)} | {_f(x['records'])} | "
+                             f"{_f(x.get('customers_changed'))} |")
+        lines.append("")
+    rl = results.get("rate_limit")
+    if rl:
+        lines += [f"### Rate-limit saturation: sandbox limits each of the 2 credentials to R = "
+                  f"{_f(rl['rate_limit_rps_per_credential'], 0)} req/s, 50 ms latency, {_f(rl['customers'])} customers",
+                  "", "| target req/s (2 R) | achieved req/s | achieved / target | 429 share | records lost |",
+                  "|---:|---:|---:|---:|---:|",
+                  f"| {_f(rl['target_rps'], 0)} | {_f(rl['achieved_rps'], 1)} | {_f(rl['achieved_share'], 3)} | "
+                  f"{_f(rl['share_429'], 4)} | {_lost(rl)} |", ""]
+    tg = results.get("targets") or {}
+    if tg:
+        lines += ["### Targets", ""]
+        for name, t in tg.items():
+            mark = {True: "PASS", False: "FAIL", None: "reported"}[t.get("ok")]
+            detail = ", ".join(f"{k}={v}" for k, v in t.items() if k != "ok")
+            lines.append(f"- {name}: **{mark}** ({detail})")
+        lines.append("")
+    for note in results.get("notes", []):
+        lines.append(f"Note: {note}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def update_docs(path: Path, table: str, results: dict[str, Any]) -> None:
+    m = results.get("machine", {})
+    header = (f"Produced by `{results['command']}` (`make bench`) at {results['started_at']}, commit "
+              f"{results['git_commit']}, in {results['total_seconds']:.0f} s on {m.get('cpus')} × "
+              f"{m.get('cpu_model', '?')}, {m.get('memory_gib')} GiB, Python {m.get('python')}, dlt {m.get('dlt')}, "
+              f"DuckDB {m.get('duckdb')}.\n\n")
+    block = f"{START}\n{header}{table}{END}"
+    text = path.read_text() if path.exists() else "# Performance\n\n"
+    if START in text and END in text:
+        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)

@@ -1,0 +1,200 @@
+"""`make bench`: the side-by-side benchmark of issue 5, on sandbox data, no network.
+
+    python -m bench.run            # full run (~20 min): writes bench/results.json and the table in docs/performance.md
+    python -m bench.run --quick    # smoke test (~2 min): small sizes, writes bench/out/results-quick.json only
+
+Scenarios (each sandbox lives in its own process; every variant is a measured child process):
+1. throughput at --customers (default 20,000, about 280,000 point-history records):
+   (c) fetch the pages once + DuckDB read_json/SQL, (b) `loyalty-etl run --no-models`, (a) dlt rest_api on a
+   --naive-share subset (records/s is the comparable figure), each checked against the sandbox truth;
+2. nightly runs on (b)'s warehouse: nothing changed (same sandbox instant), then about 1 % of customers changed
+   (sandbox clock +1 day); repeated at --big-customers;
+3. memory: (b) at --big-customers (>= 1,000,000 records), RSS sampled over time, compared with the run in 1.;
+4. rate-limit saturation: sandbox limiting each credential to R req/s with 50 ms latency, (b) with its limiter at R.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.harness import ROOT, SandboxProcess, machine_facts
+from bench.variants import pipeline_available, run_limit, run_naive, run_pipeline
+
+NOW = "2026-11-20T00:00:00+00:00"      # the sandbox's frozen clock: every run sees the same data
+DAY = 86400
+
+
+def _sandbox(out: Path, name: str, customers: int, seed: int, faults: dict | None = None) -> SandboxProcess:
+    return SandboxProcess({"customers": customers, "seed": seed, "now": NOW}, faults, log_file=out / f"{name}.log")
+
+
+def _until(sb: SandboxProcess) -> str:
+    return dt.datetime.fromtimestamp(sb.call("now"), dt.timezone.utc).isoformat()
+
+
+def _log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def nightly(sb: SandboxProcess, wd: Path, customers: int, with_truth: bool) -> dict[str, Any]:
+    """Two nightly runs on a warehouse (b) already backfilled: no change, then the clock a day later."""
+    out: dict[str, Any] = {"customers": customers}
+    _log(f"nightly, no change, {customers:,} customers")
+    out["no_change"] = _per_customer(run_pipeline(sb, wd, None, fresh=False, name="nightly-nochange",
+                                                  until=_until(sb)), customers)
+    before = _until(sb)
+    sb.call("advance", seconds=DAY)
+    changed = sb.call("changed_customers", before=before, after=_until(sb)) if with_truth else None
+    truth = sb.call("truth_counts") if with_truth else None
+    _log(f"nightly, clock +1 day ({changed or 'change not computed'}), {customers:,} customers")
+    fig = run_pipeline(sb, wd, truth, fresh=False, name="nightly-1pct", until=_until(sb))
+    if changed:
+        fig["customers_changed"] = changed["customers_changed"]
+        fig["changed_share"] = round(changed["customers_changed"] / customers, 4)
+        fig["new_records_truth"] = changed["new_records"]
+    out["changed_1pct"] = _per_customer(fig, customers)
+    return out
+
+
+def _per_customer(fig: dict[str, Any], customers: int) -> dict[str, Any]:
+    fig["cpu_ms_per_customer"] = round(1000 * fig["cpu_s"] / customers, 3)
+    fig["requests_per_customer"] = round(fig["requests"]["data_requests"] / customers, 3)
+    return fig
+
+
+def rate_limit_run(out: Path, customers: int, rps: float, seed: int) -> dict[str, Any]:
+    faults = {"rate_limit_rps": rps, "latency_ms": 50.0}
+    with _sandbox(out, "sandbox-ratelimit", customers, seed, faults) as sb:
+        truth = sb.call("truth_counts")
+        wd = out / "ratelimit"
+        fig = run_pipeline(sb, wd, truth, name="ratelimit", rate_limit=rps, until=_until(sb), poll_s=0.5)
+    # achieved rate: 200-answered data requests per second while requests were flowing (both credentials,
+    # each limited to R on its own, so the target is 2 R)
+    tl = fig.get("timeline", [])
+    active = [p for p in tl if p[1] > 0]
+    last = max((p for p in tl), key=lambda p: (p[1], -p[0]), default=None)
+    if active and last and last[0] > active[0][0]:
+        # from the first sample with traffic to the first sample at the final count
+        first = active[0]
+        rate = (last[1] - first[1]) / (last[0] - first[0])
+    else:
+        rate = None
+    req = fig["requests"]
+    fig.update(rate_limit_rps_per_credential=rps, latency_ms=50, credentials=2, target_rps=2 * rps,
+               achieved_rps=round(rate, 2) if rate else None,
+               achieved_share=round(rate / (2 * rps), 4) if rate else None,
+               share_429=round(req["data_429"] / max(1, req["data_requests"]), 4), customers=customers)
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes, a smoke test of every scenario")
+    ap.add_argument("--customers", type=int, help="throughput run size (default 20000; quick 1000)")
+    ap.add_argument("--naive-share", type=float, help="share of the customers the naive run (a) loads "
+                                                       "(default 0.1; quick 0.5); 1 = all")
+    ap.add_argument("--big-customers", type=int, help="memory run size (default 100000 = ~1.4M records; "
+                                                       "quick 3000); 0 skips")
+    ap.add_argument("--rate-limit", type=float, default=50.0, help="R, requests/s per credential (default 50)")
+    ap.add_argument("--rate-customers", type=int, help="customers in the rate-limit run (default 1500)")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--only", nargs="*", choices=["throughput", "nightly", "memory", "ratelimit"],
+                    help="run only these scenarios")
+    ap.add_argument("--profile", action="store_true", help="record py-spy profiles of (b) in the throughput run")
+    ap.add_argument("--out", type=Path, help="results file (default bench/results.json; quick: bench/out/)")
+    args = ap.parse_args(argv)
+
+    quick = args.quick
+    customers = args.customers or (1000 if quick else 20000)
+    naive_share = args.naive_share or (0.5 if quick else 0.1)
+    big = args.big_customers if args.big_customers is not None else (3000 if quick else 100000)
+    rate_customers = args.rate_customers or (200 if quick else 1500)
+    scenarios = set(args.only or ["throughput", "nightly", "memory", "ratelimit"])
+    results_path = args.out or (ROOT / "bench" / "out" / "results-quick.json" if quick else ROOT / "bench" / "results.json")
+    out = ROOT / "bench" / "out" / ("quick" if quick else "full")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+
+    have_b = pipeline_available()
+    command = "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
+    results: dict[str, Any] = {
+        "command": command.strip(),
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                     text=True).stdout.strip(),
+        "machine": machine_facts(),
+        "quick": quick,
+        "sandbox": {"seed": args.seed, "now": NOW, "process": "separate child process (its CPU is reported "
+                    "apart; it shares the 2 cores with the variant under test)"},
+        "notes": [],
+    }
+    if not have_b:
+        results["notes"].append("variant (b) skipped: pipelines/runner.py or the run command is not there yet")
+    t_start = time.perf_counter()
+
+    if "throughput" in scenarios or "nightly" in scenarios:
+        with _sandbox(out, "sandbox-main", customers, args.seed) as sb:
+            _log(f"sandbox: {customers:,} customers; computing the truth")
+            truth = sb.call("truth_counts")
+            thr: dict[str, Any] = {"customers": customers, "truth": truth, "variants": {}}
+            results["throughput"] = thr
+            if "throughput" in scenarios:
+                _log("(c) fetch pages once + DuckDB read_json")
+                thr["variants"]["c"] = run_limit(sb, out / "c", truth)
+            if have_b:
+                _log("(b) loyalty-etl run --no-models")
+                thr["variants"]["b"] = run_pipeline(sb, out / "b", truth, until=_until(sb),
+                                                    profile="py-spy" if args.profile else None)
+            if "throughput" in scenarios:
+                n_a = max(1, int(round(customers * naive_share)))
+                truth_a = sb.call("truth_counts", limit=n_a) if n_a < customers else truth
+                _log(f"(a) dlt rest_api, {n_a:,} customers")
+                thr["variants"]["a"] = run_naive(sb, out / "a", n_a if n_a < customers else None, truth_a)
+                thr["variants"]["a"]["truth"] = truth_a
+            if have_b and "nightly" in scenarios:
+                results.setdefault("nightly", []).append(nightly(sb, out / "b", customers, with_truth=True))
+            thr["ratios"] = report.ratios(thr["variants"])
+
+    if big and have_b and ("memory" in scenarios or "nightly" in scenarios):
+        with _sandbox(out, "sandbox-big", big, args.seed) as sb:
+            _log(f"memory: (b) at {big:,} customers")
+            truth = sb.call("truth_counts")
+            fig = run_pipeline(sb, out / "big", truth, name="pipeline-big", until=_until(sb), sample_s=0.5)
+            results["memory"] = {"customers": big, "truth": truth, "big": fig}
+            if "throughput" in results and "b" in results["throughput"]["variants"]:
+                small = results["throughput"]["variants"]["b"]
+                results["memory"]["small"] = {k: small[k] for k in ("records", "peak_rss_mb", "peak_tree_rss_mb",
+                                                                      "rss_samples")}
+            if "nightly" in scenarios:
+                # the change count needs two truths (~2 min each at 100k): computed at the small size only
+                results.setdefault("nightly", []).append(nightly(sb, out / "big", big, with_truth=quick))
+
+    if "ratelimit" in scenarios and have_b:
+        _log(f"rate limit: R={args.rate_limit:g} req/s per credential, 50 ms latency, {rate_customers:,} customers")
+        results["rate_limit"] = rate_limit_run(out, rate_customers, args.rate_limit, args.seed)
+
+    results["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    results["targets"] = report.targets(results)
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    table = report.render(results)
+    if not quick and args.out is None:
+        report.update_docs(ROOT / "docs" / "performance.md", table, results)
+    print()
+    print(table)
+    print(f"\nresults: {results_path.relative_to(ROOT) if results_path.is_relative_to(ROOT) else results_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The three variants as measured child processes against one sandbox process, plus their bookkeeping.
+
+Every variant reports the same figures: records landed (CareCloud point-history rows + Capillary per-customer
+transfer rows), records lost against the sandbox truth, wall seconds, client CPU seconds, peak RSS, the requests
+the sandbox answered (by status) and the sandbox's own CPU seconds while the variant ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.harness import PYTHON, ROOT, ChildRun, SandboxProcess, run_child
+
+DATA_ENDPOINTS = ("carecloud.point_history", "capillary.transfers")
+
+
+def _request_diff(before: dict, after: dict) -> dict[str, Any]:
+    out: dict[str, dict[str, int]] = {}
+    for endpoint, statuses in after["requests"].items():
+        prev = before["requests"].get(endpoint, {})
+        d = {s: n - prev.get(s, 0) for s, n in statuses.items() if n - prev.get(s, 0)}
+        if d:
+            out[endpoint] = d
+    data = [out.get(e, {}) for e in DATA_ENDPOINTS]
+    total = sum(sum(d.values()) for d in data)
+    return {
+        "by_endpoint": out,
+        "data_requests": total,
+        "data_200": sum(d.get("200", 0) for d in data),
+        "data_429": sum(d.get("429", 0) for d in data),
+    }
+
+
+def measure(sb: SandboxProcess, name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None,
+            result_file: Path | None = None, sample_s: float = 0.2,
+            poll_s: float | None = None) -> tuple[ChildRun, dict[str, Any]]:
+    """Run one child against the sandbox and return (child run, figures common to every variant).
+    poll_s: also sample the sandbox's request counters over time (for the achieved request rate)."""
+    before, cpu0 = sb.call("stats"), sb.cpu_s()
+    timeline: list[tuple[float, int, int]] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        t0 = time.perf_counter()
+        while not stop.wait(poll_s):
+            r = _request_diff(before, sb.call("stats"))
+            timeline.append((round(time.perf_counter() - t0, 3), r["data_200"], r["data_429"]))
+
+    poller = threading.Thread(target=poll, daemon=True) if poll_s else None
+    if poller:
+        poller.start()
+    try:
+        run = run_child(argv, env=env, result_file=result_file, log_file=workdir / f"{name}.log", sample_s=sample_s)
+    finally:
+        stop.set()
+        if poller:
+            poller.join()
+    after, cpu1 = sb.call("stats"), sb.cpu_s()
+    if run.returncode != 0:
+        raise RuntimeError(f"variant {name} exited {run.returncode}; log {workdir / f'{name}.log'}:\n{run.log[-3000:]}")
+    req = _request_diff(before, after)
+    figures = {
+        "wall_s": round(run.wall_s, 3),
+        "cpu_s": round(run.cpu_s, 3),
+        "peak_rss_mb": round(run.peak_rss_mb, 1),
+        "peak_tree_rss_mb": round(run.peak_tree_rss_mb, 1),
+        "sandbox_cpu_s": round(cpu1 - cpu0, 3),
+        "requests": req,
+        "requests_per_s": round(req["data_requests"] / run.wall_s, 1) if run.wall_s else None,
+        "rss_samples": run.summary()["rss_samples"],
+    }
+    if poll_s:
+        figures["timeline"] = timeline
+    return run, figures
+
+
+def with_records(figures: dict[str, Any], point_history: int, transfers: int,
+                 truth: dict[str, int] | None) -> dict[str, Any]:
+    records = point_history + transfers
+    figures.update(point_history=point_history, customer_transfers=transfers, records=records,
+                   records_per_s=round(records / figures["wall_s"], 1))
+    if truth:
+        figures["lost"] = {
+            "point_history": truth["carecloud_point_history"] - point_history,
+            "customer_transfers": truth["capillary_customer_transfers"] - transfers,
+        }
+    return figures
+
+
+def sandbox_env(sb: SandboxProcess, workdir: Path, db_name: str, limit: int | None = None) -> dict[str, str]:
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    env = sb.call("env", warehouse=str(workdir / db_name), limit=limit)
+    (workdir / "env.json").write_text(json.dumps(env))
+    return env
+
+
+# ---------------------------------------------------------------------------------------------------- (a)
+def run_naive(sb: SandboxProcess, workdir: Path, limit: int | None, truth: dict[str, int] | None) -> dict[str, Any]:
+    sandbox_env(sb, workdir, "naive.duckdb", limit)
+    result = workdir / "result.json"
+    argv = [PYTHON, "-m", "bench.naive", "--env-json", str(workdir / "env.json"), "--db",
+            str(workdir / "naive.duckdb"), "--workdir", str(workdir / "dlt"), "--result", str(result)]
+    run, fig = measure(sb, "naive", argv, workdir, result_file=result)
+    p = run.payload
+    fig["phases"] = {k: round(p[k], 3) for k in ("extract_s", "normalize_s", "load_s")}
+    fig["customers"] = limit
+    return with_records(fig, p["point_history"], p["customer_transfers"], truth)
+
+
+# ---------------------------------------------------------------------------------------------------- (c)
+def run_limit(sb: SandboxProcess, workdir: Path, truth: dict[str, int] | None, threads: int = 16) -> dict[str, Any]:
+    sandbox_env(sb, workdir, "limit.duckdb")
+    pages = workdir / "pages"
+    fr, fl = workdir / "fetch.json", workdir / "load.json"
+    frun, ffig = measure(sb, "limit-fetch", [PYTHON, "-m", "bench.limit", "fetch", "--env-json",
+                                             str(workdir / "env.json"), "--out", str(pages), "--threads",
+                                             str(threads), "--result", str(fr)], workdir, result_file=fr)
+    if frun.payload.get("errors"):
+        raise RuntimeError(f"limit fetch had errors: {frun.payload['error_examples']}")
+    lrun, lfig = measure(sb, "limit-load", [PYTHON, "-m", "bench.limit", "load", "--out", str(pages), "--db",
+                                            str(workdir / "limit.duckdb"), "--result", str(fl)], workdir,
+                         result_file=fl)
+    p = lrun.payload
+    ffig["bytes"] = frun.payload["bytes"]
+    lfig["phases"] = {k: round(v, 3) for k, v in p.items() if k.endswith("_s")}
+    lfig["rows"] = p["rows"]
+    fetch = with_records(ffig, p["point_history"], p["customer_transfers"], None)
+    load = with_records(lfig, p["point_history"], p["customer_transfers"], None)
+    total = {
+        "wall_s": round(ffig["wall_s"] + lfig["wall_s"], 3),
+        "cpu_s": round(ffig["cpu_s"] + lfig["cpu_s"], 3),
+        "peak_rss_mb": max(ffig["peak_rss_mb"], lfig["peak_rss_mb"]),
+        "sandbox_cpu_s": ffig["sandbox_cpu_s"],
+        "requests": ffig["requests"],
+        "requests_per_s": round(ffig["requests"]["data_requests"] / (ffig["wall_s"] + lfig["wall_s"]), 1),
+    }
+    total = with_records(total, p["point_history"], p["customer_transfers"], truth)
+    shutil.rmtree(pages, ignore_errors=True)   # up to GBs at the big scale; the figures are what we keep
+    return {"total": total, "fetch": fetch, "duckdb": load}
+
+
+# ---------------------------------------------------------------------------------------------------- (b)
+def pipeline_available() -> bool:
+    return (ROOT / "pipelines" / "runner.py").exists() and (ROOT / "pipelines" / "commands" / "run.py").exists()
+
+
+def pipeline_env(env: dict[str, str], rate_limit: float | None, concurrency: int | None) -> dict[str, str]:
+    out = dict(env)
+    for source in ("CARECLOUD", "CAPILLARY"):
+        if rate_limit is not None:
+            out[f"SOURCES__{source}__RATE_LIMIT"] = str(rate_limit)
+        if concurrency is not None:
+            out[f"SOURCES__{source}__CONCURRENCY"] = str(concurrency)
+    out["RUNTIME__LOG_LEVEL"] = "WARNING"
+    return out
+
+
+def loyalty_etl() -> str:
+    exe = Path(PYTHON).parent / "loyalty-etl"
+    return str(exe) if exe.exists() else "loyalty-etl"
+
+
+def warehouse_counts(db: Path) -> dict[str, int]:
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        out = {}
+        for table in ("carecloud_point_history", "capillary_customer_transfers"):
+            out[table] = con.execute(f"SELECT count(*) FROM loyalty_raw.{table}").fetchone()[0]
+        return out
+    finally:
+        con.close()
+
+
+def run_pipeline(sb: SandboxProcess, workdir: Path, truth: dict[str, int] | None, *, fresh: bool = True,
+                 name: str = "pipeline", rate_limit: float | None = 1e6, concurrency: int | None = None,
+                 until: str | None = None, profile: str | None = None, sample_s: float = 0.2,
+                 poll_s: float | None = None) -> dict[str, Any]:
+    """`loyalty-etl run --no-models` exactly as a user runs it, with env pointing at the sandbox.
+
+    fresh=False re-runs on the same warehouse (nightly runs). rate_limit=1e6 takes the client limiter out of the
+    way when the sandbox imposes no limit (throughput runs); the rate-limit run passes the sandbox's R.
+    profile: "py-spy" wraps the run in `py-spy record` (all threads, native off) writing a speedscope file."""
+    db = workdir / "pipeline.duckdb"
+    if fresh:
+        env = sandbox_env(sb, workdir, "pipeline.duckdb")
+    else:
+        env = json.loads((workdir / "env.json").read_text())
+    before = warehouse_counts(db) if not fresh and db.exists() else {"carecloud_point_history": 0,
+                                                                      "capillary_customer_transfers": 0}
+    argv = [loyalty_etl(), "--log-format", "json", "run", "--no-models"]
+    if until:
+        argv += ["--until", until]
+    if profile:
+        spy = Path(PYTHON).parent / "py-spy"
+        argv = [str(spy), "record", "--subprocesses", "--format", "speedscope", "-r", "50",
+                "-o", str(workdir / f"{name}.speedscope.json"), "--"] + argv
+    run, fig = measure(sb, name, argv, workdir, env=pipeline_env(env, rate_limit, concurrency), sample_s=sample_s,
+                       poll_s=poll_s)
+    after = warehouse_counts(db)
+    fig["warehouse_rows"] = after
+    fig["log_tail"] = run.log[-1500:]
+    fig = with_records(fig, after["carecloud_point_history"] - before["carecloud_point_history"],
+                       after["capillary_customer_transfers"] - before["capillary_customer_transfers"], None)
+    if truth:
+        fig["lost"] = {
+            "point_history": truth["carecloud_point_history"] - after["carecloud_point_history"],
+            "customer_transfers": truth["capillary_customer_transfers"] - after["capillary_customer_transfers"],
+        }
+    return fig
