@@ -107,3 +107,50 @@ def test_bad_input_is_recorded_and_everything_else_loads(rig_factory):
 @pytest.mark.parametrize("seed", [3, 11, 23])
 def test_bad_input_other_seeds(rig_factory, seed):
     _bad_input(rig_factory, f"bad_input_{seed}", customers=200, seed=seed)
+
+
+def _vendor_changes_types(sb) -> dict:
+    """From now on the API sends every third record's `point_amount` as a string and adds a new field to every
+    record, as a vendor release might. The values do not change, so the truth does not either."""
+    import orjson
+
+    app = sb.app
+    original = app.point_history
+    seen = {"changed": 0}
+
+    def changed(req):
+        resp = original(req)
+        if resp.status != 200:
+            return resp
+        body = orjson.loads(resp.body)
+        for rec in body["data"]["point_history"]:
+            rec["channel"] = "pos"
+            amount = rec.get("point_amount")
+            if isinstance(amount, (int, float)) and int(abs(amount) * 10) % 3 == 0:
+                rec["point_amount"] = str(amount)
+                seen["changed"] += 1
+        resp.body = orjson.dumps(body)
+        return resp
+
+    app.point_history = changed
+    return seen
+
+
+def test_a_field_changing_type_between_runs_doubles_nothing(rig_factory):
+    """Records already loaded come again in the next run's lookback with `point_amount` now a string (and a new
+    field): they are the same records and must not be loaded a second time."""
+    rig = rig_factory("drift", customers=30, seed=7)
+    first = rig.run()
+    assert first.returncode == 0, first.describe()
+    rig.sb.advance(86400)
+    seen = _vendor_changes_types(rig.sb)
+    second = rig.run()
+    assert second.returncode == 0, second.describe()
+    assert seen["changed"] > 0
+    issues = sync_issues(rig.warehouse, runs(rig.warehouse)[-1]["run_id"])
+    codes = Counter(i["code"] for i in issues)
+    assert codes["type_coerced"] and codes["unknown_field"], f"the change should be recorded: {codes}"
+    cmp = rig.compare(ledger=False)
+    assert cmp.ok, f"a type change in the lookback doubled or lost rows:\n{cmp}"
+    record_figures("type_change_between_runs", runs=2, changed_values=seen["changed"],
+                   rows_compared=cmp.rows_compared, mismatches=cmp.mismatches)

@@ -8,7 +8,9 @@ and compared with `EXCEPT ALL` in both directions, which is a multiset differenc
 
 from __future__ import annotations
 
+import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -164,6 +166,43 @@ class Checker:
                 f"select {CC_WH_NOTIME} from {wh} where recorded_at is null {cust}"))
         return diffs
 
+    def children(self) -> Diff:
+        """List-valued keys of `extended_data` (e.g. purchase items) against their child tables: every item of every
+        record, at its position, with its fields, linked to a parent row with the same customer and extended_data."""
+        prefix = "carecloud_point_history__extended_data__"
+        expected: Counter = Counter()
+        for cid, ext in self.con.execute(
+                "select customer_id, extended_data from truth_cc where extended_data like '%[%'").fetchall():
+            try:
+                obj = json.loads(ext)
+            except ValueError:
+                continue
+            if not isinstance(obj, dict):
+                continue
+            for key, value in obj.items():
+                if isinstance(value, list):
+                    for idx, item in enumerate(value):
+                        expected[(prefix + _snake(key), cid, ext, idx, _item(item))] += 1
+        found: Counter = Counter()
+        for rel in sorted(t for t in self.wh_tables if t.startswith("loyalty_raw." + prefix)):
+            table = rel.split(".", 1)[1]
+            cur = self.con.execute(
+                f"""select p.customer_id, p.extended_data_raw, c.* exclude (record_key, _loaded_run_id)
+                    from wh.{rel} c join wh.loyalty_raw.carecloud_point_history p using (record_key)""")
+            names = [d[0] for d in cur.description]
+            for row in cur.fetchall():
+                rec = dict(zip(names, row))
+                cid, ext, idx = rec.pop("customer_id"), rec.pop("extended_data_raw"), rec.pop("_idx")
+                item = {k: v for k, v in rec.items() if not k.startswith("_dlt") and v is not None}
+                found[(table, cid, ext, idx, _item(item, flat=True))] += 1
+            orphans = self.con.execute(f"""select count(*) from wh.{rel} c anti join
+                                           wh.loyalty_raw.carecloud_point_history p using (record_key)""").fetchone()[0]
+            if orphans:
+                found[(table, "ORPHAN child rows without a parent", None, orphans, "")] += 1
+        missing, extra = expected - found, found - expected
+        return Diff("carecloud extended_data list items (child tables)", sum(expected.values()), sum(found.values()),
+                    sum(missing.values()), sum(extra.values()), list(missing)[:5], list(extra)[:5])
+
     def capillary(self, customers: list[str] | None = None) -> list[Diff]:
         cust = _in("customer_id", customers)
         per_customer = self.multiset(
@@ -224,7 +263,38 @@ class Checker:
             "loyalty_raw.capillary_transfer_parties": "user_id",
             "loyalty.fct_points_ledger": "ledger_key",
         }
+        for rel in self.wh_tables:
+            if rel.startswith("loyalty_raw.carecloud_point_history__"):
+                keys[rel] = "record_key, _idx"
         return {f"{rel}({key})": self.dup_count(f"wh.{rel}", key) for rel, key in keys.items() if self.has(rel)}
+
+
+def _snake(key: str) -> str:
+    from dlt.common.normalizers.naming.snake_case import NamingConvention
+
+    return NamingConvention().normalize_identifier(key)
+
+
+def _item(item: Any, flat: bool = False) -> str:
+    """One list item as comparable text: numbers as floats, nested objects flattened the way dlt names columns."""
+    if not isinstance(item, dict):
+        item = {"value": item}
+    out: dict[str, Any] = {}
+
+    def walk(obj: dict, prefix: str) -> None:
+        for k, v in obj.items():
+            name = k if flat else (prefix + "__" if prefix else "") + _snake(k)
+            if isinstance(v, dict) and not flat:
+                walk(v, name)
+            elif v is None:
+                continue
+            elif isinstance(v, bool) or not isinstance(v, (int, float)):
+                out[name] = v if isinstance(v, (bool, str)) else str(v)
+            else:
+                out[name] = float(v)
+
+    walk(item, "")
+    return json.dumps(out, sort_keys=True, ensure_ascii=False, default=str)
 
 
 def _ts(value: datetime) -> str:
@@ -252,6 +322,7 @@ def compare(warehouse: Path, truth: Any, *, until: datetime, initial_start: date
         diffs: list[Diff] = []
         if "carecloud" in sources:
             diffs += ch.carecloud(bad_time_rows=bad_time_rows)
+            diffs.append(ch.children())
         if "capillary" in sources:
             diffs += ch.capillary()
         if ledger:
