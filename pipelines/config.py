@@ -99,6 +99,8 @@ class SourceSettings:
     safety_lag: pendulum.Duration
     credentials: dict[str, str] = field(repr=False, default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    retry_backoff: float = 1.0        # seconds before the 2nd attempt; doubles per attempt, +-20 % jitter
+    request_timeout: float = 60.0     # seconds per request (read timeout)
 
 
 @dataclass
@@ -109,6 +111,9 @@ class Settings:
     allow_insecure_http: bool
     alert_command: str
     alert_webhook: str
+    batch_rows: int = 50_000          # rows per Arrow table handed to dlt (spans many customers)
+    chunk_customers: int = 20_000     # customers per load + state commit (bounds the work a crash repeats)
+    export_schema_path: str = "schemas"  # dlt schema YAML export, only for a warehouse inside the working dir
 
     @property
     def pipelines_dir(self) -> Path:
@@ -141,6 +146,8 @@ def _source(name: str, defaults: dict[str, Any], secret_keys: list[str], extra_k
         max_attempts=int(_get(f"{sec}.max_attempts", 6)),
         lookback=parse_duration(_get(f"{sec}.lookback", "3d")),
         safety_lag=parse_duration(_get(f"{sec}.safety_lag", "10m")),
+        retry_backoff=float(_get(f"{sec}.retry_backoff", 1.0)),
+        request_timeout=float(_get(f"{sec}.request_timeout", 60.0)),
         credentials={k: _secret(f"{sec}.credentials.{k}") for k in secret_keys},
         extra={k: _get(f"{sec}.{k}", v) for k, v in extra_keys.items()},
     )
@@ -169,4 +176,7 @@ def load_settings() -> Settings:
         allow_insecure_http=allow_insecure,
         alert_command=str(_get("loyalty.alert_command", "")),
         alert_webhook=str(_get("loyalty.alert_webhook", "")),
+        batch_rows=int(_get("loyalty.batch_rows", 50_000)),
+        chunk_customers=int(_get("loyalty.chunk_customers", 20_000)),
+        export_schema_path=str(_get("loyalty.export_schema_path", "schemas")),
     )

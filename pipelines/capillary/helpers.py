@@ -1,0 +1,105 @@
+"""Capillary API access: Basic (till_id:md5(password)) or OAuth (`X-CAP-API-OAUTH-TOKEN`), one unpaginated
+`GET /v2/points/transfer` per customer."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+from pipelines.capillary.settings import NOT_FOUND_CODES, OAUTH_PATH, TRANSFER_PATH
+from pipelines.extraction import CustomerFailed, SourceUnavailable, failure_from_http, short_json as _short
+from pipelines.config import ConfigError, SourceSettings
+from pipelines.http import Auth, HttpClient, HttpError, HttpStats, StaticAuth, TokenAuth, shared_limiter
+from pipelines.logs import register_secret
+
+
+def _errors(body: Any) -> list[dict]:
+    errs = body.get("errors") if isinstance(body, dict) else None
+    return [e for e in errs if isinstance(e, dict)] if isinstance(errs, list) else []
+
+
+def _warnings(body: Any) -> list[Any]:
+    warns = body.get("warnings") if isinstance(body, dict) else None
+    return list(warns) if isinstance(warns, list) else []
+
+
+class CapillaryApi:
+    def __init__(self, settings: SourceSettings, stats: HttpStats) -> None:
+        self.settings = settings
+        self.identifier_name = str(settings.extra.get("identifier_name") or "id")
+        self.identifier_source = str(settings.extra.get("identifier_source") or "INSTORE")
+        self.server_timezone = str(settings.extra.get("server_timezone") or "UTC")
+        creds = settings.credentials
+        principal = creds.get("key") or creds.get("till_id") or ""
+        limiter = shared_limiter(("capillary", f"{settings.base_url}|{principal}"), settings.rate_limit)
+        self.client = HttpClient(
+            settings.base_url, limiter=limiter, auth=None, max_attempts=settings.max_attempts,
+            backoff_base=settings.retry_backoff, timeout=settings.request_timeout,
+            pool_size=settings.concurrency + 2, stats=stats, name="capillary",
+        )
+        self.client.auth = self._auth(stats)
+
+    def _auth(self, stats: HttpStats) -> Auth:
+        creds = self.settings.credentials
+        if creds.get("key") and creds.get("secret"):
+            return TokenAuth(self._oauth_login, "X-CAP-API-OAUTH-TOKEN", "", stats)
+        if creds.get("till_id") and creds.get("password"):
+            digest = hashlib.md5(creds["password"].encode()).hexdigest()
+            register_secret(digest)
+            value = base64.b64encode(f"{creds['till_id']}:{digest}".encode()).decode()
+            register_secret(value)
+            return StaticAuth({"Authorization": f"Basic {value}"})
+        raise ConfigError("Capillary credentials missing: set [sources.capillary.credentials] till_id + password "
+                          "(Basic) or key + secret (OAuth)")
+
+    def _oauth_login(self) -> tuple[str, float | None]:
+        creds = self.settings.credentials
+        try:
+            _, body = self.client.request_json("POST", OAUTH_PATH, json_body={"key": creds["key"],
+                                                                                "secret": creds["secret"]},
+                                               use_auth=False)
+            token = str(body["data"]["accessToken"])
+        except HttpError as exc:
+            raise SourceUnavailable(f"Capillary OAuth token request failed ({exc}); check key and secret") from None
+        except (KeyError, TypeError):
+            raise SourceUnavailable("Capillary OAuth answer without data.accessToken") from None
+        register_secret(token)
+        ttl = (body.get("data") or {}).get("ttlSeconds")
+        return token, float(ttl) if isinstance(ttl, (int, float)) and ttl > 0 else None
+
+    def close(self) -> None:
+        self.client.close()
+
+    def check(self) -> None:
+        self.client.auth.headers()
+
+    def fetch(self, identifier: str) -> tuple[list[dict], list[tuple[str, str, str | None]]]:
+        """The customer's transfers and the API's own warnings/errors as (code, message, detail) issues.
+        Raises CustomerFailed for 8015 (not found) and anything not retryable."""
+        params = {"source": self.identifier_source, "identifierName": self.identifier_name,
+                  "identifierValue": identifier}
+        try:
+            _, body = self.client.request_json("GET", TRANSFER_PATH, params=params)
+        except HttpError as exc:
+            if exc.status == 401:
+                raise SourceUnavailable(f"Capillary refused the credentials ({exc})") from None
+            for err in _errors(exc.body):
+                if err.get("code") in NOT_FOUND_CODES:
+                    raise CustomerFailed("not_found", f"Capillary {err.get('code')}: {err.get('message')}",
+                                         detail=_short(exc.body)) from None
+            raise failure_from_http(exc, "Capillary points/transfer") from None
+        issues: list[tuple[str, str, str | None]] = []
+        for err in _errors(body):
+            if err.get("code") in NOT_FOUND_CODES:
+                raise CustomerFailed("not_found", f"Capillary {err.get('code')}: {err.get('message')}",
+                                     detail=_short(body))
+            issues.append(("api_error", f"Capillary error {err.get('code')}: {err.get('message')}", _short(err)))
+        for warn in _warnings(body):
+            issues.append(("api_warning", "Capillary warning", _short(warn)))
+        data = body.get("data") if isinstance(body, dict) else None
+        if data is None:
+            data = []
+        if not isinstance(data, list):
+            raise CustomerFailed("bad_response", "Capillary answered with a non-list `data`", detail=_short(body))
+        return data, issues

@@ -1,0 +1,18 @@
+"""CareCloud API constants (see ../shared/api-notes.md §1)."""
+
+LOGIN_PATH = "/users/actions/login"
+POINT_HISTORY_PATH = "/point-history"
+SORT_FIELD = "point_history_record_time"
+
+POINT_HISTORY_TABLE = "carecloud_point_history"
+CHILD_TABLE_PREFIX = POINT_HISTORY_TABLE + "__extended_data__"
+
+# The documented fields of a point history record; their values as sent make up the record key. A field the vendor
+# adds later is loaded as a column of its own but kept OUT of the key: otherwise every record re-fetched in the
+# lookback after such a change would get a new key and be loaded twice.
+KEY_FIELDS = ("customer_id", "point_amount", "point_operation_type", "point_operation_note", "point_type_id",
+              "partner_id", "store_id", "point_history_record_time", "extended_data")
+TEXT_FIELDS = ("point_operation_type", "point_operation_note", "point_type_id", "partner_id", "store_id")
+
+# How often a customer-window is fetched again when the result set changed while paging.
+MAX_PAGING_ATTEMPTS = 3

@@ -1,0 +1,113 @@
+"""What both sources share while extracting: the job of one chunk of customers (their windows in, successes,
+failures and issues out) and the bounded fan-out that keeps many customers in flight on a thread pool.
+
+Threads, not processes: the work per customer is mostly waiting on HTTP (the GIL is released), and the shared
+rate limiter and single-flight login need shared memory."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+import orjson
+
+from pipelines.columns import ColumnTypes
+from pipelines.http import HttpError, HttpStats
+from pipelines.progress import RunProgress
+from pipelines.state import Issue
+from pipelines.windows import Window
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class CustomerFailed(Exception):
+    """This customer could not be loaded this time (recorded; the run goes on; the next run retries it)."""
+
+    def __init__(self, code: str, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.detail = detail
+
+
+class SourceUnavailable(RuntimeError):
+    """The whole source cannot be used (login refused, base URL wrong): the run fails with this message."""
+
+
+def failure_from_http(exc: HttpError, what: str) -> CustomerFailed:
+    if exc.exhausted:
+        return CustomerFailed("retries_exhausted", f"{what}: {exc}")
+    return CustomerFailed("http_error", f"{what}: {exc}", detail=short_json(exc.body))
+
+
+def short_json(body: Any, limit: int = 2000) -> str | None:
+    if body is None:
+        return None
+    return orjson.dumps(body).decode(errors="replace")[:limit]
+
+
+@dataclass
+class ExtractJob:
+    """One source, one chunk of customers, one load. Filled in by the source during extraction; committed to
+    `_customer_sync_state` by the runner only after dlt's load of the same data succeeded."""
+
+    source: str
+    run_id: str
+    tasks: list[tuple[str, Window]]
+    types: ColumnTypes
+    concurrency: int
+    batch_rows: int
+    stats: HttpStats
+    progress: RunProgress | None = None
+    succeeded: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    issues: list[Issue] = field(default_factory=list)
+    records_fetched: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def succeed(self, customer_id: str, records: int) -> None:
+        self.succeeded.append(customer_id)
+        self.records_fetched += records
+        if self.progress:
+            self.progress.update(self.source, customers_done=1, records=records)
+
+    def fail(self, customer_id: str, code: str, message: str, detail: str | None = None) -> None:
+        self.failed[customer_id] = f"{code}: {message}"
+        self.issues.append(Issue(self.source, customer_id, code, message, detail))
+        if self.progress:
+            self.progress.update(self.source, customers_failed=1)
+
+
+def run_concurrently(items: Iterable[T], fn: Callable[[T], R], concurrency: int) -> Iterator[tuple[T, R | BaseException]]:
+    """Yield (item, result or exception) as they complete, with at most ~2x `concurrency` items submitted, so
+    memory stays flat however many customers there are."""
+    concurrency = max(1, concurrency)
+    it = iter(items)
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fetch")
+    pending: dict[Future, T] = {}
+
+    def submit_next() -> bool:
+        try:
+            item = next(it)
+        except StopIteration:
+            return False
+        pending[pool.submit(fn, item)] = item
+        return True
+
+    try:
+        for _ in range(concurrency * 2):
+            if not submit_next():
+                break
+        while pending:
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for fut in done:
+                item = pending.pop(fut)
+                exc = fut.exception()
+                result: Any = exc if exc is not None else fut.result()
+                submit_next()
+                yield item, result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,305 @@
+"""One run: lock, customer windows, the dlt pipeline, state commit, report, models.
+
+Entry points (contract, docs/architecture.md):
+- `run(settings, sources, customers_file=None, until=None, models=True, command="run") -> RunReport`: the nightly
+  incremental run. Exit code in `report.exit_code`: 0 all customers done, 2 some failed (listed), 1 the run failed.
+- `run_window(settings, source, start, end, customers, report, update_customer_state=False)`: load a fixed window
+  for the given customers (backfills), inside a caller that already holds the lock and the warehouse.
+
+Order of commits per chunk of customers: extract -> normalize -> load (dlt, atomic per package) -> bookkeeping
+(`state.commit`, one DuckDB transaction). A crash anywhere before the bookkeeping leaves the customers' windows
+where they were, so the next run fetches the same records again and the merge keys absorb them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import duckdb
+import pendulum
+
+from pipelines import state
+from pipelines.columns import ColumnTypes
+from pipelines.config import ConfigError, Settings
+from pipelines.customers import load_customers
+from pipelines.extraction import ExtractJob, SourceUnavailable
+from pipelines.faultpoints import maybe_crash
+from pipelines.http import HttpStats
+from pipelines.lock import RunLock, RunLocked, connect_writer
+from pipelines.logs import get_logger, redact
+from pipelines.progress import RunProgress
+from pipelines.report import RunReport, SourceReport, render_summary
+from pipelines.state import Issue
+from pipelines.windows import Window, customer_window, utc, window_end
+
+log = get_logger("runner")
+
+SOURCES = ("carecloud", "capillary")
+PIPELINE_NAME = "loyalty_warehouse"
+DATASET = "loyalty_raw"
+SCHEMA_NAME = "loyalty_raw"
+
+
+# ---------------------------------------------------------------------------------------------- dlt pipeline
+def _export_path(settings: Settings) -> str | None:
+    """Export the schema YAML only for a warehouse that lives under the working directory (the project's own,
+    e.g. `make demo`); a test or benchmark warehouse in a temp dir must not rewrite the committed file."""
+    if not settings.export_schema_path:
+        return None
+    cwd = Path.cwd().resolve()
+    try:
+        settings.warehouse.resolve().relative_to(cwd)
+    except ValueError:
+        return None
+    path = Path(settings.export_schema_path)
+    return str(path if path.is_absolute() else cwd / path)
+
+
+def make_pipeline(settings: Settings, conn: duckdb.DuckDBPyConnection) -> Any:
+    """The dlt pipeline on the run's own DuckDB connection (so bookkeeping, dbt and dlt share one writer), with
+    its working dir beside the warehouse. Packages a crashed run left behind are finished first: they hold
+    records that were fetched but never committed to `_customer_sync_state`, so loading them is harmless."""
+    import dlt
+
+    pipeline = dlt.pipeline(
+        pipeline_name=PIPELINE_NAME,
+        pipelines_dir=str(settings.pipelines_dir),
+        destination=dlt.destinations.duckdb(conn),
+        dataset_name=DATASET,
+        export_schema_path=_export_path(settings),
+    )
+    if pipeline.has_pending_data:
+        log.warning("finishing load packages left by an interrupted run")
+        pipeline.normalize()
+        pipeline.load()
+    return pipeline
+
+
+def _schema(pipeline: Any) -> Any:
+    import dlt
+
+    if SCHEMA_NAME in pipeline.schema_names:
+        return pipeline.schemas[SCHEMA_NAME]
+    return dlt.Schema(SCHEMA_NAME)
+
+
+def _api(source: str, settings: Settings, stats: HttpStats) -> Any:
+    if source == "carecloud":
+        from pipelines.carecloud.helpers import CareCloudApi
+
+        return CareCloudApi(settings.carecloud, stats)
+    from pipelines.capillary.helpers import CapillaryApi
+
+    return CapillaryApi(settings.capillary, stats)
+
+
+def _dlt_source(source: str, api: Any, job: ExtractJob) -> Any:
+    if source == "carecloud":
+        from pipelines.carecloud import carecloud_source
+
+        return carecloud_source(api, job)
+    from pipelines.capillary import capillary_source
+
+    return capillary_source(api, job)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+class SourceRun:
+    """One source within one run: its API client (one login, one limiter) and counters."""
+
+    def __init__(self, settings: Settings, source: str, report: RunReport, progress: RunProgress | None,
+                 conn: duckdb.DuckDBPyConnection, pipeline: Any) -> None:
+        self.settings = settings
+        self.source = source
+        self.cfg = settings.source(source)
+        self.report = report
+        self.srep = report.sources.setdefault(source, SourceReport())
+        self.progress = progress
+        self.conn = conn
+        self.pipeline = pipeline
+        self.stats = HttpStats(on_update=(lambda r, t, q: progress.update(source, requests=r, retries=t, http_429=q))
+                               if progress else None)
+        self.api = _api(source, settings, self.stats)
+        self.api.check()
+
+    def close(self) -> None:
+        self.api.close()
+        self.srep.requests += self.stats.requests
+        self.srep.retries += self.stats.retries
+        self.srep.http_429 += self.stats.http_429
+        self.stats.requests = self.stats.retries = self.stats.http_429 = 0
+
+    def load(self, tasks: list[tuple[str, Window]], window_end_: dt.datetime | None,
+             update_customer_state: bool) -> None:
+        """Fetch, load and commit `tasks` in chunks of `chunk_customers`."""
+        size = max(1, self.settings.chunk_customers)
+        for i in range(0, len(tasks), size):
+            self._load_chunk(tasks[i:i + size], window_end_, update_customer_state)
+
+    def _load_chunk(self, tasks: list[tuple[str, Window]], end: dt.datetime | None,
+                    update_customer_state: bool) -> None:
+        job = ExtractJob(
+            source=self.source, run_id=self.report.run_id, tasks=[t for t in tasks if not t[1].empty],
+            types=ColumnTypes.from_dlt_schema(_schema(self.pipeline)), concurrency=self.cfg.concurrency,
+            batch_rows=self.settings.batch_rows, stats=self.stats, progress=self.progress,
+        )
+        for cid, window in tasks:
+            if window.empty:  # nothing to fetch: already loaded up to this end
+                job.succeed(cid, 0)
+        if job.tasks:
+            self.pipeline.extract(_dlt_source(self.source, self.api, job), schema=_schema(self.pipeline),
+                                  loader_file_format="parquet")
+            maybe_crash("normalize")
+            info = self.pipeline.normalize()
+            for table, n in (info.row_counts if info else {}).items():
+                if not table.startswith("_dlt"):
+                    self.report.rows_by_table[table] = self.report.rows_by_table.get(table, 0) + n
+            maybe_crash("load")
+            self.pipeline.load(raise_on_failed_jobs=True)
+        maybe_crash("state")
+        state.commit(self.conn, run_id=self.report.run_id, source=self.source, window_end=end,
+                     succeeded=job.succeeded, failed=job.failed, issues=job.issues,
+                     update_customer_state=update_customer_state)
+        self.srep.customers_done += len(job.succeeded)
+        self.srep.customers_failed += len(job.failed)
+        self.srep.failed_customers.extend(job.failed)
+        self.srep.records += job.records_fetched
+
+
+def run_window(settings: Settings, source: str, start: dt.datetime, end: dt.datetime, customers: Sequence[str],
+               report: RunReport, update_customer_state: bool = False,
+               conn: duckdb.DuckDBPyConnection | None = None, progress: RunProgress | None = None) -> RunReport:
+    """Load the fixed window `[start, end)` for `customers` (backfill). The caller holds the run lock; without
+    `conn` a connection to the same warehouse is opened in this process (DuckDB shares the instance)."""
+    own = conn is None
+    conn = conn or duckdb.connect(str(settings.warehouse))
+    try:
+        state.ensure_tables(conn)
+        pipeline = make_pipeline(settings, conn)
+        srun = SourceRun(settings, source, report, progress, conn, pipeline)
+        try:
+            window = Window(utc(start), utc(end))
+            srun.load([(c, window) for c in customers], utc(end), update_customer_state)
+        finally:
+            srun.close()
+        srep = report.sources[source]
+        srep.window_start = min(srep.window_start or window.start, window.start)
+        srep.window_end = max(srep.window_end or window.end, window.end)
+    finally:
+        if own:
+            conn.close()
+    return report
+
+
+def _tasks(conn: duckdb.DuckDBPyConnection, source: str, ids: Iterable[str], end: dt.datetime,
+           lookback: dt.timedelta, initial_start: dt.datetime) -> list[tuple[str, Window]]:
+    last = state.last_success_ends(conn, source)
+    windows: dict[Any, Window] = {}  # customers sharing a last end share one Window object
+    out = []
+    for cid in ids:
+        prev = last.get(cid)
+        w = windows.get(prev)
+        if w is None:
+            w = windows[prev] = customer_window(prev, end, lookback, initial_start)
+        out.append((cid, w))
+    return out
+
+
+def run(settings: Settings, sources: Sequence[str], customers_file: str | None = None,
+        until: dt.datetime | str | None = None, models: bool = True, command: str = "run",
+        print_summary: bool = True) -> RunReport:
+    report = RunReport(command=command)
+    lock = RunLock(settings.warehouse)
+    try:
+        lock.acquire()
+    except RunLocked as exc:
+        report.error = str(exc)
+        report.finish()
+        if print_summary:
+            print(render_summary(report), flush=True)
+        return report
+    conn: duckdb.DuckDBPyConnection | None = None
+    progress: RunProgress | None = None
+    pre_issues: list[Issue] = []
+    try:
+        conn = connect_writer(settings.warehouse)
+        state.ensure_tables(conn)
+        now = pendulum.now("UTC")
+        plans = []
+        for source in sources:
+            cfg = settings.source(source)
+            listed = load_customers(customers_file or cfg.customers, conn)
+            pre_issues.extend(listed.issues(source))
+            end = window_end(now, cfg.safety_lag, utc(until) if until is not None else None)
+            tasks = _tasks(conn, source, listed.ids, end, cfg.lookback, cfg.initial_start)
+            report.sources[source] = SourceReport(
+                window_start=min((w.start for _, w in tasks), default=None), window_end=end,
+                customers_total=len(listed.ids), customers_skipped=listed.skipped)
+            plans.append((source, tasks, end))
+        progress = RunProgress({s: len(t) for s, t, _ in plans})
+        pipeline = make_pipeline(settings, conn)
+        errors = []
+        for source, tasks, end in plans:
+            try:
+                srun = SourceRun(settings, source, report, progress, conn, pipeline)
+            except SourceUnavailable as exc:
+                errors.append(f"{source}: {exc}")
+                pre_issues.append(Issue(source, None, "source_unavailable", str(exc)))
+                continue
+            try:
+                srun.load(tasks, end, update_customer_state=True)
+            except SourceUnavailable as exc:
+                errors.append(f"{source}: {exc}")
+                pre_issues.append(Issue(source, None, "source_unavailable", str(exc)))
+            finally:
+                srun.close()
+        if errors:
+            report.error = "; ".join(errors)
+        if models and not report.error:
+            report.models = _run_models(settings)
+    except (ConfigError, duckdb.Error, OSError) as exc:
+        report.error = f"{type(exc).__name__}: {exc}"
+        log.error("run failed: %s", redact(report.error))
+    except Exception as exc:  # noqa: BLE001 - the runs row and the alert must still be written
+        report.error = f"{type(exc).__name__}: {exc}"
+        log.exception("run failed")
+    finally:
+        if progress is not None:
+            progress.close()
+        report.error = redact(report.error) if report.error else None
+        report.finish()
+        if conn is not None:
+            try:
+                state.write_run(conn, report, pre_issues)
+            except Exception as exc:  # noqa: BLE001
+                log.error("could not write the runs row: %s", redact(str(exc)))
+            conn.close()
+        lock.release()
+    if report.exit_code != 0:
+        _alert(settings, report)
+    if print_summary:
+        print(render_summary(report), flush=True)
+    return report
+
+
+def _run_models(settings: Settings) -> str:
+    try:
+        from pipelines.models import run_dbt
+    except ImportError:
+        return "skipped"
+    maybe_crash("models")
+    try:
+        return "ok" if run_dbt(settings.warehouse, quiet=True) == 0 else "failed"
+    except Exception as exc:  # noqa: BLE001 - a model failure must not hide the load's result
+        log.error("dbt failed: %s", redact(str(exc)))
+        return "failed"
+
+
+def _alert(settings: Settings, report: RunReport) -> None:
+    try:
+        from pipelines.alerts import notify
+    except ImportError:
+        return
+    notify(settings, report)
