@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import duckdb
 import pendulum
 
-from pipelines.logs import get_logger
+from pipelines.logs import get_logger, redact
 from pipelines.report import RunReport
 
 log = get_logger("backfill")
@@ -129,69 +129,70 @@ def record_chunk(conn: duckdb.DuckDBPyConnection, source: str, plan: ChunkPlan, 
 
 def backfill(settings: Any, sources: Sequence[str], since: dt.datetime, until: dt.datetime,
              chunk: dt.timedelta, *, models: bool = True) -> RunReport:
-    """Run (or resume) a backfill; returns the run report (also written as a `runs` row, command `backfill`)."""
+    """Run (or resume) a backfill; returns the run report (also written as a `runs` row, command `backfill`).
+    Raises `RunLocked` when another run holds the warehouse."""
     from pipelines import runner, state
     from pipelines.customers import load_customers
     from pipelines.lock import RunLock, connect_writer
+    from pipelines.progress import RunProgress
     from pipelines.report import SourceReport
 
     chunks = plan_chunks(since, until, chunk)
     report = RunReport(command="backfill")
     report.extra.update(since=chunks[0].start.isoformat(), until=chunks[-1].end.isoformat(),
                         chunk_s=chunk.total_seconds(), chunks=len(chunks))
+    issues: list[state.Issue] = []
+    progress: RunProgress | None = None
     with RunLock(settings.warehouse):
         conn = connect_writer(settings.warehouse)
         try:
-            state.ensure_tables(conn)
-            ensure_table(conn)
-            work: dict[str, tuple[list[str], list[ChunkPlan]]] = {}
-            for source in sources:
-                listed = load_customers(settings.source(source).customers, conn)
-                work[source] = (listed.ids, pending(conn, source, chunks, listed.ids))
-                report.sources[source] = SourceReport(window_start=chunks[0].start, window_end=chunks[-1].end,
-                                                      customers_total=len(listed.ids),
-                                                      customers_skipped=listed.skipped)
-                done = len(chunks) - sum(1 for p in work[source][1] if not p.retry)
-                log.info("backfill %s: %d chunks of %s, %d already done, %d to retry for failed customers",
-                         source, len(chunks), chunk, done, sum(1 for p in work[source][1] if p.retry))
             try:
-                for source, (ids, plans) in work.items():
+                state.ensure_tables(conn)
+                ensure_table(conn)
+                work: dict[str, list[ChunkPlan]] = {}
+                for source in sources:
+                    listed = load_customers(settings.source(source).customers, conn)
+                    issues.extend(listed.issues(source))
+                    work[source] = pending(conn, source, chunks, listed.ids)
+                    report.sources[source] = SourceReport(window_start=chunks[0].start, window_end=chunks[-1].end,
+                                                          customers_total=len(listed.ids),
+                                                          customers_skipped=listed.skipped)
+                    retries = sum(1 for p in work[source] if p.retry)
+                    log.info("backfill %s: %d chunks of %s; %d done before, %d to load, %d to retry for failed "
+                             "customers", source, len(chunks), chunk, len(chunks) - len(work[source]),
+                             len(work[source]) - retries, retries)
+                # progress counts customer-chunks: every customer is loaded once per chunk
+                progress = RunProgress({s: sum(len(p.customers) for p in plans) for s, plans in work.items()})
+                for source, plans in work.items():
                     for plan in plans:
-                        if not plan.customers:
-                            record_chunk(conn, source, plan, report.run_id, [], 0)
-                            continue
-                        _load_chunk(runner, settings, source, plan, report, conn)
-            except Exception as exc:  # noqa: BLE001 - the run row and alert must still be written
+                        _load_chunk(runner, settings, source, plan, report, conn, progress)
+                if models and not report.error:
+                    report.models = runner._run_models(settings)
+            except Exception as exc:  # noqa: BLE001 - the runs row and the alert must still be written
                 log.exception("backfill failed")
-                report.error = f"{type(exc).__name__}: {exc}"
-            _finish(settings, report, conn, models)
+                report.error = redact(f"{type(exc).__name__}: {exc}")
+            finally:
+                if progress is not None:
+                    progress.close()
+            # one customer failing in several chunks is one failing customer
+            for s in report.sources.values():
+                s.failed_customers = sorted(set(s.failed_customers))
+            report.finish()
+            state.write_run(conn, report, issues)
         finally:
             conn.close()
     return report
 
 
 def _load_chunk(runner: Any, settings: Any, source: str, plan: ChunkPlan, report: RunReport,
-                conn: duckdb.DuckDBPyConnection) -> None:
+                conn: duckdb.DuckDBPyConnection, progress: Any) -> None:
     src = report.sources[source]
-    failed_before, records_before = list(src.failed_customers), src.records
-    # run_window accumulates into the report; customers done/failed there count customer-chunks, not customers
-    runner.run_window(settings, source, plan.chunk.start, plan.chunk.end, plan.customers, report,
-                      update_customer_state=False)
-    failed = [c for c in src.failed_customers[len(failed_before):]]
+    failed_before, records_before = len(src.failed_customers), src.records
+    if plan.customers:
+        runner.run_window(settings, source, plan.chunk.start, plan.chunk.end, plan.customers, report,
+                          update_customer_state=False, conn=conn, progress=progress)
+    failed = src.failed_customers[failed_before:]
+    # only after the chunk's load and bookkeeping committed: a crash before this line reloads the chunk (harmless)
     record_chunk(conn, source, plan, report.run_id, failed, src.records - records_before)
     log.info("backfill %s chunk %s: %d customers, %d failed, %d records", source, plan.chunk,
              len(plan.customers), len(failed), src.records - records_before)
-
-
-def _finish(settings: Any, report: RunReport, conn: duckdb.DuckDBPyConnection, models: bool) -> None:
-    from pipelines import state
-
-    if models and not report.error:
-        from pipelines.models import run_dbt
-
-        report.models = "ok" if run_dbt(settings.warehouse, quiet=True) == 0 else "failed"
-    # a customer that failed in one chunk and succeeded on retry is not failing any more
-    for s in report.sources.values():
-        s.failed_customers = sorted(set(s.failed_customers))
-    report.finish()
-    state.write_run(conn, report)
