@@ -97,9 +97,11 @@ def _fmt(dt: datetime) -> str:
 def local_to_utc(text: str, zone: ZoneInfo) -> datetime | None:
     """The documented convention for a project-local time string: in the repeated autumn hour take the EARLIER
     instant (fold=0). Returns None for an unparseable string."""
+    if not isinstance(text, str):
+        return None
     try:
         naive = datetime.strptime(text.replace("T", " "), "%Y-%m-%d %H:%M:%S")
-    except (TypeError, ValueError):
+    except ValueError:
         return None
     return naive.replace(tzinfo=zone, fold=0).astimezone(timezone.utc)
 
