@@ -1,0 +1,179 @@
+"""The pipeline end to end: the real CLI in a subprocess, real HTTP to the sandbox on loopback, a real DuckDB file,
+compared row for row with the sandbox's ground truth."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from helpers.cli import cli_env, query, run_cli
+from helpers.truth import compare_warehouse, duplicate_keys
+
+UTC = dt.timezone.utc
+NOW = dt.datetime(2026, 11, 20, tzinfo=UTC)
+
+
+def _until(instant: dt.datetime) -> str:
+    return instant.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _run(env: dict[str, str], until: dt.datetime, *args: str, expect: int = 0) -> str:
+    proc = run_cli(env, "run", "--no-models", "--until", _until(until), *args)
+    assert proc.returncode == expect, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+def _assert_truth(wh: Path, sb, until: dt.datetime, sources=("carecloud", "capillary")) -> None:
+    diff = compare_warehouse(wh, sb.truth(), until, sources)
+    assert diff.ok, diff.report()
+    assert duplicate_keys(wh) == {}
+
+
+def _rows(wh: Path) -> dict[str, int]:
+    return {t: query(wh, f"select count(*) from loyalty_raw.{t}")[0][0]
+            for t in ("carecloud_point_history", "capillary_customer_transfers", "capillary_points_transfers",
+                      "capillary_transfer_parties")}
+
+
+def test_incremental_runs_match_truth(sandbox_factory, sandbox_env, tmp_path: Path) -> None:
+    """First run = truth; second run with nothing new adds nothing; after the clock moves, exactly the new and the
+    late rows arrive; identical records all kept; invalid extended_data kept raw and recorded."""
+    # a short data span with many late records, so two days of clock movement surely bring new and late rows
+    sb = sandbox_factory(customers=40, now=NOW, data_start="2026-09-01", data_end="2027-01-01",
+                         records_per_customer=30, late_share=0.5)
+    wh = tmp_path / "wh" / "loyalty_warehouse.duckdb"
+    env = cli_env(sandbox_env(sb, wh))
+
+    out = _run(env, NOW)
+    assert "carecloud: 40/40 customers done" in out
+    _assert_truth(wh, sb, NOW)
+    truth = sb.truth().carecloud_point_history.to_pylist()
+    loaded = [r for r in truth if r["recorded_at"] is None or r["recorded_at"] < NOW]
+    # the sandbox's awkward cases are present, so the equality above covers them
+    dups = [r for r in loaded if "duplicate" in r["anomaly"]]
+    assert dups, "sandbox should contain identical records"
+    invalid = [r for r in loaded if "invalid_json" in r["anomaly"]]
+    assert invalid, "sandbox should contain invalid extended_data"
+    issues = query(wh, "select count(*) from loyalty_raw.sync_issues where code = 'invalid_extended_data'")[0][0]
+    assert issues == len(invalid)
+    first = _rows(wh)
+    assert first["carecloud_point_history"] == len(loaded)
+    state = query(wh, "select count(*), min(last_success_end), max(last_success_end) "
+                      "from loyalty_raw._customer_sync_state where source = 'carecloud'")[0]
+    assert state[0] == 40 and state[1] == state[2] == NOW
+
+    # nothing new: nothing added, the runs row says so
+    _run(env, NOW)
+    assert _rows(wh) == first
+    _assert_truth(wh, sb, NOW)
+    runs = query(wh, "select status, exit_code, customers_done from loyalty_raw.runs order by started_at")
+    assert [r[:2] for r in runs] == [("ok", 0), ("ok", 0)] and runs[0][2] == 80
+
+    # two days later: new records and late ones (timestamped before the last end, visible only now)
+    later = NOW + dt.timedelta(days=2)
+    sb.set_now(later)
+    late = [r for r in sb.truth().carecloud_point_history.to_pylist()
+            if r["recorded_at"] is not None and r["recorded_at"] < NOW < r["visible_from"]]
+    assert late, "sandbox should have late records"
+    _run(env, later)
+    _assert_truth(wh, sb, later)
+    assert _rows(wh)["carecloud_point_history"] > first["carecloud_point_history"]
+
+
+def test_dst_autumn_hour_complete_across_run_boundaries(sandbox_factory, sandbox_env, tmp_path: Path) -> None:
+    """Runs whose window ends fall inside the repeated autumn hour (first and second 02:30 local) and the spring
+    gap: every record is loaded exactly once."""
+    sb = sandbox_factory(customers=30, now=NOW, dst_every=3)
+    wh = tmp_path / "loyalty_warehouse.duckdb"
+    env = cli_env(sandbox_env(sb, wh))
+    repeated = [r for r in sb.truth().carecloud_point_history.to_pylist()
+                if (r["point_history_record_time"] or "").startswith("2025-10-26 02:")]
+    assert len(repeated) >= 3, "sandbox should have records in the repeated hour"
+    for end in ("2025-03-30T01:00:00Z", "2025-10-26T00:30:00Z", "2025-10-26T01:30:00Z", "2025-10-26T02:10:00Z"):
+        until = dt.datetime.fromisoformat(end.replace("Z", "+00:00"))
+        _run(env, until, "--source", "carecloud")
+        _assert_truth(wh, sb, until, ("carecloud",))
+    keys = query(wh, "select count(*) from loyalty_raw.carecloud_point_history "
+                     "where strftime(point_history_record_time, '%Y-%m-%d %H') = '2025-10-26 02'")[0][0]
+    assert keys == len(repeated)
+
+
+def test_unknown_blank_duplicate_customers_recorded_others_load(sandbox_factory, sandbox_env,
+                                                                tmp_path: Path) -> None:
+    sb = sandbox_factory(customers=30, now=NOW)
+    wh = tmp_path / "loyalty_warehouse.duckdb"
+    env = cli_env(sandbox_env(sb, wh, unknown=3, duplicates=2, blanks=2))
+    out = _run(env, NOW, expect=2)
+    assert "failed:" in out
+    _assert_truth(wh, sb, NOW)
+    unknown = {s: set(sb.unknown_customer_ids(s, 3)) for s in ("carecloud", "capillary")}
+    for source in ("carecloud", "capillary"):
+        rows = query(wh, "select customer_id from loyalty_raw.sync_issues where source = ? and code = 'not_found'",
+                     [source])
+        assert {r[0] for r in rows} == unknown[source]
+        failing = query(wh, "select customer_id, consecutive_failures, last_success_end from "
+                            "loyalty_raw._customer_sync_state where source = ? and last_error is not null", [source])
+        assert {r[0] for r in failing} == unknown[source] and all(r[1] == 1 and r[2] is None for r in failing)
+        codes = {r[0] for r in query(wh, "select code from loyalty_raw.sync_issues where source = ?", [source])}
+        assert {"blank_customer_id", "duplicate_customer_id"} <= codes
+    run = query(wh, "select status, exit_code, customers_failed, customers_skipped from loyalty_raw.runs")[0]
+    assert run == ("partial", 2, 6, 8)
+
+
+def test_faults_and_token_expiry_change_nothing(sandbox_factory, sandbox_env, tmp_path: Path) -> None:
+    """429 bursts (half with Retry-After), 503s, dropped connections, truncated bodies and a token that expires
+    every 15 requests: the result is the truth, and the run report counts the retries."""
+    sb = sandbox_factory(customers=30, now=NOW, random_429_share=0.15, retry_after_share=0.5,
+                         error_503_share=0.08, drop_share=0.02, truncate_share=0.02, token_max_requests=15)
+    wh = tmp_path / "loyalty_warehouse.duckdb"
+    env = cli_env(sandbox_env(sb, wh), SOURCES__CARECLOUD__MAX_ATTEMPTS=10, SOURCES__CAPILLARY__MAX_ATTEMPTS=10)
+    _run(env, NOW)
+    _assert_truth(wh, sb, NOW)
+    retries, x429 = query(wh, "select retries, http_429 from loyalty_raw.runs")[0]
+    assert retries > 0 and x429 > 0
+    stats = sb.stats()
+    assert stats, "sandbox stats available"
+
+
+def test_bad_input_kept_and_recorded(sandbox_factory, sandbox_env, tmp_path: Path) -> None:
+    """New fields, a number sent as a string, null/malformed record times and huge notes: every record loads,
+    each oddity is recorded."""
+    sb = sandbox_factory(customers=30, now=NOW, extra_fields=True, type_drift=True, bad_times=True, huge_notes=True)
+    wh = tmp_path / "loyalty_warehouse.duckdb"
+    env = cli_env(sandbox_env(sb, wh))
+    _run(env, NOW, "--source", "carecloud")
+    _assert_truth(wh, sb, NOW, ("carecloud",))
+    codes = {r[0]: r[1] for r in query(wh, "select code, count(*) from loyalty_raw.sync_issues group by code")}
+    assert {"unknown_field", "type_coerced", "bad_record_time"} <= set(codes)
+    cols = {r[0]: r[1] for r in query(wh, "select column_name, data_type from information_schema.columns "
+                                          "where table_name = 'carecloud_point_history'")}
+    assert cols["point_amount"] == "DOUBLE" and cols["recorded_at"] == "TIMESTAMP WITH TIME ZONE"
+    assert cols["point_history_record_time"] == "TIMESTAMP" and "record_source" in cols
+
+
+def test_second_run_refused_while_first_holds_lock(tmp_path: Path) -> None:
+    from pipelines.lock import RunLock, RunLocked
+
+    wh = tmp_path / "loyalty_warehouse.duckdb"
+    with RunLock(wh):
+        with pytest.raises(RunLocked, match="another run is using this warehouse"):
+            RunLock(wh).acquire()
+    RunLock(wh).acquire().release()
+
+
+def test_customers_override_file(sandbox_factory, sandbox_env, tmp_path: Path) -> None:
+    sb = sandbox_factory(customers=20, now=NOW)
+    wh = tmp_path / "loyalty_warehouse.duckdb"
+    env = cli_env(sandbox_env(sb, wh))
+    chosen = sb.customer_ids("carecloud")[:5]
+    path = tmp_path / "some.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["customer_id"])
+        w.writerows([[c] for c in chosen])
+    _run(env, NOW, "--source", "carecloud", "--customers", str(path))
+    got = {r[0] for r in query(wh, "select distinct customer_id from loyalty_raw.carecloud_point_history")}
+    assert got <= set(chosen) and got
