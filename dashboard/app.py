@@ -1,0 +1,38 @@
+"""Entry point of the dashboard: `loyalty-etl dashboard` runs `streamlit run dashboard/app.py`.
+
+The warehouse file comes from env `LOYALTY_WAREHOUSE_PATH` (set by the command from the project settings), the
+display time zone from `LOYALTY_DASHBOARD_TIMEZONE` (default Europe/Prague).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Streamlit puts only this file's folder on sys.path; the pages import `dashboard.*` from the project root.
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from dashboard import db, ui  # noqa: E402
+
+st.set_page_config(page_title="Loyalty points", page_icon="⭐", layout="wide")
+
+PAGES = [
+    st.Page("views/overview.py", title="Overview", icon=":material/dashboard:", default=True),
+    st.Page("views/trends.py", title="Trends", icon=":material/trending_up:"),
+    st.Page("views/stores.py", title="Stores and partners", icon=":material/storefront:"),
+    st.Page("views/transfers.py", title="Transfers", icon=":material/swap_horiz:"),
+    st.Page("views/expirations.py", title="Expirations", icon=":material/hourglass_bottom:"),
+    st.Page("views/customer.py", title="Customer lookup", icon=":material/person_search:"),
+    st.Page("views/health.py", title="Data health", icon=":material/monitor_heart:"),
+]
+
+page = st.navigation(PAGES)
+with st.sidebar:
+    st.caption(f"Warehouse `{db.warehouse_path()}` (read-only)")
+    st.caption(f"Times and dates in {db.timezone()}")
+ui.reset_page_flags()
+page.run()

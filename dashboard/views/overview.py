@@ -1,0 +1,71 @@
+"""Overview: points issued, redeemed, expired and transferred, and active customers, against the previous period.
+Reads `customer_points_daily` (one row per customer and active day)."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from dashboard import queries, ui
+
+st.title("Loyalty points overview")
+
+span = ui.load(queries.data_range)
+if span["last_day"].isna().all():
+    st.info("The ledger has no movements yet.")
+    st.stop()
+first_day, last_day = ui.as_date(span["first_day"].iloc[0]), ui.as_date(span["last_day"].iloc[0])
+
+start, end = ui.period_picker(first_day, last_day, key="overview")
+prev_start, prev_end = ui.previous_period(start, end)
+current = ui.load(queries.period_totals, start, end)
+previous = ui.load(queries.period_totals, prev_start, prev_end)
+st.caption(
+    f"Local days {ui.day(start)} – {ui.day(end)}, compared with {ui.day(prev_start)} – {ui.day(prev_end)}. "
+    f"Data runs to {ui.day(last_day)}."
+)
+
+FIGURES = [  # column, label, delta colour (is more of it good news?)
+    ("issued", "Points issued", "normal"),
+    ("redeemed", "Points redeemed", "normal"),
+    ("expired", "Points expired", "inverse"),
+    ("transferred", "Points transferred", "off"),
+]
+cols = st.columns(len(FIGURES) + 1)
+for col, (name, label, colour) in zip(cols, FIGURES):
+    now_v, before_v = float(current[name].sum()), float(previous[name].sum())
+    col.metric(label, ui.points(now_v), ui.delta(now_v, before_v), delta_color=colour, border=True)
+active_now, active_before = int(current["active_customers"].sum()), int(previous["active_customers"].sum())
+delta = ui.delta(active_now, active_before)
+cols[-1].metric("Active customers", ui.count(active_now), delta, delta_color="normal", border=True)
+
+names = {name: label for name, label, _ in FIGURES}
+both = pd.concat([
+    current.assign(period="This period"),
+    previous.assign(period="Previous period"),
+])
+long = both.melt(id_vars=["period", "source_system"], value_vars=list(names), var_name="figure", value_name="points")
+long["figure"] = long["figure"].map(names)
+chart = (
+    alt.Chart(long)
+    .mark_bar()
+    .encode(
+        x=alt.X("figure:N", title=None, sort=list(names.values())),
+        xOffset=alt.XOffset("period:N", sort=["Previous period", "This period"]),
+        y=alt.Y("sum(points):Q", title="Points", axis=alt.Axis(format=",.0f")),
+        color=alt.Color("period:N", sort=["Previous period", "This period"], title=None),
+        tooltip=["period:N", "figure:N", alt.Tooltip("sum(points):Q", title="points", format=",.0f")],
+    )
+    .properties(height=320)
+)
+st.altair_chart(chart, width="stretch")
+
+st.subheader("By system")
+table = current.rename(columns={"source_system": "system"})[
+    ["system", "issued", "redeemed", "expired", "transferred", "net", "active_customers"]
+]
+st.dataframe(
+    table, hide_index=True,
+    column_config=ui.number_columns("issued", "redeemed", "expired", "transferred", "net", "active_customers"),
+)

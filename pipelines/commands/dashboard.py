@@ -1,0 +1,59 @@
+"""`loyalty-etl dashboard`: the Streamlit dashboard on the marts, read-only, beside the nightly load."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HELP = "open the points dashboard (Streamlit) on the configured warehouse, read-only"
+
+APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "dashboard", help=HELP,
+        description=HELP + ". It opens the DuckDB file read-only per query, so it can stay up while `loyalty-etl run` "
+        "loads; during a load pages say so and show nothing new.",
+    )
+    p.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    p.add_argument("--address", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; use 0.0.0.0 to share it on the network)")
+    p.add_argument("--timezone", default=None,
+                   help="zone for dates and times shown (default: [loyalty] dashboard_timezone, else Europe/Prague)")
+    p.set_defaults(func=handle)
+
+
+def streamlit_command(port: int, address: str) -> list[str]:
+    return [
+        sys.executable, "-m", "streamlit", "run", str(APP),
+        "--server.port", str(port), "--server.address", address, "--server.headless", "true",
+        "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
+    ]
+
+
+def dashboard_env(warehouse: Path, timezone: str) -> dict[str, str]:
+    from dashboard.db import TIMEZONE_ENV, WAREHOUSE_ENV
+
+    return {**os.environ, WAREHOUSE_ENV: str(warehouse), TIMEZONE_ENV: timezone}
+
+
+def handle(args: argparse.Namespace) -> int:
+    import dlt
+
+    from pipelines.config import warehouse_path
+
+    sys.path.insert(0, str(APP.parents[1]))  # the dashboard package lives beside `pipelines`, not installed with it
+    warehouse = warehouse_path()
+    timezone = args.timezone or dlt.config.get("loyalty.dashboard_timezone") or "Europe/Prague"
+    if not warehouse.exists():
+        print(f"note: no warehouse at {warehouse} yet; run `loyalty-etl demo` or `loyalty-etl run` first",
+              file=sys.stderr)
+    print(f"dashboard on http://{args.address}:{args.port}  (warehouse {warehouse}, times in {timezone})")
+    try:
+        return subprocess.call(streamlit_command(args.port, args.address), env=dashboard_env(warehouse, timezone))
+    except KeyboardInterrupt:
+        return 0
