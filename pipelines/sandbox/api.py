@@ -8,6 +8,7 @@ documents summarised in ../shared/api-notes.md: CareCloud error objects per the 
 from __future__ import annotations
 
 import base64
+from bisect import bisect_left, bisect_right
 import hashlib
 import secrets
 import threading
@@ -247,30 +248,24 @@ class SandboxApp:
         fi, ti = self.config.time_from_inclusive, self.config.time_to_inclusive
         store, partner = q.get("store_id"), q.get("partner_id")
         op_type, op_note, ptype = q.get("point_operation_type"), q.get("point_operation_note"), q.get("point_type_id")
-        times, vis, recs = h.times, h.visible, h.records
-        sel = []
-        for j in range(len(times)):
-            if vis[j] > now:
-                continue
-            t = times[j]
-            if tf is not None and (t < tf if fi else t <= tf):
-                continue
-            if tt is not None and (t > tt if ti else t >= tt):
-                continue
-            if store or partner or op_type or op_note or ptype:
-                r = recs[j]
-                if (store and r["store_id"] != store) or (partner and r["partner_id"] != partner) \
-                        or (ptype and r["point_type_id"] != ptype) \
-                        or (op_type and op_type.lower() not in r["point_operation_type"].lower()) \
-                        or (op_note and op_note.lower() not in (r["point_operation_note"] or "").lower()):
-                    continue
-            sel.append(j)
+        vidx, vtimes = h.visible_at(now)
+        lo = 0 if tf is None else (bisect_left(vtimes, tf) if fi else bisect_right(vtimes, tf))
+        hi = len(vtimes) if tt is None else (bisect_right(vtimes, tt) if ti else bisect_left(vtimes, tt))
+        sel = vidx[lo:hi]
+        vis, recs = h.visible, h.records
+        if store or partner or op_type or op_note or ptype:
+            op_type_l, op_note_l = (op_type or "").lower(), (op_note or "").lower()
+            sel = [j for j in sel if not (
+                (store and recs[j]["store_id"] != store) or (partner and recs[j]["partner_id"] != partner)
+                or (ptype and recs[j]["point_type_id"] != ptype)
+                or (op_type and op_type_l not in recs[j]["point_operation_type"].lower())
+                or (op_note and op_note_l not in (recs[j]["point_operation_note"] or "").lower()))]
         if sort_field is None and self.config.default_sort == "insertion":
             sel.sort(key=lambda j: (vis[j], j))
         elif sort_field not in (None, "point_history_record_time"):
             sel.sort(key=lambda j: (_sort_key(recs[j].get(sort_field)), j))
         if direction == "DESC":
-            sel.reverse()
+            sel = sel[::-1]  # never reverse the cached visibility list in place
         page = sel[offset: offset + count]
         with self._lock:
             self.records_served["carecloud"] += len(page)

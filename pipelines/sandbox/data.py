@@ -116,6 +116,20 @@ class CareCloudHistory:
     records: list[dict]        # exactly as sent
     encoded: list[bytes]       # orjson of each record, joined into pages without re-encoding
     anomalies: list[str]       # "" or a comma list: invalid_json, type_drift, bad_time, huge_note, duplicate, late
+    _view: tuple | None = None  # (valid from, valid until, visible indices, their times)
+
+    def visible_at(self, now: float) -> tuple[list[int], list[str]]:
+        """Indices (in time order) of the records visible at `now`, and their times for bisecting time bounds.
+        Cached until `now` crosses the next visibility change, so paging a heavy customer is not O(n) per page
+        (the frozen test clock and the slowly moving wall clock both hit the cache)."""
+        view = self._view
+        if view is not None and view[0] <= now < view[1]:
+            return view[2], view[3]
+        idx = [j for j, v in enumerate(self.visible) if v <= now]
+        later = [v for v in self.visible if v > now]
+        valid_from = max((self.visible[j] for j in idx), default=float("-inf"))
+        self._view = (valid_from, min(later, default=float("inf")), idx, [self.times[j] for j in idx])
+        return self._view[2], self._view[3]
 
 
 @dataclass
