@@ -1,7 +1,7 @@
 """Runs the dbt project in `sql/` on a DuckDB warehouse, in this process.
 
     run_dbt(warehouse: Path, args: Sequence[str] = ("build",), *, quiet: bool = False,
-            log_format: str = "text", target_dir: Path | None = None) -> int
+            log_format: str = "text", target_dir: Path | None = None, project_dir: Path | None = None) -> int
         0: dbt succeeded; 1: dbt ran but a model, seed or test failed (each failure is logged);
         2: dbt could not run (bad project, profile or warehouse).
     last_results() -> list[NodeResult]: per-node outcome of the last invocation (status, rows affected, message).
@@ -61,20 +61,23 @@ def run_dbt(
     quiet: bool = False,
     log_format: str = "text",
     target_dir: Path | None = None,
+    project_dir: Path | None = None,
 ) -> int:
+    """`target_dir` (default sql/target) and `project_dir` (default sql/, a copy in tests) are for tests."""
     from dbt.cli.main import dbtRunner
 
-    target = Path(target_dir) if target_dir else SQL_DIR / "target"
+    project = Path(project_dir) if project_dir else SQL_DIR
+    target = Path(target_dir) if target_dir else project / "target"
     cli_args = [
         *args,
-        "--project-dir", str(SQL_DIR),
-        "--profiles-dir", str(SQL_DIR),
+        "--project-dir", str(project),
+        "--profiles-dir", str(project),
         "--target-path", str(target),
         # Partial parsing reuses a file in the target dir; parallel runs (tests, a manual `models` beside a
         # nightly run on another warehouse) would read it half-written. Parsing this project takes ~1 s.
         "--no-partial-parse",
     ]
-    global_args = ["--log-path", str(SQL_DIR / "logs"), "--log-format", "json" if log_format == "json" else "text"]
+    global_args = ["--log-path", str(project / "logs"), "--log-format", "json" if log_format == "json" else "text"]
     if quiet:
         global_args.append("--quiet")
     with _LOCK:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -334,6 +335,27 @@ def test_second_build_touches_only_new_rows_while_connection_open(built: Path, t
     assert all(inv == daily_before[k] for k, c, d, inv, _, _ in daily_after if (c, d) not in rewritten)
 
 
+def test_seed_edit_rewrites_only_affected_rows(built: Path, tmp_path: Path) -> None:
+    """An analyst maps a new operation name in the seed: the next incremental build rewrites just those ledger
+    rows and that customer's days from the first affected day on."""
+    warehouse = copy_of(built, tmp_path)
+    project = tmp_path / "sql"
+    shutil.copytree(SQL_DIR, project, ignore=shutil.ignore_patterns("target", "logs", "dbt_packages"))
+    with open(project / "seeds" / "carecloud_operation_types.csv", "a", encoding="utf-8") as f:
+        f.write("Mystery operation,earn,Newly mapped by an analyst\n")
+    assert run_dbt(warehouse, ["build", *VARS], target_dir=tmp_path / "target", project_dir=project) == 0
+    rows = query(warehouse, "SELECT ledger_key, movement_type, points, _dbt_invocation_id "
+                            "FROM loyalty.fct_points_ledger")
+    first_run = query(built, "SELECT DISTINCT _dbt_invocation_id FROM loyalty.fct_points_ledger")[0][0]
+    rewritten = [(k, mt, p) for k, mt, p, inv in rows if inv != first_run]
+    assert rewritten == [(f"carecloud:{CARECLOUD[9]['record_key']}", "earn", 7.0)]
+    days = query(warehouse, "SELECT customer_key, activity_on FROM loyalty.customer_points_daily "
+                            "WHERE _dbt_invocation_id <> ? ORDER BY 2", [first_run])
+    assert days == [("carecloud:B", date(2026, 10, 22)), ("carecloud:B", date(2026, 11, 10))]
+    assert query(warehouse, "SELECT lifetime_earned, lifetime_other, current_balance FROM loyalty.dim_customers "
+                            "WHERE customer_key = 'carecloud:B'") == [(267.0, 0.0, 172.0)]
+
+
 @pytest.mark.parametrize("damage", ["drop", "double"])
 def test_reconciliation_fails_when_raw_row_dropped_or_doubled(built: Path, tmp_path: Path, damage: str) -> None:
     warehouse = copy_of(built, tmp_path)
@@ -355,17 +377,13 @@ def test_reconciliation_fails_when_raw_row_dropped_or_doubled(built: Path, tmp_p
     assert {"assert_ledger_reconciles_with_carecloud_raw", "assert_ledger_reconciles_with_capillary_raw"} <= failed
 
 
-def test_cli_models_uses_configured_warehouse(built: Path, tmp_path: Path) -> None:
-    warehouse = copy_of(built, tmp_path)
-    env = {"PATH": str(ROOT / ".venv" / "bin"), "HOME": str(tmp_path),
-           "DESTINATION__DUCKDB__CREDENTIALS": str(warehouse)}
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "models", "--select", "dim_customers"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "dim_customers" in proc.stdout
-    # an unknown warehouse directory is a clear error, not a traceback
-    env["DESTINATION__DUCKDB__CREDENTIALS"] = str(tmp_path / "missing" / "w.duckdb")
+def test_cli_models_refuses_missing_warehouse(tmp_path: Path) -> None:
+    """`loyalty-etl models` on a warehouse that was never loaded: a clear message, no traceback, no new file.
+    (The successful CLI path is exercised end to end in tests/test_models_sandbox.py.)"""
+    missing = tmp_path / "missing" / "loyalty_warehouse.duckdb"
+    env = {**os.environ, "DESTINATION__DUCKDB__CREDENTIALS": str(missing)}
     proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "models"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 1
+    assert "does not exist yet" in proc.stderr and "Traceback" not in proc.stderr
+    assert not missing.exists()

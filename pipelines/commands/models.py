@@ -54,14 +54,37 @@ def handle(args: argparse.Namespace) -> int:
         build += ["--select", *args.select]
     if args.full_refresh:
         build.append("--full-refresh")
-    rc = run_dbt(warehouse, build, log_format=args.log_format)
 
-    # Freshness only warns (a sandbox or a paused schedule is not an error), so it never changes the exit code.
-    if run_dbt(warehouse, ["source", "freshness"], quiet=True, log_format=args.log_format) != 0:
-        log.warning("dbt source freshness reported stale or unreadable raw tables (see above)")
+    import duckdb
+
+    from pipelines.lock import RunLock, RunLocked, connect_writer
+
+    # The same single-writer rules as a load: refuse while a run holds the warehouse, and wait out a reader
+    # (dashboard, status) that has the file open for a moment instead of failing inside dbt.
+    try:
+        lock = RunLock(warehouse).acquire()
+    except RunLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        try:
+            holder = connect_writer(warehouse)
+        except duckdb.Error as exc:
+            print(f"error: cannot open {warehouse}: {exc}", file=sys.stderr)
+            return 1
+        try:
+            rc = run_dbt(warehouse, build, log_format=args.log_format)
+            # Freshness only warns (a sandbox or a paused schedule is not an error): never changes the exit code.
+            if run_dbt(warehouse, ["source", "freshness"], quiet=True, log_format=args.log_format) != 0:
+                log.warning("dbt source freshness reported stale or unreadable raw tables (see above)")
+            docs_rc = run_dbt(warehouse, ["docs", "generate"], log_format=args.log_format) if args.docs else 0
+        finally:
+            holder.close()
+    finally:
+        lock.release()
 
     if args.docs:
-        if run_dbt(warehouse, ["docs", "generate"], log_format=args.log_format) != 0:
+        if docs_rc != 0:
             return 1
         target = SQL_DIR / "target"
         print(f"\ndbt docs written to {target}/index.html. Browse them with either:\n"
