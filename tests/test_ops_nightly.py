@@ -146,19 +146,19 @@ def test_killed_backfill_resumes_matches_truth_and_keeps_nightly_state(sandbox_f
     state_before = _rows(warehouse, state_sql)
     assert len(state_before) == 20
 
-    # 2026-06-01 .. 2026-10-01 in 30-day chunks: 5 per source; die at the 7th chunk commit (capillary's 2nd)
-    args = [*ETL, "-v", "backfill", "--since", "2026-06-01", "--until", "2026-10-01", "--chunk", "30d", "--no-models"]
-    crashed = _cli(args, {**env, "LOYALTY_TEST_CRASH_AT": "state:7"})
+    # 2026-06-01 .. 2026-10-01 in 61-day chunks: 2 per source; die at the 4th chunk commit (capillary's 2nd)
+    args = [*ETL, "-v", "backfill", "--since", "2026-06-01", "--until", "2026-10-01", "--chunk", "61d", "--no-models"]
+    crashed = _cli(args, {**env, "LOYALTY_TEST_CRASH_AT": "state:4"})
     assert crashed.returncode == KILLED, crashed.stderr
     chunks = _rows(warehouse, "SELECT source, count(*) FROM loyalty_raw._backfill_progress GROUP BY 1 ORDER BY 1")
-    assert chunks == [("capillary", 1), ("carecloud", 5)]
+    assert chunks == [("capillary", 1), ("carecloud", 2)]
 
     resumed = _cli(args, env)
     assert resumed.returncode == 0, resumed.stderr
-    assert "backfill carecloud: 5 chunks of" in resumed.stderr and "5 done before, 0 to load" in resumed.stderr
-    assert "backfill capillary: 5 chunks of" in resumed.stderr and "1 done before, 4 to load" in resumed.stderr
+    assert "backfill carecloud: 2 chunks of" in resumed.stderr and "2 done before, 0 to load" in resumed.stderr
+    assert "backfill capillary: 2 chunks of" in resumed.stderr and "1 done before, 1 to load" in resumed.stderr
     assert _rows(warehouse, "SELECT source, count(*), sum(customers_failed) FROM loyalty_raw._backfill_progress "
-                            "GROUP BY 1 ORDER BY 1") == [("capillary", 5, 0), ("carecloud", 5, 0)]
+                            "GROUP BY 1 ORDER BY 1") == [("capillary", 2, 0), ("carecloud", 2, 0)]
     assert _rows(warehouse, state_sql) == state_before          # the nightly windows did not move
 
     truth = compare(warehouse, sb.truth(), until=until, initial_start=datetime(2026, 6, 1, tzinfo=timezone.utc),
@@ -166,4 +166,4 @@ def test_killed_backfill_resumes_matches_truth_and_keeps_nightly_state(sandbox_f
     assert truth.ok, str(truth)
     [(status, customers_done)] = _rows(warehouse, "SELECT status, customers_done FROM loyalty_raw.runs "
                                                   "WHERE command = 'backfill'")
-    assert status == "ok" and customers_done == 40            # 4 capillary chunks x 10 customers
+    assert status == "ok" and customers_done == 10            # the one capillary chunk left x 10 customers

@@ -213,8 +213,9 @@ def test_status_shows_runs_windows_and_failing_customers(tmp_path):
     assert "carecloud: 2026-11-17 02:05 → 2026-11-21 02:05" in out
     assert "Customers currently failing: 1" in out and "c-2" in out and "HTTP 503 after 6 attempts" in out
 
-    done = subprocess.run([*ETL, "status", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    data = json.loads(done.stdout)
+    from pipelines.commands.status import read_status
+
+    data = read_status(wh)             # what `status --json` prints
     assert [r["run_id"] for r in data["runs"]] == [second.run_id, first.run_id]
     assert [(f["customer_id"], f["consecutive_failures"]) for f in data["failing"]] == [("c-2", 1)]
 
@@ -233,9 +234,15 @@ def test_status_while_a_load_holds_the_file_says_so_and_does_not_wait(tmp_path):
         writer.execute("SELECT count(*) FROM loyalty_raw.runs").fetchone()   # the writer was never disturbed
     finally:
         writer.close()
-    missing = subprocess.run([*ETL, "status"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                             env={**os.environ, "DESTINATION__DUCKDB__CREDENTIALS": str(tmp_path / "none.duckdb")})
-    assert missing.returncode == 1 and "no warehouse" in missing.stderr
+
+
+def test_status_without_a_warehouse(tmp_path, monkeypatch, capsys):
+    from pipelines.cli import main
+
+    monkeypatch.setenv("DESTINATION__DUCKDB__CREDENTIALS", str(tmp_path / "none.duckdb"))
+    assert main(["status"]) == 1
+    assert "no warehouse" in capsys.readouterr().err
+    assert not (tmp_path / "none.duckdb").exists()     # a reader never creates the file
 
 
 # ---------------------------------------------------------------------------------------------------- backfill
