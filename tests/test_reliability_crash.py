@@ -80,29 +80,48 @@ def _tally() -> dict:
 
 
 def test_crash_at_each_kind_of_point_then_rerun(rig_factory):
-    """Fast subset: a first load crashed in extraction, then in the load, then a timed kill, then the models, then
-    an incremental night crashed at a random point; every rerun converges to the truth."""
+    """Fast subset: the first load crashed in extraction, before normalization, before the load, before the state
+    commit; then a complete load crashed in the models; then the next night killed from outside at a random moment.
+    The state is consistent after every crash, and the rerun equals the truth (raw tables and ledger)."""
     seed = chaos_seed()
     rng = random.Random(seed)
     rig = rig_factory("crash", customers=30, seed=rng.randrange(1000))
     tally = _tally()
-    for spec in (f"extract:{rng.randint(1, 2)}", f"load:{rng.randint(1, 2)}"):
-        run = rig.run(models=False, crash_at=spec)
+
+    def crashed(run: EtlRun, what: str) -> None:
         tally["runs"] += 1
-        assert run.crashed, f"seed {seed}: crash point {spec} not reached\n{run.describe()}"
+        assert run.crashed, f"seed {seed}: {what} did not crash the run\n{run.describe()}"
         tally["crashes"] += 1
-        _check_after_crash(rig, run, f"seed {seed} {spec}")
-    first = rig.run(models=True, crash_at="models")
-    tally["runs"] += 1
-    assert first.crashed, f"seed {seed}: crash point models not reached\n{first.describe()}"
-    tally["crashes"] += 1
-    _check_after_crash(rig, first, f"seed {seed} models")
-    # raw data is complete after a crash in the models: the load committed before dbt started
+        tally["by_kind"][what.split(":")[0]] = tally["by_kind"].get(what.split(":")[0], 0) + 1
+        _check_after_crash(rig, run, f"seed {seed} {what}")
+
+    for spec in (f"extract:{rng.randint(1, 20)}", "normalize", f"load:{rng.randint(1, 2)}", "state"):
+        crashed(rig.run(crash_at=spec), spec)
+    crashed(rig.run(models=True, crash_at="models"), "models")
+    # the load committed before dbt started: the raw tables are complete
     raw = rig.compare(ledger=False)
     assert raw.ok, f"seed {seed}: raw tables after a crash in the models:\n{raw}"
-    clean = _night(rig, Crasher(rng), 0, seed, 0, 5.0, tally)
+
     rig.sb.advance(rng.uniform(6, 40) * 3600)
-    _night(rig, Crasher(rng), 1, seed, 1, clean, tally)
+    clean = rig.run()  # measures a night's duration, then the same night once more killed at a random moment
+    tally["runs"] += 1
+    assert clean.returncode == 0, clean.describe()
+    rig.sb.advance(rng.uniform(6, 40) * 3600)
+    delay = rng.uniform(0.3, clean.seconds)
+    killed = rig.run(kill_after=delay)
+    tally["runs"] += 1
+    if killed.crashed:
+        tally["crashes"] += 1
+        tally["by_kind"]["timed kill"] = 1
+        _check_after_crash(rig, killed, f"seed {seed} timed kill after {delay:.1f}s")
+
+    final = rig.run(models=True)
+    tally["runs"] += 1
+    assert final.returncode == 0, f"seed {seed}: the rerun failed\n{final.describe()}"
+    cmp = rig.compare(ledger=True)
+    tally["rows_compared"] += cmp.rows_compared
+    tally["mismatches"] += cmp.mismatches
+    assert cmp.ok, f"seed {seed}: after crashes and a rerun the warehouse differs from the truth:\n{cmp}"
     record_figures("crash_fast", seed=seed, **tally)
 
 

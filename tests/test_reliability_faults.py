@@ -17,7 +17,8 @@ from chaos.fixtures import chaos_seed, record_figures, rig_factory  # noqa: F401
 from chaos.harness import query, runs, sync_issues
 from pipelines.sandbox import FaultConfig
 
-# the retry budget of one request: 0.2 s doubling over 6 attempts = 6.2 s (+20 % jitter) < the maintenance window
+# the retry budget of one request: 0.2 s doubling over 6 attempts = 6.2 s (+20 % jitter), far shorter than the
+# maintenance window, which lasts until the test ends it after the first run
 SETTINGS = {"max_attempts": 6, "retry_backoff": 0.2}
 STORM = dict(random_429_share=0.10, retry_after_share=0.5, error_503_share=0.05, drop_share=0.02,
              truncate_share=0.01, token_max_requests=36, maintenance_share=0.12, maintenance_after_seconds=0.0)
@@ -34,14 +35,17 @@ def _maintenance_customers(rig) -> dict[str, set[str]]:
     }
 
 
-def _storm(rig_factory, name: str, customers: int, window_s: float, seed: int, **extra) -> dict:
+def _storm(rig_factory, name: str, customers: int, window_s: float, seed: int, data_seed: int,
+           models: bool = True, **extra) -> dict:
     faults = FaultConfig(**{**STORM, **extra}, maintenance_seconds=window_s, seed=seed)
-    rig = rig_factory(name, customers=customers, seed=seed % 1000, faults=faults, settings=SETTINGS)
-    first = rig.run(models=True)
+    rig = rig_factory(name, customers=customers, seed=data_seed, faults=faults, settings=SETTINGS)
+    first = rig.run(models=models)
     elapsed = time.monotonic() - rig.sb.app.faults.started
     assert elapsed < window_s, (f"seed {seed}: the first run outlasted the maintenance window ({elapsed:.0f}s >= "
                                 f"{window_s}s); the test cannot tell retries from recovery\n{first.describe()}")
     down = _maintenance_customers(rig)
+    # the maintenance ends now (rather than waiting out the wall-clock window)
+    rig.sb.app.faults.config.maintenance_seconds = 0.0
     assert down["carecloud"] and down["capillary"], f"seed {seed}: no customer in maintenance: {down}"
     assert first.returncode == 2, f"seed {seed}: expected a partial run\n{first.describe()}"
 
@@ -81,10 +85,9 @@ def _storm(rig_factory, name: str, customers: int, window_s: float, seed: int, *
     assert inv.ok, f"seed {seed}: {inv}"
 
     # the rerun after the window: nothing left failing, everything equal to the truth, nothing doubled
-    time.sleep(max(0.0, window_s - (time.monotonic() - rig.sb.app.faults.started)) + 0.5)
-    second = rig.run(models=True)
+    second = rig.run(models=models)
     assert second.returncode == 0, f"seed {seed}: the rerun did not recover\n{second.describe()}"
-    final = rig.compare(ledger=True)
+    final = rig.compare(ledger=models)
     assert final.ok, f"seed {seed}: after one rerun the warehouse differs from the truth:\n{final}"
     left = query(rig.warehouse, "select count(*) from loyalty_raw._customer_sync_state where consecutive_failures > 0")
     assert left == [(0,)]
@@ -102,12 +105,14 @@ def _storm(rig_factory, name: str, customers: int, window_s: float, seed: int, *
 
 
 def test_fault_storm_converges_after_one_rerun(rig_factory):
-    _storm(rig_factory, "storm_fast", customers=40, window_s=25.0, seed=chaos_seed())
+    # data seed 7 puts 2 CareCloud and 5 Capillary customers of 30 in maintenance; the fault dice vary per run
+    _storm(rig_factory, "storm_fast", customers=30, window_s=300.0, seed=chaos_seed(), data_seed=7, models=False)
 
 
 @pytest.mark.chaos
 @pytest.mark.parametrize("n", range(3))
 def test_fault_storm_large(rig_factory, n):
     """Bigger customer lists, a sandbox rate limit on top (the pipeline's limiter must keep 429s rare)."""
-    _storm(rig_factory, f"storm_{n}", customers=300, window_s=60.0, seed=chaos_seed() + n,
+    seed = chaos_seed() + n
+    _storm(rig_factory, f"storm_{n}", customers=300, window_s=900.0, seed=seed, data_seed=seed % 1000,
            rate_limit_rps=60.0)

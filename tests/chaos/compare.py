@@ -187,12 +187,12 @@ class Checker:
         for rel in sorted(t for t in self.wh_tables if t.startswith("loyalty_raw." + prefix)):
             table = rel.split(".", 1)[1]
             cur = self.con.execute(
-                f"""select p.customer_id, p.extended_data_raw, c.* exclude (record_key, _loaded_run_id)
+                f"""select p.customer_id as "#cid", p.extended_data_raw as "#ext", c.* exclude (record_key, _loaded_run_id)
                     from wh.{rel} c join wh.loyalty_raw.carecloud_point_history p using (record_key)""")
             names = [d[0] for d in cur.description]
             for row in cur.fetchall():
                 rec = dict(zip(names, row))
-                cid, ext, idx = rec.pop("customer_id"), rec.pop("extended_data_raw"), rec.pop("_idx")
+                cid, ext, idx = rec.pop("#cid"), rec.pop("#ext"), rec.pop("_idx")
                 item = {k: v for k, v in rec.items() if not k.startswith("_dlt") and v is not None}
                 found[(table, cid, ext, idx, _item(item, flat=True))] += 1
             orphans = self.con.execute(f"""select count(*) from wh.{rel} c anti join
