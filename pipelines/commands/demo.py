@@ -56,14 +56,15 @@ def print_loaded(warehouse: Path, models: bool) -> None:
     con = duckdb.connect(str(warehouse), read_only=True)
     try:
         rows = con.execute(
-            "SELECT table_schema, table_name, estimated_size FROM duckdb_tables() "
-            "WHERE table_schema IN ('loyalty_raw', 'loyalty') AND NOT table_name LIKE '\\_%' ESCAPE '\\' "
+            "SELECT schema_name, table_name, estimated_size FROM duckdb_tables() "
+            "WHERE schema_name IN ('loyalty_raw', 'loyalty') AND NOT table_name LIKE '\\_%' ESCAPE '\\' "
             "ORDER BY 1, 2"
         ).fetchall()
         print(f"\nwarehouse: {warehouse}")
+        width = max((len(s) + len(t) + 1 for s, t, _ in rows), default=0)
         for schema, table, _ in rows:
             n = con.execute(f'SELECT count(*) FROM "{schema}"."{table}"').fetchone()[0]
-            print(f"  {schema}.{table:<45} {n:>10,} rows")
+            print(f"  {schema + '.' + table:<{width}} {n:>10,} rows")
         if models:
             print(f"\nexample query:\n{EXAMPLE_QUERY}\n")
             for row in con.execute(EXAMPLE_QUERY).fetchall():
