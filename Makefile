@@ -33,7 +33,7 @@ screenshots: install
 	$(BIN)/python dashboard/screenshots.py
 
 docs: install ## dbt docs for the marts; open with `make docs` then browse http://127.0.0.1:8080
-	$(BIN)/loyalty-etl models --docs
+	$(BIN)/loyalty-etl models --docs --serve
 
 clean:
 	rm -rf warehouse sql/target sql/logs .pytest_cache
