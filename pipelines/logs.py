@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -55,6 +56,9 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in getattr(record, "fields", {}).items():
             payload[key] = value
+        # structured detail too bulky for a text line (e.g. progress counters per source)
+        for key, value in getattr(record, "json_fields", {}).items():
+            payload[key] = value
         if record.exc_text:
             payload["exc"] = record.exc_text
         return redact(json.dumps(payload, default=str, ensure_ascii=False))
@@ -78,6 +82,10 @@ def setup_logging(fmt: str = "text", verbose: int = 0) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    # dlt configures its own "dlt" logger (no propagation) when a pipeline starts; make its lines match ours:
+    # one readable line in text mode, one JSON object (dlt's own layout) in JSON mode, so a log shipper never
+    # meets a line it cannot parse. An explicit [runtime] log_format / RUNTIME__LOG_FORMAT still wins.
+    os.environ.setdefault("RUNTIME__LOG_FORMAT", "JSON" if fmt == "json" else "{asctime} {levelname} {name}: {message}")
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
@@ -85,5 +93,6 @@ def setup_logging(fmt: str = "text", verbose: int = 0) -> None:
 
 
 def get_logger(name: str) -> logging.Logger:
-    """Project loggers live under `loyalty.`; pass structured fields with `extra={"fields": {...}}`."""
+    """Project loggers live under `loyalty.`; pass structured fields with `extra={"fields": {...}}` (shown as
+    key=value in text, keys in JSON) or `extra={"json_fields": {...}}` (JSON only)."""
     return logging.getLogger(f"loyalty.{name}")

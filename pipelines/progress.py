@@ -1,8 +1,10 @@
 """Live progress of a run: per source customers done/total, records, requests/s, retries, 429s, ETA.
 
 On a terminal the bars are drawn by `rich.progress` (one bar per source). Elsewhere (cron, systemd, CI, a log file)
-a background thread writes one plain `progress ...` line every `interval_s` seconds, so a log shows the run moving
-even while no customer finishes (a slow page, a long back-off), and a final line at `close()`.
+a background thread writes one plain `progress ...` event every `interval_s` seconds, so a log shows the run moving
+even while no customer finishes (a slow page, a long back-off), and a final one at `close()`. The events go through
+logging (`loyalty.progress`, so `--log-format json` makes them JSON with the counters as fields) when logging is
+set up, else straight to the stream.
 
 Thread-safe: extraction workers call `update` concurrently; counters are guarded by one lock and rich's own
 `Progress` is thread-safe.
@@ -10,6 +12,7 @@ Thread-safe: extraction workers call `update` concurrently; counters are guarded
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from typing import IO
 
 PLAIN_INTERVAL_S = 5.0
+_log = logging.getLogger("loyalty.progress")
 
 
 @dataclass
@@ -52,10 +56,12 @@ class RunProgress:
         self._c = {name: _Counters(total=n) for name, n in totals.items()}
         self._start = time.monotonic()
         self._stream = stream or sys.stderr
+        self._log_progress = stream is None and bool(logging.getLogger().handlers)
         self._interval = interval_s
         self._closed = False
         self.interactive = self._stream.isatty() if interactive is None else interactive
         self._progress = None
+        self._handlers: list[tuple[logging.StreamHandler, object]] = []
         self._tasks: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -86,6 +92,10 @@ class RunProgress:
         for name, c in self._c.items():
             self._add_task(name, c)
         self._progress.start()
+        # rich now proxies sys.stderr so printed lines appear above the bars; the log handler kept the real stream
+        # from before, and its lines would tear through the bars: point it at the proxy until close()
+        self._handlers = [(h, h.setStream(sys.stderr)) for h in logging.getLogger().handlers
+                          if isinstance(h, logging.StreamHandler) and h.stream is self._stream]
 
     def _add_task(self, name: str, c: _Counters) -> None:
         self._tasks[name] = self._progress.add_task(
@@ -97,6 +107,11 @@ class RunProgress:
             self._emit(self.line())
 
     def _emit(self, text: str) -> None:
+        # Through logging when the CLI configured it, so `--log-format json` gets a JSON progress event with the
+        # counters as fields (log shippers parse every line); printed when used as a library or given a stream.
+        if self._log_progress:
+            _log.info(text, extra={"json_fields": {"progress": self.snapshot()}})
+            return
         try:
             print(text, file=self._stream, flush=True)
         except (ValueError, OSError):  # stream closed under us (pipe reader gone): progress is not worth a crash
@@ -160,6 +175,8 @@ class RunProgress:
         if self._thread is not None:
             self._thread.join(timeout=self._interval + 1)
         if self._progress is not None:
+            for handler, previous in self._handlers:
+                handler.setStream(previous)
             self._progress.stop()
         else:
             self._emit(self.line())

@@ -84,7 +84,7 @@ def test_cron_run_leaves_log_and_runs_row_and_status_shows_it(sandbox_factory, s
     log = logs[0].read_text()
     assert "\x1b[" not in log                                # no terminal: plain lines, no rich control codes
     assert "loyalty-etl-cron: start: loyalty-etl run" in log and "exit code 0" in log
-    progress = [line for line in log.splitlines() if line.startswith("progress ")]
+    progress = [line for line in log.splitlines() if "INFO loyalty.progress: progress " in line]
     assert progress and "carecloud: 12/12 customers (0 failed)" in progress[-1]
     assert "capillary: 12/12 customers (0 failed)" in progress[-1]
 
@@ -153,8 +153,10 @@ def test_killed_backfill_resumes_matches_truth_and_keeps_nightly_state(sandbox_f
     chunks = _rows(warehouse, "SELECT source, count(*) FROM loyalty_raw._backfill_progress GROUP BY 1 ORDER BY 1")
     assert chunks == [("capillary", 1), ("carecloud", 2)]
 
-    resumed = _cli(args, env)
+    resumed = _cli([*ETL, "--log-format", "json", *args[len(ETL):]], env)
     assert resumed.returncode == 0, resumed.stderr
+    events = [json.loads(line) for line in resumed.stderr.splitlines()]   # every line is one JSON event
+    assert any(e.get("logger") == "loyalty.progress" and e["progress"]["capillary"]["done"] == 10 for e in events)
     assert "backfill carecloud: 2 chunks of" in resumed.stderr and "2 done before, 0 to load" in resumed.stderr
     assert "backfill capillary: 2 chunks of" in resumed.stderr and "1 done before, 1 to load" in resumed.stderr
     assert _rows(warehouse, "SELECT source, count(*), sum(customers_failed) FROM loyalty_raw._backfill_progress "
