@@ -303,3 +303,15 @@ def test_systemd_units_verify(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     problems = [line for line in done.stderr.splitlines() if "loyalty-etl" in line]
     assert done.returncode == 0 and not problems, done.stderr
+
+
+def test_airflow_dag_compiles_and_imports_where_airflow_is_installed():
+    source = (ROOT / "deploy/airflow/loyalty_etl_dag.py").read_text()
+    compile(source, "loyalty_etl_dag.py", "exec")          # always: at least valid Python
+    pytest.importorskip("airflow")
+    from airflow.models import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "deploy/airflow"), include_examples=False)
+    assert not bag.import_errors, bag.import_errors
+    dag = bag.dags["loyalty_etl_nightly"]
+    assert dag.max_active_runs == 1 and [t.task_id for t in dag.tasks] == ["load_and_build_marts"]
