@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -53,7 +52,8 @@ def handle(args: argparse.Namespace) -> int:
         print(f"note: no warehouse at {warehouse} yet; run `loyalty-etl demo` or `loyalty-etl run` first",
               file=sys.stderr)
     print(f"dashboard on http://{args.address}:{args.port}  (warehouse {warehouse}, times in {timezone})")
-    try:
-        return subprocess.call(streamlit_command(args.port, args.address), env=dashboard_env(warehouse, timezone))
-    except KeyboardInterrupt:
-        return 0
+    sys.stdout.flush()
+    # Replace this process with Streamlit so Ctrl-C and a service manager's SIGTERM reach the server directly.
+    command = streamlit_command(args.port, args.address)
+    os.execve(command[0], command, dashboard_env(warehouse, timezone))
+    return 0  # not reached
