@@ -103,6 +103,11 @@ class _Connection(asyncio.Protocol):
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
+        if "transfer-encoding" in headers:  # chunked request bodies: not needed by either API, refuse clearly
+            self.buf.clear()
+            self._deliver(Response(411, b'{"error":"send a Content-Length, chunked bodies are not supported"}'),
+                          keep_alive=False)
+            return None
         try:
             length = int(headers.get("content-length", "0") or 0)
         except ValueError:

@@ -62,6 +62,8 @@ class Sandbox:
                 loop.run_forever()
             finally:
                 self._server.close()
+                if hasattr(self._server, "close_clients"):  # 3.13+: wait_closed would wait for keep-alive clients
+                    self._server.close_clients()
                 loop.run_until_complete(self._server.wait_closed())
                 loop.close()
 
@@ -180,7 +182,7 @@ class Sandbox:
                     f"{self.config.seed}:{kv[0]}".encode()).digest())]
             path = out / f"{source}.csv"
             with path.open("w", newline="", encoding="utf-8") as fh:
-                w = csv.writer(fh)
+                w = csv.writer(fh, lineterminator="\n")
                 w.writerow(["customer_id"])
                 for cid in lines:
                     w.writerow([cid])
