@@ -349,3 +349,25 @@ def test_stats_count_requests_by_endpoint_and_status(sandbox_factory):
     assert stats["requests"]["carecloud.point_history"] == {"200": 1, "400": 1}
     assert stats["requests"]["carecloud.login"] == {"200": 1}
     assert stats == {**sb.stats(), "requests": stats["requests"], "requests_total": stats["requests_total"]}
+
+
+def test_capillary_faults_use_the_capillary_error_shape(sandbox_factory):
+    sb = sandbox_factory(customers=5, faults=FaultConfig(random_429_share=0.5, error_503_share=0.5,
+                                                         retry_after_share=1.0, seed=2))
+    s = requests.Session()
+    seen = set()
+    for _ in range(20):
+        r = s.get(sb.url + "/v2/points/transfer", auth=BASIC,
+                  params={"source": "INSTORE", "identifierName": "id", "identifierValue": "564000001"})
+        body = r.json()
+        assert r.status_code in (429, 503)
+        assert body["warnings"] == [] and body["errors"][0]["status"] is False
+        assert body["errors"][0]["code"] == r.status_code
+        if r.status_code == 429:
+            assert r.headers["Retry-After"] == "1"
+        seen.add(r.status_code)
+    assert seen == {429, 503}
+    limited = sandbox_factory(customers=5, rate_limit_rps=2, rate_limit_burst=2, retry_after_share=0.0)
+    codes = [s.get(limited.url + "/v2/customers/564000001/pointsTransfers", auth=BASIC) for _ in range(5)]
+    assert [r.status_code for r in codes][:2] == [200, 200] and codes[-1].status_code == 429
+    assert "Retry-After" not in codes[-1].headers
