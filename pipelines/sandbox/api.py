@@ -207,20 +207,14 @@ class SandboxApp:
             return fault
         if not customer_id:
             return _cc_invalid("customer_id", "required", customer_id, "customer_id is required")
-        try:
-            count = int(q.get("count", "100"))
-            if count < 1:
-                raise ValueError
-        except ValueError:
-            return _cc_invalid("count", "invalid_value_format", q.get("count"), "count must be an integer >= 1")
+        count = _int_param(q, "count", 100, 1)
+        offset = _int_param(q, "offset", 0, 0)
+        for name, value, minimum in (("count", count, 1), ("offset", offset, 0)):
+            if value is None:
+                return _cc_invalid(name, "invalid_value_format", q.get(name),
+                                   f"{name} must be an integer >= {minimum}")
         if self.config.max_count and count > self.config.max_count:
             return _cc_invalid("count", "not_allowed_value", count, f"count must be <= {self.config.max_count}")
-        try:
-            offset = int(q.get("offset", "0"))
-            if offset < 0:
-                raise ValueError
-        except ValueError:
-            return _cc_invalid("offset", "invalid_value_format", q.get("offset"), "offset must be an integer >= 0")
         sort_field = q.get("sort_field") or None
         if sort_field is not None and sort_field not in self.sort_fields:
             return _cc_invalid("sort_field", "not_allowed_value", sort_field, "unknown sort field")
@@ -423,6 +417,15 @@ def parse_query(raw: str) -> dict[str, str]:
     if not raw:
         return {}
     return {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+
+
+def _int_param(q: dict[str, str], name: str, default: int, minimum: int) -> int | None:
+    """An integer query parameter >= minimum; None when malformed."""
+    try:
+        value = int(q.get(name, default))
+    except ValueError:
+        return None
+    return value if value >= minimum else None
 
 
 def _sort_key(value: object) -> tuple:

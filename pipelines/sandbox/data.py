@@ -241,18 +241,22 @@ class DataGenerator:
         return _fmt(datetime.fromtimestamp(ts, self.zone))
 
     # ------------------------------------------------------------------ CareCloud
-    def carecloud(self, index: int) -> CareCloudHistory:
+    def _cached(self, cache: OrderedDict, key: object, make):
+        """LRU lookup; generation runs outside the lock (two threads may both generate: same result)."""
         with self._lock:
-            hit = self._cc_cache.get(index)
+            hit = cache.get(key)
             if hit is not None:
-                self._cc_cache.move_to_end(index)
+                cache.move_to_end(key)
                 return hit
-        history = self._generate_carecloud(index)
+        value = make()
         with self._lock:
-            self._cc_cache[index] = history
-            if len(self._cc_cache) > self._cache_size:
-                self._cc_cache.popitem(last=False)
-        return history
+            cache[key] = value
+            if len(cache) > self._cache_size:
+                cache.popitem(last=False)
+        return value
+
+    def carecloud(self, index: int) -> CareCloudHistory:
+        return self._cached(self._cc_cache, index, lambda: self._generate_carecloud(index))
 
     def record_count(self, index: int, rng: random.Random) -> int:
         c = self.config
@@ -398,17 +402,7 @@ class DataGenerator:
     def transfers_of_group(self, group: int) -> list[dict]:
         """Every transfer touching the customers of one group of consecutive indices, as neutral records with
         both parties, so both sides of an internal transfer see the same transferId, amount and time."""
-        with self._lock:
-            hit = self._cap_cache.get(group)
-            if hit is not None:
-                self._cap_cache.move_to_end(group)
-                return hit
-        out = self._generate_group(group)
-        with self._lock:
-            self._cap_cache[group] = out
-            if len(self._cap_cache) > self._cache_size:
-                self._cap_cache.popitem(last=False)
-        return out
+        return self._cached(self._cap_cache, group, lambda: self._generate_group(group))
 
     def _generate_group(self, group: int) -> list[dict]:
         c = self.config
@@ -463,18 +457,7 @@ class DataGenerator:
 
     def capillary_view(self, index: int, summary: bool = False) -> list[tuple[float, dict]]:
         """(visible_from, record) for every transfer customer `index` takes part in, oldest first."""
-        key = (index, summary)
-        with self._lock:
-            hit = self._view_cache.get(key)
-            if hit is not None:
-                self._view_cache.move_to_end(key)
-                return hit
-        view = self._capillary_view(index, summary)
-        with self._lock:
-            self._view_cache[key] = view
-            if len(self._view_cache) > self._cache_size:
-                self._view_cache.popitem(last=False)
-        return view
+        return self._cached(self._view_cache, (index, summary), lambda: self._capillary_view(index, summary))
 
     def _capillary_view(self, index: int, summary: bool) -> list[tuple[float, dict]]:
         group = index // self.config.transfer_group_size
