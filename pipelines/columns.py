@@ -13,6 +13,7 @@ into a text column) and recorded as `type_coerced`; values that cannot be coerce
 from __future__ import annotations
 
 import threading
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -27,25 +28,22 @@ FROM_DLT = {"double": DOUBLE, "decimal": DOUBLE, "bigint": DOUBLE, "text": TEXT,
 _naming = NamingConvention()
 
 
+@lru_cache(maxsize=65536)
 def column_name(key: str) -> str:
     """dlt's own snake_case naming, so the names we build are the names dlt would give."""
     return _naming.normalize_identifier(str(key)) or "_"
 
 
-def _kind_of(value: Any) -> str | None:
-    if value is None:
-        return None
-    t = type(value)
-    if t is bool:
-        return BOOL
-    if t is int or t is float:
-        return DOUBLE
-    return TEXT
+@lru_cache(maxsize=65536)
+def child_name(prefix: str, key: str) -> str:
+    return f"{prefix}__{column_name(key)}"
+
+
+_KIND_BY_TYPE = {bool: BOOL, int: DOUBLE, float: DOUBLE, str: TEXT}
 
 
 def infer_kind(values: list[Any]) -> str:
-    kinds = {_kind_of(v) for v in values}
-    kinds.discard(None)
+    kinds = {_KIND_BY_TYPE.get(t, TEXT) for t in set(map(type, values)) if t is not type(None)}
     if kinds == {BOOL}:
         return BOOL
     if kinds == {DOUBLE}:
@@ -66,12 +64,17 @@ def _text(v: Any) -> str:
     return orjson.dumps(v).decode() if not isinstance(v, str) else v
 
 
+_CLEAN = {DOUBLE: frozenset((int, float, type(None))), TEXT: frozenset((str, type(None))),
+          BOOL: frozenset((bool, type(None)))}
+
 # (row index, column name, code, raw value) for each value that was coerced or dropped
 Problem = tuple[int, str, str, Any]
 
 
 def convert(values: list[Any], kind: str, name: str, problems: list[Problem]) -> pa.Array:
     """Values of one column to an Arrow array of `kind`; appends to `problems` for every drift."""
+    if _CLEAN[kind].issuperset(set(map(type, values))):  # the common case, at C speed
+        return pa.array(values, ARROW_TYPES[kind])
     if kind == DOUBLE:
         out: list[Any] = values
         for i, v in enumerate(values):
@@ -133,6 +136,11 @@ class ColumnTypes:
                         cols[cname] = FROM_DLT.get(dtype, TEXT)
                 known[tname] = cols
         return cls(known)
+
+    def kind_for(self, table: str, column: str, kind: str) -> str:
+        """The column's kind; `kind` (what this batch holds) becomes it when the column is new."""
+        with self._lock:
+            return self._kinds.setdefault(table, {}).setdefault(column, kind)
 
     def kind(self, table: str, column: str, values: list[Any]) -> str:
         with self._lock:

@@ -153,6 +153,29 @@ def _source(name: str, defaults: dict[str, Any], secret_keys: list[str], extra_k
     )
 
 
+def _without_streamlit_probe(fn):
+    """dlt looks for Streamlit secrets (importing streamlit: ~2 s of every CLI start) whenever there is no
+    .dlt/secrets.toml, as in tests and environment-only deployments. Settings never come from Streamlit here, so
+    while resolving, `import streamlit` fails fast (dlt treats that as "not in Streamlit"). A process that already
+    imported streamlit (the dashboard) is left alone."""
+    import functools
+    import sys
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if "streamlit" in sys.modules:
+            return fn(*args, **kwargs)
+        sys.modules["streamlit"] = None  # type: ignore[assignment]
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if sys.modules.get("streamlit", 0) is None:
+                del sys.modules["streamlit"]
+
+    return wrapper
+
+
+@_without_streamlit_probe
 def load_settings() -> Settings:
     allow_insecure = bool(_get("loyalty.allow_insecure_http", False))
     carecloud = _source(

@@ -1,9 +1,14 @@
 """CareCloud records -> Arrow tables, in batches spanning many customers.
 
 Per record only what cannot be vectorised runs in Python: the record key (a hash of the fields as sent plus the
-occurrence number among identical records) and the parse of `extended_data`. Time parsing, the UTC conversion, the
-window filter and all column building are Arrow compute over the whole batch. The tables go to dlt as Arrow, so
-dlt's row-by-row normalizer never runs.
+occurrence number among identical records) and the orjson parse of `extended_data`. Time parsing, the UTC
+conversion, the window filter, the flattening of `extended_data` (parsed dicts -> one Arrow struct array -> leaf
+columns and list children) and all column building are Arrow compute over the whole batch. The tables go to dlt as
+Arrow, so dlt's row-by-row normalizer never runs.
+
+If Arrow cannot put a batch's `extended_data` into one struct type (a key that is a number in one record and a
+string in another), that batch is flattened in plain Python instead, with the same column names and the type rules
+of `pipelines.columns` (coerce or null, and record it).
 """
 
 from __future__ import annotations
@@ -19,33 +24,106 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.carecloud.settings import CHILD_TABLE_PREFIX, KEY_FIELDS, POINT_HISTORY_TABLE, TEXT_FIELDS
-from pipelines.columns import ColumnTypes, Problem, build_sparse_columns, column_name, convert
+from pipelines.columns import (
+    BOOL, DOUBLE, TEXT, ColumnTypes, Problem, build_sparse_columns, child_name, column_name, convert,
+)
 from pipelines.state import Issue
 from pipelines.windows import Window, local_to_utc
 
 SOURCE = "carecloud"
 TS_UTC = pa.timestamp("us", tz="UTC")
-TS_LOCAL = pa.timestamp("us")
+EXT = "extended_data"
 _KNOWN = frozenset(KEY_FIELDS)
+_AMOUNT, _TIME, _EXT = KEY_FIELDS.index("point_amount"), KEY_FIELDS.index("point_history_record_time"), \
+    KEY_FIELDS.index("extended_data")
+_TEXT_POS = [(f, KEY_FIELDS.index(f)) for f in TEXT_FIELDS]
 _FIXED_COLUMNS = frozenset(("record_key", "customer_id", "point_amount", "point_history_record_time", "recorded_at",
                             "extended_data_raw", "_loaded_run_id", *TEXT_FIELDS))
 MAX_ISSUES_PER_CODE = 200  # per batch and code; more are summarised in one issue (a flood helps nobody)
+MAX_DEPTH = 4              # nested objects deeper than this are kept as JSON text
 
 
 def record_key(customer_id: str, canonical: bytes, occurrence: int) -> str:
     return hashlib.sha256(b"%s\x1f%s\x1f%d" % (customer_id.encode(), canonical, occurrence)).hexdigest()[:32]
 
 
-def _flatten(obj: dict, prefix: str, row: int, sparse: dict[str, list], children: dict[str, list], key_ref: list,
+# ---------------------------------------------------------------------------------------------- Arrow flattening
+def _arrow_kind(t: pa.DataType) -> str | None:
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return DOUBLE
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return TEXT
+    if pa.types.is_boolean(t):
+        return BOOL
+    return None
+
+
+def _json_text(arr: pa.Array) -> pa.Array:
+    return pa.array([None if v is None else orjson.dumps(v).decode() for v in arr.to_pylist()], pa.string())
+
+
+def _leaves(arr: pa.StructArray, prefix: str, cols: dict[str, pa.Array], lists: dict[str, pa.Array],
+            depth: int = 0) -> None:
+    """Struct -> {column: array} for scalar leaves (nested objects joined with `__`, dlt style) and
+    {name: list array} for list-valued keys (child tables)."""
+    for f, child in zip(arr.type, arr.flatten()):
+        name = child_name(prefix, f.name) if prefix else column_name(f.name)
+        t = f.type
+        if name in cols or name in lists:
+            continue  # two keys with one normalised name: the first wins; the raw JSON keeps both
+        if pa.types.is_struct(t) and depth < MAX_DEPTH:
+            _leaves(child, name, cols, lists, depth + 1)
+        elif pa.types.is_list(t) or pa.types.is_large_list(t):
+            lists[name] = child
+        elif pa.types.is_null(t):
+            continue
+        elif _arrow_kind(t) is not None:
+            cols[name] = child
+        else:
+            cols[name] = _json_text(child)
+
+
+def _typed(table: str, cols: dict[str, pa.Array], types: ColumnTypes, problems: list[Problem]) -> dict[str, pa.Array]:
+    """Arrow-inferred columns cast to the kind the warehouse column already has (or gets now)."""
+    out = {}
+    for name, arr in cols.items():
+        kind = _arrow_kind(arr.type) or TEXT
+        want = types.kind_for(table, name, kind)
+        if want == kind:
+            out[name] = arr.cast(pa.float64()) if kind == DOUBLE and arr.type != pa.float64() else arr
+        else:
+            out[name] = convert(arr.to_pylist(), want, name, problems)
+    return out
+
+
+def _list_children(lists: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """(parent row, position in the list, item) for every item of a list array."""
+    parent = pc.list_parent_indices(lists)
+    items = pc.list_flatten(lists)
+    p = parent.to_numpy(zero_copy_only=False)
+    if len(p):
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(p)) + 1])
+        counts = np.diff(np.concatenate([starts, [len(p)]]))
+        idx = np.arange(len(p)) - np.repeat(starts, counts)
+    else:
+        idx = np.zeros(0, dtype=np.int64)
+    return parent, pa.array(idx, pa.int64()), items
+
+
+# ---------------------------------------------------------------------------------------------- Python fallback
+def _flatten(obj: dict, prefix: str, row: int, sparse: dict[str, list], children: dict[str, list],
              depth: int = 0) -> None:
     for k, v in obj.items():
-        name = f"{prefix}__{column_name(k)}"
-        if isinstance(v, dict) and depth < 4:
-            _flatten(v, name, row, sparse, children, key_ref, depth + 1)
-        elif isinstance(v, list):
+        name = child_name(prefix, k) if prefix else column_name(k)
+        t = type(v)
+        if t is not dict and t is not list:
+            sparse[name].append((row, v))
+        elif t is dict and depth < MAX_DEPTH:
+            _flatten(v, name, row, sparse, children, depth + 1)
+        elif t is list:
             children[name].append((row, v))
         else:
-            sparse[name].append((row, v))
+            sparse[name].append((row, orjson.dumps(v).decode()))
 
 
 @dataclass
@@ -56,17 +134,13 @@ class PointHistoryBatch:
     run_id: str
     types: ColumnTypes
     n: int = 0
-    customer_ids: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
-    amounts: list[Any] = field(default_factory=list)
-    texts: dict[str, list[Any]] = field(default_factory=lambda: {f: [] for f in TEXT_FIELDS})
-    times: list[Any] = field(default_factory=list)
-    ext_raw: list[str | None] = field(default_factory=list)
-    # per customer: (first row, row count, window start us, window end us)
-    spans: list[tuple[int, int, int, int]] = field(default_factory=list)
-    sparse: dict[str, list[tuple[int, Any]]] = field(default_factory=lambda: defaultdict(list))
-    children: dict[str, list[tuple[int, list]]] = field(default_factory=lambda: defaultdict(list))
+    rows: list[list[Any]] = field(default_factory=list)          # KEY_FIELDS values as sent
+    # per customer: (customer id, first row, row count, window start us, window end us)
+    spans: list[tuple[str, int, int, int, int]] = field(default_factory=list)
+    extra: dict[str, list[tuple[int, Any]]] = field(default_factory=lambda: defaultdict(list))  # unknown fields
     row_issues: list[tuple[int, str, str, str | None]] = field(default_factory=list)
+    customer_issues: list[Issue] = field(default_factory=list)
     unknown_seen: set[str] = field(default_factory=set)
 
     def __len__(self) -> int:
@@ -75,117 +149,201 @@ class PointHistoryBatch:
     def add(self, customer_id: str, window: Window, records: list[Any]) -> None:
         first = self.n
         seen: dict[bytes, int] = {}
+        keys, rows, get_fields = self.keys, self.rows, KEY_FIELDS
         for rec in records:
-            if not isinstance(rec, dict):
-                self.row_issues.append((-1, "bad_record", f"record is not an object: {str(rec)[:200]}", customer_id))
+            if type(rec) is not dict:
+                self.customer_issues.append(Issue(SOURCE, customer_id, "bad_record",
+                                                  f"record is not an object: {str(rec)[:200]}"))
                 continue
-            row = self.n
-            canonical = orjson.dumps([rec.get(f) for f in KEY_FIELDS])
+            vals = list(map(rec.get, get_fields))
+            canonical = orjson.dumps(vals)
             occurrence = seen.get(canonical, 0)
             seen[canonical] = occurrence + 1
-            self.keys.append(record_key(customer_id, canonical, occurrence))
-            self.customer_ids.append(customer_id)
-            self.amounts.append(rec.get("point_amount"))
-            for f, col in self.texts.items():
-                col.append(rec.get(f))
-            t = rec.get("point_history_record_time")
-            self.times.append(t if type(t) is str else None)
-            ext = rec.get("extended_data")
-            if ext is None or type(ext) is str:
-                self.ext_raw.append(ext)
-                parsed: Any = None
-                if ext:
-                    try:
-                        parsed = orjson.loads(ext)
-                    except orjson.JSONDecodeError:
-                        self.row_issues.append((row, "invalid_extended_data",
-                                                "extended_data is not valid JSON; kept raw in extended_data_raw",
-                                                ext[:500]))
-            else:
-                # an object sent as-is (the readme renders the field as json): keep its JSON text as the raw value
-                self.ext_raw.append(orjson.dumps(ext).decode())
-                parsed = ext
-            if isinstance(parsed, dict):
-                _flatten(parsed, "extended_data", row, self.sparse, self.children, self.keys)
-            elif parsed is not None:
-                self.row_issues.append((row, "unexpected_extended_data",
-                                        f"extended_data is JSON but not an object ({type(parsed).__name__}); kept raw",
-                                        None))
-            if len(rec) > len(KEY_FIELDS) or not _KNOWN.issuperset(rec):
-                for k in rec.keys() - _KNOWN:
-                    name = column_name(k)
-                    if name in _FIXED_COLUMNS or name.startswith("extended_data"):
-                        name = f"extra__{name}"
-                    v = rec[k]
-                    self.sparse[name].append((row, v if not isinstance(v, (dict, list)) else orjson.dumps(v).decode()))
-                    if k not in self.unknown_seen:
-                        self.unknown_seen.add(k)
-                        self.row_issues.append((row, "unknown_field", f"new field {k!r} loaded as column {name!r}",
-                                                None))
-            self.n += 1
-        count = self.n - first
-        if count:
-            self.spans.append((first, count, _us(window.start), _us(window.end)))
+            keys.append(record_key(customer_id, canonical, occurrence))
+            rows.append(vals)
+            if not _KNOWN.issuperset(rec):
+                self._unknown_fields(rec, len(rows) - 1)
+        self.n = len(rows)
+        if self.n > first:
+            self.spans.append((customer_id, first, self.n - first, _us(window.start), _us(window.end)))
+
+    def _unknown_fields(self, rec: dict, row: int) -> None:
+        for k in rec.keys() - _KNOWN:
+            name = column_name(k)
+            if name in _FIXED_COLUMNS or name.startswith(EXT):
+                name = f"extra__{name}"
+            v = rec[k]
+            self.extra[name].append((row, v if not isinstance(v, (dict, list)) else orjson.dumps(v).decode()))
+            if k not in self.unknown_seen:
+                self.unknown_seen.add(k)
+                self.row_issues.append((row, "unknown_field", f"new field {k!r} loaded as column {name!r}", None))
 
     # ------------------------------------------------------------------ build
     def build(self) -> tuple[list[tuple[str, pa.Table]], list[Issue]]:
-        issues: list[Issue] = []
-        for row, code, message, detail in self.row_issues:
-            if row < 0:
-                issues.append(Issue(SOURCE, detail, code, message))
+        issues: list[Issue] = list(self.customer_issues)
         if not self.n:
             return [], issues
-        times = pa.array(self.times, pa.string())
+        columns = list(zip(*self.rows))
+        times = pa.array([t if type(t) is str else None for t in columns[_TIME]], pa.string())
         local = pc.strptime(pc.replace_substring(times, "T", " "), format="%Y-%m-%d %H:%M:%S", unit="us",
                             error_is_null=True)
         recorded = self._utc(local, times)
         for row in np.flatnonzero(local.is_null().to_numpy(zero_copy_only=False)).tolist():
-            raw = self.times[row]
             self.row_issues.append((row, "bad_record_time",
                                     "point_history_record_time missing or not a valid time; row kept with null times",
-                                    repr(raw)[:100]))
-        keep_mask = self._window_mask(recorded)
-        keep = np.flatnonzero(keep_mask)
-        kept = keep.tolist()
-        take = pa.array(keep, pa.int64())
+                                    repr(columns[_TIME][row])[:100]))
+        keep_np = np.flatnonzero(self._window_mask(recorded))
+        kept: list[int] = keep_np.tolist()
+        everything = len(kept) == self.n
+        take = pa.array(keep_np, pa.int64())
 
+        def pick(values: tuple) -> list:
+            return list(values) if everything else [values[i] for i in kept]
+
+        customer_ids: list[str] = []
+        for cid, _, count, _, _ in self.spans:
+            customer_ids.extend([cid] * count)
+        keys = pick(tuple(self.keys))
         problems: list[Problem] = []
-        base = {
-            "record_key": pa.array(self.keys, pa.string()),
-            "customer_id": pa.array(self.customer_ids, pa.string()),
+        cols: dict[str, pa.Array] = {
+            "record_key": pa.array(keys, pa.string()),
+            "customer_id": pa.array(pick(tuple(customer_ids)), pa.string()),
+            "point_amount": convert(pick(columns[_AMOUNT]), DOUBLE, "point_amount", problems),
         }
-        table = pa.table(base).take(take)
-        cols: dict[str, pa.Array] = {"record_key": table["record_key"], "customer_id": table["customer_id"]}
-        amounts = [self.amounts[i] for i in kept]
-        cols["point_amount"] = convert(amounts, "double", "point_amount", problems)
-        for f, values in self.texts.items():
-            cols[f] = convert([values[i] for i in kept], "text", f, problems)
+        for f, pos in _TEXT_POS:
+            cols[f] = convert(pick(columns[pos]), TEXT, f, problems)
         cols["point_history_record_time"] = local.take(take)
         cols["recorded_at"] = recorded.take(take)
-        cols["extended_data_raw"] = pa.array(self.ext_raw, pa.string()).take(take)
-        dynamic = build_sparse_columns(POINT_HISTORY_TABLE, self.n, self.sparse, self.types, kept, problems)
-        cols.update(dynamic)
+
+        raw, parsed = self._parse_extended(pick(columns[_EXT]), kept)
+        cols["extended_data_raw"] = pa.array(raw, pa.string())
+        children: list[tuple[str, pa.Table]] = []
+        ext_cols = self._extended_arrow(parsed, cols["record_key"], problems, children, issues)
+        if ext_cols is None:
+            ext_cols = self._extended_python(parsed, keys, problems, children, issues)
+        cols.update(ext_cols)
+        if self.extra:
+            cols.update(build_sparse_columns(POINT_HISTORY_TABLE, self.n, self.extra, self.types, kept, problems))
         cols["_loaded_run_id"] = pa.array([self.run_id] * len(kept), pa.string())
-        out = [(POINT_HISTORY_TABLE, pa.table(cols))]
+        out = [(POINT_HISTORY_TABLE, pa.table(cols))] + children
 
-        kept_rows = set(kept)
-        keep_pos = {row: i for i, row in enumerate(kept)}
-        kept_customers = cols["customer_id"].to_pylist() if (problems or self.row_issues) else []
+        position = {row: i for i, row in enumerate(kept)} if not everything else None
         for row, code, message, detail in self.row_issues:
-            if row >= 0 and row in kept_rows:
-                issues.append(Issue(SOURCE, self.customer_ids[row], code, message,
-                                    _detail(self.keys[row], detail)))
-        for i, name, code, raw in problems:
-            issues.append(Issue(SOURCE, kept_customers[i], code,
-                                f"{name}: {type(raw).__name__} value {'coerced' if code == 'type_coerced' else 'not loadable, stored null'}",
-                                _detail(cols["record_key"][i].as_py(), repr(raw)[:200])))
-
-        for name, lists in self.children.items():
-            child = self._child_table(CHILD_TABLE_PREFIX + name[len("extended_data__"):], lists, keep_pos, issues)
-            if child is not None:
-                out.append(child)
-        # parent rows were dropped (outside window) for the child rows too; summarise floods
+            i = row if everything else position.get(row)  # type: ignore[union-attr]
+            if i is not None:
+                issues.append(Issue(SOURCE, cols["customer_id"][i].as_py(), code, message, _detail(keys[i], detail)))
+        for i, name, code, value in problems:
+            issues.append(Issue(SOURCE, cols["customer_id"][i].as_py(), code, _problem_message(name, code, value),
+                                _detail(keys[i], repr(value)[:200])))
         return out, _cap(issues)
+
+    def _parse_extended(self, values: list[Any], kept: list[int]) -> tuple[list[str | None], list[dict | None]]:
+        raw: list[str | None] = []
+        parsed: list[dict | None] = []
+        for i, ext in enumerate(values):
+            if ext is None or type(ext) is str:
+                raw.append(ext)
+                if not ext:
+                    parsed.append(None)
+                    continue
+                try:
+                    value = orjson.loads(ext)
+                except orjson.JSONDecodeError:
+                    self.row_issues.append((kept[i], "invalid_extended_data",
+                                            "extended_data is not valid JSON; kept raw in extended_data_raw",
+                                            ext[:500]))
+                    parsed.append(None)
+                    continue
+            else:
+                # an object sent as-is (the readme renders the field as json): its JSON text is the raw value
+                raw.append(orjson.dumps(ext).decode())
+                value = ext
+            if type(value) is dict:
+                parsed.append(value)
+            else:
+                parsed.append(None)
+                self.row_issues.append((kept[i], "unexpected_extended_data",
+                                        f"extended_data is JSON but not an object ({type(value).__name__}); kept raw",
+                                        None))
+        return raw, parsed
+
+    def _extended_arrow(self, parsed: list[dict | None], keys: pa.Array, problems: list[Problem],
+                        children: list[tuple[str, pa.Table]], issues: list[Issue]) -> dict[str, pa.Array] | None:
+        try:
+            struct = pa.array(parsed)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+            return None  # types conflict inside this batch: the Python path coerces value by value
+        if not pa.types.is_struct(struct.type):
+            return {}
+        leaves: dict[str, pa.Array] = {}
+        lists: dict[str, pa.Array] = {}
+        _leaves(struct, EXT, leaves, lists)
+        for name, arr in lists.items():
+            table = CHILD_TABLE_PREFIX + name[len(EXT) + 2:]
+            parent, idx, items = _list_children(arr)
+            if not len(items):
+                continue
+            child_cols: dict[str, pa.Array] = {}
+            nested: dict[str, pa.Array] = {}
+            if pa.types.is_struct(items.type):
+                _leaves(items, "", child_cols, nested)
+                for nname, narr in nested.items():  # lists inside list items: kept as JSON text
+                    child_cols[nname] = _json_text(narr)
+            elif _arrow_kind(items.type) is not None:
+                child_cols["value"] = items
+            elif not pa.types.is_null(items.type):
+                child_cols["value"] = _json_text(items)
+            child_problems: list[Problem] = []
+            typed = _typed(table, child_cols, self.types, child_problems)
+            ckeys = keys.take(parent)
+            for i, cname, code, value in child_problems:
+                issues.append(Issue(SOURCE, None, code, _problem_message(f"{table}.{cname}", code, value),
+                                    _detail(ckeys[i].as_py(), repr(value)[:200])))
+            children.append((table, pa.table({"record_key": ckeys, "_idx": idx, **typed,
+                                              "_loaded_run_id": pa.array([self.run_id] * len(idx), pa.string())})))
+        return _typed(POINT_HISTORY_TABLE, leaves, self.types, problems)
+
+    def _extended_python(self, parsed: list[dict | None], keys: list[str], problems: list[Problem],
+                         children: list[tuple[str, pa.Table]], issues: list[Issue]) -> dict[str, pa.Array]:
+        sparse: dict[str, list[tuple[int, Any]]] = defaultdict(list)
+        lists: dict[str, list[tuple[int, list]]] = defaultdict(list)
+        for i, obj in enumerate(parsed):
+            if obj is not None:
+                _flatten(obj, EXT, i, sparse, lists)
+        for name, cells in lists.items():
+            child = self._python_child(CHILD_TABLE_PREFIX + name[len(EXT) + 2:], cells, keys, issues)
+            if child is not None:
+                children.append(child)
+        return build_sparse_columns(POINT_HISTORY_TABLE, len(parsed), sparse, self.types, None, problems)
+
+    def _python_child(self, table: str, cells: list[tuple[int, list]], keys: list[str],
+                      issues: list[Issue]) -> tuple[str, pa.Table] | None:
+        ckeys: list[str] = []
+        idx: list[int] = []
+        sparse: dict[str, list[tuple[int, Any]]] = defaultdict(list)
+        nested: dict[str, list[tuple[int, list]]] = defaultdict(list)
+        for row, items in cells:
+            for j, item in enumerate(items):
+                r = len(ckeys)
+                ckeys.append(keys[row])
+                idx.append(j)
+                if type(item) is dict:
+                    _flatten(item, "", r, sparse, nested)
+                elif type(item) is list:
+                    sparse["value"].append((r, orjson.dumps(item).decode()))
+                else:
+                    sparse["value"].append((r, item))
+        if not ckeys:
+            return None
+        for name, nested_cells in nested.items():
+            sparse[name].extend((r, orjson.dumps(v).decode()) for r, v in nested_cells)
+        problems: list[Problem] = []
+        dynamic = build_sparse_columns(table, len(ckeys), sparse, self.types, None, problems)
+        for i, name, code, value in problems:
+            issues.append(Issue(SOURCE, None, code, _problem_message(f"{table}.{name}", code, value),
+                                _detail(ckeys[i], repr(value)[:200])))
+        return table, pa.table({"record_key": pa.array(ckeys, pa.string()), "_idx": pa.array(idx, pa.int64()),
+                                **dynamic, "_loaded_run_id": pa.array([self.run_id] * len(ckeys), pa.string())})
 
     def _utc(self, local: pa.Array, times: pa.Array) -> pa.Array:
         """Local wall time -> UTC with fold=0 (earlier instant in the repeated hour). Arrow's 'earliest' for a
@@ -208,46 +366,12 @@ class PointHistoryBatch:
         as issues; dropping them would lose them, and their key makes a re-fetch harmless)."""
         starts = np.empty(self.n, dtype=np.int64)
         ends = np.empty(self.n, dtype=np.int64)
-        for first, count, s, e in self.spans:
+        for _, first, count, s, e in self.spans:
             starts[first:first + count] = s
             ends[first:first + count] = e
-        us = recorded.cast(pa.int64()).to_numpy(zero_copy_only=False)
-        valid = ~np.asarray(recorded.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-        us = np.where(valid, us, 0)
+        us = recorded.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+        valid = ~recorded.is_null().to_numpy(zero_copy_only=False)
         return np.where(valid, (us >= starts) & (us < ends), True)
-
-    def _child_table(self, table_name: str, lists: list[tuple[int, list]], keep_pos: dict[int, int],
-                     issues: list[Issue]) -> tuple[str, pa.Table] | None:
-        keys: list[str] = []
-        idx: list[int] = []
-        sparse: dict[str, list[tuple[int, Any]]] = defaultdict(list)
-        nested: dict[str, list] = defaultdict(list)
-        for row, items in lists:
-            if row not in keep_pos:
-                continue
-            key = self.keys[row]
-            for j, item in enumerate(items):
-                r = len(keys)
-                keys.append(key)
-                idx.append(j)
-                if isinstance(item, dict):
-                    _flatten(item, "", r, sparse, nested, keys)
-                else:
-                    sparse["__value"].append((r, item))
-        if not keys:
-            return None
-        for name, cells in nested.items():  # lists inside list items: kept as JSON text
-            sparse[name].extend((r, orjson.dumps(v).decode()) for r, v in cells)
-        problems: list[Problem] = []
-        renamed = {name[2:]: cells for name, cells in sparse.items()}
-        dynamic = build_sparse_columns(table_name, len(keys), renamed, self.types, None, problems)
-        for i, name, code, raw in problems:
-            issues.append(Issue(SOURCE, None, code, f"{table_name}.{name}: {type(raw).__name__} value",
-                                _detail(keys[i], repr(raw)[:200])))
-        cols: dict[str, pa.Array] = {"record_key": pa.array(keys, pa.string()), "_idx": pa.array(idx, pa.int64())}
-        cols.update(dynamic)
-        cols["_loaded_run_id"] = pa.array([self.run_id] * len(keys), pa.string())
-        return table_name, pa.table(cols)
 
 
 def _us(instant: Any) -> int:
@@ -256,6 +380,11 @@ def _us(instant: Any) -> int:
 
 def _detail(record_key: str, detail: str | None) -> str:
     return f"record_key={record_key}" + (f"; {detail}" if detail else "")
+
+
+def _problem_message(name: str, code: str, value: Any) -> str:
+    what = "coerced" if code == "type_coerced" else "not loadable as the column's type, stored null"
+    return f"{name}: {type(value).__name__} value {what}"
 
 
 def _cap(issues: list[Issue]) -> list[Issue]:

@@ -1,0 +1,108 @@
+"""CareCloud normalisation: record keys, extended_data flattening (Arrow path and its Python fallback agree),
+type drift, window filtering. Pure functions, no HTTP."""
+
+from __future__ import annotations
+
+import orjson
+import pendulum
+import pyarrow as pa
+
+from pipelines.carecloud.normalize import PointHistoryBatch
+from pipelines.columns import ColumnTypes
+from pipelines.windows import Window
+
+TZ = "Europe/Prague"
+ALL = Window(pendulum.parse("2020-01-01T00:00:00Z"), pendulum.parse("2030-01-01T00:00:00Z"))  # type: ignore[arg-type]
+
+
+def rec(t: str = "2026-01-10 10:00:00", amount: object = 10, ext: object = None, **kw: object) -> dict:
+    r = {"customer_id": "c1", "point_amount": amount, "point_operation_type": "Purchase",
+         "point_operation_note": "note", "point_type_id": "pt", "partner_id": "pa", "store_id": "st",
+         "point_history_record_time": t, "extended_data": ext}
+    r.update(kw)
+    return r
+
+
+def build(records: list[dict], window: Window = ALL, python: bool = False, types: ColumnTypes | None = None):
+    batch = PointHistoryBatch(TZ, "run1", types or ColumnTypes())
+    if python:
+        batch._extended_arrow = lambda *a, **k: None  # type: ignore[method-assign]
+    batch.add("c1", window, records)
+    tables, issues = batch.build()
+    return {name: t for name, t in tables}, issues
+
+
+def rows(table: pa.Table) -> list[dict]:
+    return sorted(table.to_pylist(), key=lambda r: (r["record_key"], r.get("_idx", 0)))
+
+
+SAMPLE = [
+    rec(ext=orjson.dumps({"purchase_value": 23.5, "external_purchase_id": "X1", "date_of_points_expiration": None,
+                          "purchase_items": [{"sku": "A", "quantity": 2, "unit_price": 1.5, "tags": ["x"]},
+                                             {"sku": "B", "quantity": 1, "unit_price": 3}],
+                          "meta": {"channel": "pos", "flags": {"vip": True}}}).decode()),
+    rec(t="2026-01-10 10:00:01", ext=orjson.dumps({"purchase_value": 10, "codes": [1, 2, 3]}).decode()),
+    rec(t="2026-01-10 10:00:02", ext=""),
+    rec(t="2026-01-10 10:00:03", ext='{"broken": '),
+    rec(t="2026-01-10 10:00:04", ext={"purchase_value": 5.0}),   # an object instead of a string
+    rec(t="2026-01-10 10:00:05", ext="[1, 2]"),
+]
+
+
+def test_arrow_and_python_flattening_agree() -> None:
+    fast, fast_issues = build(SAMPLE)
+    slow, slow_issues = build(SAMPLE, python=True)
+    assert set(fast) == set(slow) == {
+        "carecloud_point_history", "carecloud_point_history__extended_data__purchase_items",
+        "carecloud_point_history__extended_data__codes"}
+    for name in fast:
+        f, s = fast[name], slow[name]
+        assert set(f.column_names) == set(s.column_names), name
+        assert rows(f) == rows(s.select(f.column_names)), name
+    main = {r["extended_data_raw"]: r for r in fast["carecloud_point_history"].to_pylist()}
+    first = main[SAMPLE[0]["extended_data"]]
+    assert first["extended_data__purchase_value"] == 23.5 and first["extended_data__meta__channel"] == "pos"
+    assert first["extended_data__meta__flags__vip"] is True
+    assert main['{"broken": ']["extended_data__purchase_value"] is None
+    assert main['{"purchase_value":5.0}']["extended_data__purchase_value"] == 5.0
+    items = rows(fast["carecloud_point_history__extended_data__purchase_items"])
+    assert [(i["_idx"], i["sku"], i["quantity"], i["tags"]) for i in items] == [(0, "A", 2.0, '["x"]'),
+                                                                               (1, "B", 1.0, None)]
+    codes = {i.code for i in fast_issues}
+    assert codes == {i.code for i in slow_issues} == {"invalid_extended_data", "unexpected_extended_data"}
+
+
+def test_identical_records_distinct_keys_stable_across_fetches() -> None:
+    same = [rec(), rec(), rec(amount=11)]
+    a, _ = build(same)
+    b, _ = build(list(reversed(same)))
+    ka = sorted(a["carecloud_point_history"]["record_key"].to_pylist())
+    assert len(set(ka)) == 3
+    assert ka == sorted(b["carecloud_point_history"]["record_key"].to_pylist())
+    # a new field from the vendor does not change keys (the lookback would otherwise double rows)
+    c, issues = build([rec(loyalty_tier="gold"), rec(loyalty_tier="gold"), rec(amount=11, loyalty_tier="x")])
+    assert sorted(c["carecloud_point_history"]["record_key"].to_pylist()) == ka
+    assert c["carecloud_point_history"]["loyalty_tier"].to_pylist().count("gold") == 2
+    assert [i.code for i in issues] == ["unknown_field"]
+
+
+def test_type_drift_coerced_or_nulled_and_recorded() -> None:
+    types = ColumnTypes()
+    build([rec(ext='{"v": 1.5, "s": "a"}')], types=types)   # fixes v: double, s: text
+    tables, issues = build([rec(amount="12.5", ext='{"v": "2.5", "s": 7}'),
+                            rec(t="2026-01-10 10:00:09", amount="n/a", ext='{"v": "lots", "s": "b"}')], types=types)
+    got = [(r["point_amount"], r["extended_data__v"], r["extended_data__s"])
+           for r in tables["carecloud_point_history"].to_pylist()]
+    assert sorted(got, key=repr) == sorted([(12.5, 2.5, "7"), (None, None, "b")], key=repr)
+    codes = sorted(i.code for i in issues)
+    assert codes.count("type_coerced") == 3 and codes.count("type_mismatch") == 2
+
+
+def test_window_filter_keeps_only_inside_and_bad_times() -> None:
+    w = Window(pendulum.parse("2026-01-10T09:00:00Z"), pendulum.parse("2026-01-10T09:00:02Z"))  # type: ignore[arg-type]
+    recs = [rec(t="2026-01-10 09:59:59"), rec(t="2026-01-10 10:00:00"), rec(t="2026-01-10 10:00:01"),
+            rec(t="2026-01-10 10:00:02"), rec(t=None), rec(t="2025-13-45 25:61:00")]  # type: ignore[arg-type]
+    tables, issues = build(recs, window=w)
+    kept = tables["carecloud_point_history"]["point_history_record_time"].to_pylist()
+    assert [str(k) if k else None for k in kept] == ["2026-01-10 10:00:00", "2026-01-10 10:00:01", None, None]
+    assert sum(i.code == "bad_record_time" for i in issues) == 2
