@@ -336,8 +336,16 @@ def test_cli_truth_customers_and_serve(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
-    r = _cli("sandbox", "--help")
-    assert r.returncode == 0 and "--rate-limit-rps" in r.stdout and "sandbox-password" in r.stdout
+
+
+def test_cli_help_names_flags_and_credentials(capsys):
+    from pipelines.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sandbox", "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert "--rate-limit-rps" in out and "--maintenance-seconds" in out and "sandbox-password" in out
 
 
 def test_stats_count_requests_by_endpoint_and_status(sandbox_factory):

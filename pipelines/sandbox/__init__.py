@@ -8,9 +8,26 @@ See docs/sandbox.md. In-process use:
         sb.url, sb.truth()
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from pipelines.sandbox.config import FaultConfig, SandboxConfig
-from pipelines.sandbox.server import ServerOptions
-from pipelines.sandbox.service import Sandbox
-from pipelines.sandbox.truth import Truth
+
+if TYPE_CHECKING:
+    from pipelines.sandbox.server import ServerOptions
+    from pipelines.sandbox.service import Sandbox
+    from pipelines.sandbox.truth import Truth
 
 __all__ = ["Sandbox", "SandboxConfig", "FaultConfig", "ServerOptions", "Truth"]
+_LAZY = {"Sandbox": "pipelines.sandbox.service", "ServerOptions": "pipelines.sandbox.server",
+         "Truth": "pipelines.sandbox.truth"}
+
+
+def __getattr__(name: str) -> Any:
+    # lazy: `loyalty-etl --help` imports the sandbox command's flags (config.py) without pyarrow and the server
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pipelines.sandbox' has no attribute {name!r}")
