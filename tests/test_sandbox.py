@@ -231,6 +231,12 @@ def test_faults_rate_limit_drop_truncate_maintenance(sandbox_factory):
     assert set(codes.values()) == {200, 503}
     again = {cid: cm.page(cid).status_code for cid in maint.customer_ids("carecloud")}
     assert again == codes, "the same customers stay in maintenance for the whole window"
+    assert set(maint.customers_in_maintenance("carecloud")) == {c for c, code in codes.items() if code == 503}
+    r = cm.s.post(maint.url + "/_sandbox/faults", json={"maintenance_seconds": 0})
+    assert r.status_code == 200 and r.json()["maintenance_seconds"] == 0
+    assert {cm.page(cid).status_code for cid in maint.customer_ids("carecloud")} == {200}
+    assert maint.customers_in_maintenance("carecloud") == []
+    assert cm.s.post(maint.url + "/_sandbox/faults", json={"nope": 1}).status_code == 400
 
     slow = sandbox_factory(customers=5, latency_ms=100)
     t = time.perf_counter()

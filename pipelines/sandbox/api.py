@@ -8,6 +8,7 @@ documents summarised in ../shared/api-notes.md: CareCloud error objects per the 
 from __future__ import annotations
 
 import base64
+import dataclasses
 from bisect import bisect_left, bisect_right
 import hashlib
 import secrets
@@ -385,6 +386,16 @@ class SandboxApp:
                 except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
                     return _json(400, {"error": str(exc)}, endpoint="admin.clock")
             return _json(200, {"now": self.clock.now_datetime().isoformat()}, endpoint="admin.clock")
+        if path == "/_sandbox/faults":
+            if req.method == "POST":
+                try:
+                    body = orjson.loads(req.body or b"{}")
+                    if not isinstance(body, dict):
+                        raise ValueError("give a JSON object of FaultConfig fields")
+                    self.faults.update(**body)
+                except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+                    return _json(400, {"error": str(exc)}, endpoint="admin.faults")
+            return _json(200, dataclasses.asdict(self.fault_config), endpoint="admin.faults")
         if path == "/_sandbox/stats" and req.method == "GET":
             return _json(200, self.stats(), endpoint="admin.stats")
         if path == "/_sandbox/health":

@@ -52,6 +52,19 @@ class Faults:
         with self.lock:
             self.counts[kind] += 1
 
+    def update(self, **changes: object) -> None:
+        """Change fault settings while serving (tests end a maintenance window, turn a storm off, ...)."""
+        unknown = set(changes) - FaultConfig.field_names()
+        if unknown:
+            raise ValueError(f"unknown fault setting(s): {', '.join(sorted(unknown))}")
+        with self.lock:
+            for name, value in changes.items():
+                setattr(self.config, name, type(getattr(self.config, name))(value))
+            if {"rate_limit_rps", "rate_limit_burst"} & set(changes):
+                self.buckets.clear()
+            if "seed" in changes:
+                self.rng.seed(self.config.seed)
+
     def in_maintenance(self, customer_key: str) -> bool:
         c = self.config
         if not (c.maintenance_share > 0 and c.maintenance_seconds > 0):

@@ -139,6 +139,19 @@ class Sandbox:
     def advance(self, seconds: float) -> None:
         self.app.clock.advance(seconds)
 
+    # ------------------------------------------------------------------ faults
+    def update_faults(self, **changes: Any) -> None:
+        """Change FaultConfig fields while serving, e.g. `update_faults(maintenance_seconds=0)` ends a maintenance
+        window now, `update_faults(error_503_share=0)` calms a storm. Also `POST /_sandbox/faults {...}`."""
+        self.app.faults.update(**changes)
+
+    def customers_in_maintenance(self, source: str) -> list[str]:
+        """The listed customers answered 503 right now because of the maintenance window."""
+        faults = self.app.faults
+        if source == "carecloud":
+            return [c for c in self.customer_ids(source) if faults.in_maintenance(c)]
+        return [c for c in self.customer_ids(source) if faults.in_maintenance(f"{self.capillary_identifier}:{c}")]
+
     # ------------------------------------------------------------------ customers
     def customer_ids(self, source: str, identifier_name: str | None = None) -> list[str]:
         gen = self.app.data
