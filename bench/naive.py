@@ -100,6 +100,8 @@ def main() -> int:
     ap.add_argument("--db", required=True)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--result", required=True)
+    ap.add_argument("--loader-file-format", default=None,
+                    help="None = dlt's default for DuckDB (insert_values); 'parquet' = the one-knob variant")
     args = ap.parse_args()
     env = json.loads(Path(args.env_json).read_text())
 
@@ -109,7 +111,7 @@ def main() -> int:
     sources = build_sources(env)
     phases: dict[str, float] = {}
     t = time.perf_counter()
-    pipeline.extract(sources)
+    pipeline.extract(sources, loader_file_format=args.loader_file_format)
     phases["extract_s"] = time.perf_counter() - t
     t = time.perf_counter()
     pipeline.normalize()
@@ -124,7 +126,7 @@ def main() -> int:
         for table in ("carecloud_point_history", "capillary_points_transfers"):
             rows[table] = client.execute_sql(f"SELECT count(*) FROM {client.make_qualified_table_name(table)}")[0][0]
     Path(args.result).write_text(json.dumps({
-        "variant": "a", "seconds": total, **phases, "rows": rows,
+        "variant": "a", "loader_file_format": args.loader_file_format or "default (insert_values)", "seconds": total, **phases, "rows": rows,
         "point_history": rows["carecloud_point_history"],
         "customer_transfers": rows["capillary_points_transfers"],
     }))

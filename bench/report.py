@@ -19,7 +19,7 @@ def ratios(variants: dict[str, Any]) -> dict[str, float | None]:
     c_total, c_duck = _rps(c.get("total")), _rps(c.get("duckdb"))
     div = lambda x, y: round(x / y, 2) if x and y else None  # noqa: E731
     return {"b_over_a": div(b, a), "c_over_b": div(c_total, b), "c_duckdb_over_b": div(c_duck, b),
-            "c_over_a": div(c_total, a)}
+            "c_over_a": div(c_total, a), "b_over_a_parquet": div(b, _rps(variants.get("a_parquet")))}
 
 
 def targets(results: dict[str, Any]) -> dict[str, Any]:
@@ -66,6 +66,11 @@ def _f(v: Any, nd: int = 1) -> str:
     return str(v)
 
 
+def _load(v: dict[str, Any]) -> str:
+    la = v.get("loadavg")
+    return "–" if not la else f"{la[0]:.1f}→{la[1]:.1f}"
+
+
 def _lost(v: dict[str, Any]) -> str:
     lost = v.get("lost")
     return "–" if lost is None else _f(sum(lost.values()))
@@ -80,9 +85,11 @@ def render(results: dict[str, Any]) -> str:
                   f"{thr['truth']['carecloud_point_history']:,} point-history + "
                   f"{thr['truth']['capillary_customer_transfers']:,} transfer records (sandbox truth)", "",
                   "| variant | customers | records | wall s | records/s | data requests | req/s | client CPU s "
-                  "| sandbox CPU s | peak RSS MB | lost vs truth |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| records/CPU s | sandbox CPU s | peak RSS MB | load avg | lost vs truth |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         rows = [("(a) dlt rest_api, defaults", v.get("a"), v.get("a", {}).get("customers") or thr["customers"]),
+                ("(a') same + parquet loader files", v.get("a_parquet"),
+                 v.get("a_parquet", {}).get("customers") or thr["customers"]),
                 ("(b) this pipeline", v.get("b"), thr["customers"]),
                 ("(c) fetch once + DuckDB, total", (v.get("c") or {}).get("total"), thr["customers"]),
                 ("(c) fetch part", (v.get("c") or {}).get("fetch"), thr["customers"]),
@@ -92,7 +99,8 @@ def render(results: dict[str, Any]) -> str:
                 continue
             lines.append(f"| {label} | {_f(n)} | {_f(x['records'])} | {_f(x['wall_s'])} | {_f(x['records_per_s'], 0)} "
                          f"| {_f(x['requests']['data_requests'])} | {_f(x['requests_per_s'], 0)} | {_f(x['cpu_s'])} "
-                         f"| {_f(x['sandbox_cpu_s'])} | {_f(x['peak_rss_mb'], 0)} | {_lost(x)} |")
+                         f"| {_f(x.get('records_per_cpu_s'), 0)} | {_f(x['sandbox_cpu_s'])} | {_f(x['peak_rss_mb'], 0)} "
+                         f"| {_load(x)} | {_lost(x)} |")
         r = thr.get("ratios", {})
         lines += ["", f"Ratios (records/s): **b/a = {_f(r.get('b_over_a'), 2)}**, **c/b = {_f(r.get('c_over_b'), 2)}** "
                       f"(c = fetch + DuckDB), DuckDB part alone / b = {_f(r.get('c_duckdb_over_b'), 2)}, "
@@ -132,12 +140,15 @@ def render(results: dict[str, Any]) -> str:
         lines.append("")
     rl = results.get("rate_limit")
     if rl:
-        lines += [f"### Rate-limit saturation: sandbox limits each of the 2 credentials to R = "
-                  f"{_f(rl['rate_limit_rps_per_credential'], 0)} req/s, 50 ms latency, {_f(rl['customers'])} customers",
-                  "", "| target req/s (2 R) | achieved req/s | achieved / target | 429 share | records lost |",
-                  "|---:|---:|---:|---:|---:|",
-                  f"| {_f(rl['target_rps'], 0)} | {_f(rl['achieved_rps'], 1)} | {_f(rl['achieved_share'], 3)} | "
-                  f"{_f(rl['share_429'], 4)} | {_lost(rl)} |", ""]
+        lines += [f"### Rate-limit saturation: the sandbox limits each credential to R = "
+                  f"{_f(rl['rate_limit_rps_per_credential'], 0)} req/s and adds 50 ms latency; "
+                  f"{_f(rl['customers'])} customers, the pipeline's limiter set to R", "",
+                  "| endpoint | requests | achieved req/s (steady state) | achieved / R | 429s |",
+                  "|---|---:|---:|---:|---:|"]
+        for endpoint, e in rl["per_endpoint"].items():
+            lines.append(f"| {endpoint} | {_f(e['requests'])} | {_f(e['achieved_rps'], 1)} | "
+                         f"{_f(e['achieved_share'], 3)} | {_f(e['http_429'])} |")
+        lines += ["", f"429 share overall: {_f(rl['share_429'], 4)}; records lost vs truth: {_lost(rl)}", ""]
     tg = results.get("targets") or {}
     if tg:
         lines += ["### Targets", ""]
