@@ -95,14 +95,14 @@ def _api(source: str, settings: Settings, stats: HttpStats) -> Any:
     return CapillaryApi(settings.capillary, stats)
 
 
-def _dlt_source(source: str, api: Any, job: ExtractJob) -> Any:
+def _resource(source: str, api: Any, job: ExtractJob) -> Any:
     if source == "carecloud":
-        from pipelines.carecloud import carecloud_source
+        from pipelines.carecloud import point_history_resource
 
-        return carecloud_source(api, job)
-    from pipelines.capillary import capillary_source
+        return point_history_resource(api, job)
+    from pipelines.capillary import transfers_resource
 
-    return capillary_source(api, job)
+    return transfers_resource(api, job)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -131,15 +131,7 @@ class SourceRun:
         self.srep.http_429 += self.stats.http_429
         self.stats.requests = self.stats.retries = self.stats.http_429 = 0
 
-    def load(self, tasks: list[tuple[str, Window]], window_end_: dt.datetime | None,
-             update_customer_state: bool) -> None:
-        """Fetch, load and commit `tasks` in chunks of `chunk_customers`."""
-        size = max(1, self.settings.chunk_customers)
-        for i in range(0, len(tasks), size):
-            self._load_chunk(tasks[i:i + size], window_end_, update_customer_state)
-
-    def _load_chunk(self, tasks: list[tuple[str, Window]], end: dt.datetime | None,
-                    update_customer_state: bool) -> None:
+    def job(self, tasks: list[tuple[str, Window]]) -> ExtractJob:
         job = ExtractJob(
             source=self.source, run_id=self.report.run_id, tasks=[t for t in tasks if not t[1].empty],
             types=ColumnTypes.from_dlt_schema(_schema(self.pipeline)), concurrency=self.cfg.concurrency,
@@ -148,17 +140,9 @@ class SourceRun:
         for cid, window in tasks:
             if window.empty:  # nothing to fetch: already loaded up to this end
                 job.succeed(cid, 0)
-        if job.tasks:
-            self.pipeline.extract(_dlt_source(self.source, self.api, job), schema=_schema(self.pipeline),
-                                  loader_file_format="parquet")
-            maybe_crash("normalize")
-            info = self.pipeline.normalize()
-            for table, n in (info.row_counts if info else {}).items():
-                if not table.startswith("_dlt"):
-                    self.report.rows_by_table[table] = self.report.rows_by_table.get(table, 0) + n
-            maybe_crash("load")
-            self.pipeline.load(raise_on_failed_jobs=True)
-        maybe_crash("state")
+        return job
+
+    def commit(self, job: ExtractJob, end: dt.datetime | None, update_customer_state: bool) -> None:
         state.commit(self.conn, run_id=self.report.run_id, source=self.source, window_end=end,
                      succeeded=job.succeeded, failed=job.failed, issues=job.issues,
                      update_customer_state=update_customer_state)
@@ -166,6 +150,35 @@ class SourceRun:
         self.srep.customers_failed += len(job.failed)
         self.srep.failed_customers.extend(job.failed)
         self.srep.records += job.records_fetched
+
+
+def load_rounds(pipeline: Any, report: RunReport, plans: list[tuple[SourceRun, list[tuple[str, Window]],
+                                                                   dt.datetime | None]],
+                chunk_customers: int, update_customer_state: bool) -> None:
+    """Load every source's customers in rounds of `chunk_customers` per source. In each round both APIs are
+    fetched side by side (parallelized dlt resources) into ONE load package: one extract, one normalize, one
+    load (dlt's fixed cost per step is paid once), then each source's bookkeeping is committed."""
+    import dlt
+
+    size = max(1, chunk_customers)
+    rounds = max((len(tasks) + size - 1) // size for _, tasks, _ in plans) if plans else 0
+    for r in range(rounds):
+        jobs = [(srun, srun.job(tasks[r * size:(r + 1) * size]), end) for srun, tasks, end in plans]
+        resources = [_resource(srun.source, srun.api, job) for srun, job, _ in jobs if job.tasks]
+        if resources:
+            schema = _schema(pipeline)
+            combined = dlt.source(name=SCHEMA_NAME, max_table_nesting=0)(lambda: resources)()
+            pipeline.extract(combined, schema=schema, loader_file_format="parquet")
+            maybe_crash("normalize")
+            info = pipeline.normalize()
+            for table, n in (info.row_counts if info else {}).items():
+                if not table.startswith("_dlt"):
+                    report.rows_by_table[table] = report.rows_by_table.get(table, 0) + n
+            maybe_crash("load")
+            pipeline.load(raise_on_failed_jobs=True)
+        maybe_crash("state")
+        for srun, job, end in jobs:
+            srun.commit(job, end, update_customer_state)
 
 
 def run_window(settings: Settings, source: str, start: dt.datetime, end: dt.datetime, customers: Sequence[str],
@@ -181,7 +194,8 @@ def run_window(settings: Settings, source: str, start: dt.datetime, end: dt.date
         srun = SourceRun(settings, source, report, progress, conn, pipeline)
         try:
             window = Window(utc(start), utc(end))
-            srun.load([(c, window) for c in customers], utc(end), update_customer_state)
+            load_rounds(pipeline, report, [(srun, [(c, window) for c in customers], utc(end))],
+                        settings.chunk_customers, update_customer_state)
         finally:
             srun.close()
         srep = report.sources[source]
@@ -241,19 +255,27 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
         progress = RunProgress({s: len(t) for s, t, _ in plans})
         pipeline = make_pipeline(settings, conn)
         errors = []
+        sruns = []
         for source, tasks, end in plans:
             try:
-                srun = SourceRun(settings, source, report, progress, conn, pipeline)
+                sruns.append((SourceRun(settings, source, report, progress, conn, pipeline), tasks, end))
             except SourceUnavailable as exc:
                 errors.append(f"{source}: {exc}")
                 pre_issues.append(Issue(source, None, "source_unavailable", str(exc)))
-                continue
-            try:
-                srun.load(tasks, end, update_customer_state=True)
-            except SourceUnavailable as exc:
-                errors.append(f"{source}: {exc}")
-                pre_issues.append(Issue(source, None, "source_unavailable", str(exc)))
-            finally:
+        try:
+            load_rounds(pipeline, report, sruns, settings.chunk_customers, update_customer_state=True)
+        except SourceUnavailable as exc:
+            errors.append(str(exc))
+            pre_issues.append(Issue("", None, "source_unavailable", str(exc)))
+        except Exception as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, SourceUnavailable):  # raised inside extraction, wrapped by dlt
+                errors.append(str(cause))
+                pre_issues.append(Issue("", None, "source_unavailable", str(cause)))
+            else:
+                raise
+        finally:
+            for srun, _, _ in sruns:
                 srun.close()
         if errors:
             report.error = "; ".join(errors)

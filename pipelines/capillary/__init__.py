@@ -174,6 +174,11 @@ HINTS = {
 @dlt.source(name="capillary", max_table_nesting=0)
 def capillary_source(api: CapillaryApi, job: ExtractJob) -> Any:
     """Points transfers of `job.tasks` (identifier value, window) through `api`."""
+    return transfers_resource(api, job)
+
+
+def transfers_resource(api: CapillaryApi, job: ExtractJob) -> Any:
+    """The resource on its own, so a run can extract both APIs' resources side by side in one package."""
 
     def fetch(task: tuple[str, Window]) -> tuple[list[dict], list]:
         return api.fetch(task[0])
@@ -186,7 +191,7 @@ def capillary_source(api: CapillaryApi, job: ExtractJob) -> Any:
                                                                  **HINTS[name]),
                                       create_table_variant=True)
 
-    @dlt.resource(name="capillary_transfers", write_disposition="merge")
+    @dlt.resource(name="capillary_transfers", write_disposition="merge", parallelized=True)
     def transfers() -> Iterator[Any]:
         batch = TransferBatch(job.run_id, api.server_timezone)
         for (customer_id, window), result in run_concurrently(job.tasks, fetch, job.concurrency):

@@ -43,6 +43,11 @@ def _emit(batch: PointHistoryBatch, job: ExtractJob) -> Iterator[Any]:
 @dlt.source(name="carecloud", max_table_nesting=0)
 def carecloud_source(api: CareCloudApi, job: ExtractJob) -> Any:
     """Point history of `job.tasks` (customer, window) through `api`."""
+    return point_history_resource(api, job)
+
+
+def point_history_resource(api: CareCloudApi, job: ExtractJob) -> Any:
+    """The resource on its own, so a run can extract both APIs' resources side by side in one package."""
 
     def fetch(task: tuple[str, Window]) -> list[dict]:
         customer_id, window = task
@@ -50,7 +55,8 @@ def carecloud_source(api: CareCloudApi, job: ExtractJob) -> Any:
         records, _ = api.fetch(customer_id, time_from, time_to)
         return records
 
-    @dlt.resource(name=POINT_HISTORY_TABLE, write_disposition="merge", primary_key="record_key", columns=COLUMNS)
+    @dlt.resource(name=POINT_HISTORY_TABLE, write_disposition="merge", primary_key="record_key", columns=COLUMNS,
+                  parallelized=True)
     def point_history() -> Iterator[Any]:
         batch = PointHistoryBatch(api.timezone, job.run_id, job.types)
         for (customer_id, window), result in run_concurrently(job.tasks, fetch, job.concurrency):
