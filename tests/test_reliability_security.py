@@ -121,8 +121,11 @@ def test_no_credential_in_any_output_log_report_or_file(rig_factory, distinctive
         env={"SOURCES__CAPILLARY__CREDENTIALS__KEY": CAP_KEY, "SOURCES__CAPILLARY__CREDENTIALS__SECRET": CAP_SECRET,
              "HOME": str(home)})
     tokens = _spy_tokens(rig.sb)
+    # run from the test's own directory: the warehouse is then "the project's", so the dlt schema YAML is
+    # exported (to ./schemas) like `make demo` does, and that export is searched too
+    rig.etl.cwd = rig.dir
 
-    first = rig.etl.run("-vv", "run", "--until", rig.until().isoformat())
+    first = rig.etl.run("-vv", "run", "--until", rig.until().isoformat(), "--no-models")
     assert first.returncode == 0, first.describe()
     rig.sb.advance(86400)
     second = rig.etl.run("-vv", "--log-format", "json", "run", "--until", rig.until().isoformat())
@@ -154,6 +157,7 @@ def test_no_credential_in_any_output_log_report_or_file(rig_factory, distinctive
         haystacks[str(p)] = p.read_bytes()
     # the customer files and env are the test's own inputs; nothing else under rig.dir holds secrets
     assert any(".dlt-pipelines" in k for k in haystacks), "expected the dlt pipeline dir beside the warehouse"
+    assert any(k.endswith(".schema.yaml") for k in haystacks), "expected the exported dlt schema YAML"
     assert any(k.endswith(".csv") and "export" in k for k in haystacks), "expected exported warehouse tables"
     leaks = _leaks(needles, haystacks)
     assert not leaks, "credentials leaked:\n" + "\n".join(leaks)

@@ -52,8 +52,9 @@ class Etl:
     """One test's way of running the CLI: a fixed environment (sandbox URLs, credentials, warehouse path) and a
     directory where every run's output is kept."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, env: dict[str, str], log_dir: Path, cwd: Path = ROOT) -> None:
         self.env = dict(env)
+        self.cwd = Path(cwd)
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.runs: list[EtlRun] = []
@@ -76,7 +77,7 @@ class Etl:
         out, err = self._files()
         fo, fe = open(out, "wb"), open(err, "wb")
         # own session: the harness can SIGKILL the run and every child it started, like systemd or an OOM kill
-        proc = subprocess.Popen([*ETL, *args], cwd=ROOT, env=self._env(crash_at, env), stdout=fo, stderr=fe,
+        proc = subprocess.Popen([*ETL, *args], cwd=self.cwd, env=self._env(crash_at, env), stdout=fo, stderr=fe,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         fo.close()
         fe.close()
