@@ -86,6 +86,12 @@ def setup_logging(fmt: str = "text", verbose: int = 0) -> None:
     # one readable line in text mode, one JSON object (dlt's own layout) in JSON mode, so a log shipper never
     # meets a line it cannot parse. An explicit [runtime] log_format / RUNTIME__LOG_FORMAT still wins.
     os.environ.setdefault("RUNTIME__LOG_FORMAT", "JSON" if fmt == "json" else "{asctime} {levelname} {name}: {message}")
+    # dlt reuses a handler it finds on its logger (and sets its formatter from RUNTIME__LOG_FORMAT): give it one
+    # that redacts too and shares our handler's lock, so a dlt line and ours written from two threads never mix.
+    dlt_handler = logging.StreamHandler(sys.stderr)
+    dlt_handler.lock = handler.lock
+    dlt_handler.addFilter(RedactingFilter())
+    logging.getLogger("dlt").handlers[:] = [dlt_handler]
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

@@ -40,6 +40,21 @@ HELP = {
     "capillary_8015_status": "HTTP status sent with Capillary error 8015 (default %(default)s)",
     "timezone": "CareCloud project time zone (default %(default)s)",
     "capillary_timezone": "Capillary server time zone (default %(default)s)",
+    "data_start": "first day of the data, project local (default %(default)s)",
+    "data_end": "day after the data ends (default %(default)s)",
+    "duplicate_share": "share of records repeated identically, same second (default %(default)s)",
+    "late_share": "share of records that appear after their timestamp (default %(default)s)",
+    "late_max_seconds": "latest a late record appears after its timestamp (default %(default)s s)",
+    "dst_every": "every n-th customer gets records around the DST changes; 0 = none (default %(default)s)",
+    "transfer_group_size": "Capillary transfers are generated per group of this many customers (default %(default)s)",
+    "cache_customers": "generated customers kept in memory (default %(default)s)",
+    "stores": "number of CareCloud stores (default %(default)s)",
+    "partners": "number of CareCloud partners (default %(default)s)",
+    "time_from_inclusive": "time_from bound inclusive (default on)",
+    "time_to_inclusive": "time_to bound inclusive (default on)",
+    "accept_legacy_path": "also serve /rest-api/... without /webservice (default on)",
+    "capillary_oauth_ttl_seconds": "Capillary OAuth token lifetime (default %(default)s s)",
+    "null_extended_data": "some manual corrections send extended_data: null (default on)",
     "extra_fields": "quirk: undocumented extra fields on every record",
     "type_drift": "quirk: point_amount sent as a string on some records",
     "bad_times": "quirk: null/malformed point_history_record_time on a few records",
@@ -60,6 +75,8 @@ HELP = {
     "maintenance_seconds": "fault: maintenance window length in seconds; 0 = off",
 }
 EXPLICIT = {"customers", "seed", "now"}
+CHOICES = {"point_amount_sign": ["signed", "unsigned"], "unknown_customer": ["400", "empty"],
+           "default_sort": ["point_history_record_time", "insertion"]}
 
 
 def _setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -81,7 +98,9 @@ def _setting_flags(parser: argparse.ArgumentParser) -> None:
                 group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
                                    help=help_text)
             else:
-                group.add_argument(flag, dest=f.name, type=type(f.default), default=f.default, help=help_text)
+                metavar = None if f.name in CHOICES else {int: "N", float: "X"}.get(type(f.default), "TEXT")
+                group.add_argument(flag, dest=f.name, type=type(f.default), default=f.default, help=help_text,
+                                   choices=CHOICES.get(f.name), metavar=metavar)
     groups[FaultConfig].add_argument("--fault-seed", dest="fault_seed", type=int, default=1,
                                      help="seed of the fault dice (default %(default)s)")
 
@@ -99,8 +118,8 @@ def _configs(args: argparse.Namespace):
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "sandbox", help="run the local sandbox that behaves like both vendor APIs",
-        description="Serve a local HTTP sandbox that behaves like CareCloud GET /point-history and Capillary "
-                    "GET /v2/points/transfer, with deterministic data, a controllable clock and fault injection. "
+        description="Serve a local HTTP sandbox that behaves like CareCloud GET /point-history and Capillary\n"
+                    "GET /v2/points/transfer, with deterministic data, a controllable clock and fault injection.\n"
                     "Without an action it serves (same as `sandbox serve`).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _serve_flags(p)
@@ -147,7 +166,7 @@ def _serve(args: argparse.Namespace) -> int:
         config, faults = _configs(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     try:
         loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
     except ValueError:

@@ -74,7 +74,8 @@ def read_status(warehouse: Path, runs: int = 10, failing: int = 20) -> dict[str,
         if "_backfill_progress" in tables:
             out["backfill"] = rows(
                 f"SELECT source, min(chunk_start) AS covered_from, max(chunk_end) AS covered_until, "
-                f"count(*) AS chunks, sum(records) AS records, max(completed_at) AS last_chunk_at "
+                f"count(*) AS chunks, sum(records) AS records, sum(customers_failed) AS failed, "
+                f"max(completed_at) AS last_chunk_at "
                 f"FROM {SCHEMA}._backfill_progress GROUP BY source ORDER BY source")
         return out
     finally:
@@ -139,11 +140,12 @@ def render(status: dict[str, Any], console: Any) -> None:
 
     if status["backfill"]:
         bf = Table(title="Backfill coverage", title_justify="left")
-        for col in ["source", "from", "until", "chunks", "records", "last chunk"]:
+        for col in ["source", "from", "until", "chunks", "records", "customer-chunks failed (rerun to retry)",
+                    "last chunk"]:
             bf.add_column(col)
         for b in status["backfill"]:
             bf.add_row(b["source"], _ts(b["covered_from"]), _ts(b["covered_until"]), str(b["chunks"]),
-                       f"{b['records'] or 0:,}", _ts(b["last_chunk_at"]))
+                       f"{b['records'] or 0:,}", f"{b['failed'] or 0:,}", _ts(b["last_chunk_at"]))
         console.print(bf)
 
 

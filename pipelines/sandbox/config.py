@@ -77,6 +77,8 @@ class SandboxConfig:
             raise ValueError("point_amount_sign must be 'signed' or 'unsigned'")
         if self.unknown_customer not in ("400", "empty"):
             raise ValueError("unknown_customer must be '400' or 'empty'")
+        if self.default_sort not in ("point_history_record_time", "insertion"):
+            raise ValueError("default_sort must be 'point_history_record_time' or 'insertion'")
         if self.transfer_group_size < 2:
             raise ValueError("transfer_group_size must be >= 2")
 
@@ -99,7 +101,7 @@ class FaultConfig:
     jitter_ms: float = 0.0                     # + uniform [0, jitter_ms)
     drop_share: float = 0.0                    # connection closed without a response
     truncate_share: float = 0.0                # full Content-Length announced, half the body sent, then closed
-    token_ttl_seconds: float = 7 * 3600        # CareCloud bearer token lifetime (wall clock)
+    token_ttl_seconds: float = 7 * 3600.0       # CareCloud bearer token lifetime (wall clock)
     token_max_requests: int = 0                # token expires after N data requests; 0 = off
     maintenance_share: float = 0.0             # share of customers answered 503 during the maintenance window
     maintenance_after_seconds: float = 0.0     # window starts this long after the server started (wall clock)
