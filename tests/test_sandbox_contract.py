@@ -11,7 +11,6 @@ import requests
 import yaml
 
 from pipelines.sandbox import FaultConfig
-from pipelines.sandbox.config import CARECLOUD_BASE_PATH
 
 # On CI the repository sits beside `shared/` (<repo>/../shared), as it does here.
 SPEC_PATH = Path(__file__).resolve().parents[2] / "shared" / "specs" / "carecloud-openapi.yaml"
