@@ -155,7 +155,12 @@ def test_killed_backfill_resumes_matches_truth_and_keeps_nightly_state(sandbox_f
 
     resumed = _cli([*ETL, "--log-format", "json", *args[len(ETL):]], env)
     assert resumed.returncode == 0, resumed.stderr
-    events = [json.loads(line) for line in resumed.stderr.splitlines()]   # every line is one JSON event
+    events = []
+    for line in resumed.stderr.splitlines():        # every line is one JSON event
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"not a JSON log line: {line!r}")
     assert any(e.get("logger") == "loyalty.progress" and e["progress"]["capillary"]["done"] == 10 for e in events)
     assert "backfill carecloud: 2 chunks of" in resumed.stderr and "2 done before, 0 to load" in resumed.stderr
     assert "backfill capillary: 2 chunks of" in resumed.stderr and "1 done before, 1 to load" in resumed.stderr
@@ -166,6 +171,8 @@ def test_killed_backfill_resumes_matches_truth_and_keeps_nightly_state(sandbox_f
     truth = compare(warehouse, sb.truth(), until=until, initial_start=datetime(2026, 6, 1, tzinfo=timezone.utc),
                     ledger=False)
     assert truth.ok, str(truth)
+    status_out = _cli([*ETL, "status"], env).stdout
+    assert "Backfill coverage" in status_out and "2026-06-01 00:00 │ 2026-10-01 00:00" in status_out
     [(status, customers_done)] = _rows(warehouse, "SELECT status, customers_done FROM loyalty_raw.runs "
                                                   "WHERE command = 'backfill'")
     assert status == "ok" and customers_done == 10            # the one capillary chunk left x 10 customers
