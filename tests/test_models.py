@@ -356,6 +356,17 @@ def test_seed_edit_rewrites_only_affected_rows(built: Path, tmp_path: Path) -> N
                             "WHERE customer_key = 'carecloud:B'") == [(267.0, 0.0, 172.0)]
 
 
+def test_holder_with_other_duckdb_config_is_refused_clearly(built: Path, tmp_path: Path) -> None:
+    """The documented limit of running dbt beside an open connection: a holder opened with any config option
+    makes DuckDB refuse dbt's connection; run_dbt reports "could not run" (2), it does not raise."""
+    warehouse = copy_of(built, tmp_path)
+    holder = duckdb.connect(str(warehouse), config={"threads": 1})
+    try:
+        assert run_dbt(warehouse, ["run", "--select", "dim_customers"], target_dir=tmp_path / "target") == 2
+    finally:
+        holder.close()
+
+
 @pytest.mark.parametrize("damage", ["drop", "double"])
 def test_reconciliation_fails_when_raw_row_dropped_or_doubled(built: Path, tmp_path: Path, damage: str) -> None:
     warehouse = copy_of(built, tmp_path)
