@@ -25,16 +25,6 @@ STORM = dict(random_429_share=0.10, retry_after_share=0.5, error_503_share=0.05,
 FAILURE_CODES = {"retries_exhausted", "http_error"}
 
 
-def _maintenance_customers(rig) -> dict[str, set[str]]:
-    """Customers the sandbox holds in maintenance (asked while the window is still open)."""
-    f = rig.sb.app.faults
-    return {
-        "carecloud": {c for c in rig.sb.customer_ids("carecloud") if f.in_maintenance(c)},
-        "capillary": {c for c in rig.sb.customer_ids("capillary")
-                      if f.in_maintenance(f"{rig.sb.capillary_identifier}:{c}")},
-    }
-
-
 def _storm(rig_factory, name: str, customers: int, window_s: float, seed: int, data_seed: int,
            models: bool = True, **extra) -> dict:
     faults = FaultConfig(**{**STORM, **extra}, maintenance_seconds=window_s, seed=seed)
@@ -43,9 +33,9 @@ def _storm(rig_factory, name: str, customers: int, window_s: float, seed: int, d
     elapsed = time.monotonic() - rig.sb.app.faults.started
     assert elapsed < window_s, (f"seed {seed}: the first run outlasted the maintenance window ({elapsed:.0f}s >= "
                                 f"{window_s}s); the test cannot tell retries from recovery\n{first.describe()}")
-    down = _maintenance_customers(rig)
+    down = {s: set(rig.sb.customers_in_maintenance(s)) for s in ("carecloud", "capillary")}
     # the maintenance ends now (rather than waiting out the wall-clock window)
-    rig.sb.app.faults.config.maintenance_seconds = 0.0
+    rig.sb.update_faults(maintenance_seconds=0)
     assert down["carecloud"] and down["capillary"], f"seed {seed}: no customer in maintenance: {down}"
     assert first.returncode == 2, f"seed {seed}: expected a partial run\n{first.describe()}"
 
