@@ -329,6 +329,19 @@ def failing_customers(limit: int, path: Path | None = None) -> Result:
     )
 
 
+def issue_counts(path: Path | None = None) -> Result:
+    return query(
+        f"""
+        select source, code, count(*) as issues, count(distinct customer_id) as customers,
+               min(occurred_at) as first_seen, max(occurred_at) as last_seen, any_value(message) as example
+        from {RAW}.{SYNC_ISSUES}
+        group by source, code
+        order by issues desc, source, code
+        """,
+        path=path,
+    )
+
+
 def recent_issues(limit: int, path: Path | None = None) -> Result:
     return query(
         f"""

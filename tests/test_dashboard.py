@@ -254,6 +254,13 @@ def test_health_shows_run_freshness_and_failing_customers(warehouse, ledger, mon
         assert fresh.loc[source, "newest_movement"] == newest
         assert fresh.loc[source, "customers"] == rows["customer_key"].nunique()
     assert any("No customer is failing" in s.value for s in at.success)
+    issues = mart(warehouse, "select source, code, count(*) as n from loyalty_raw.sync_issues group by all")
+    if issues.empty:
+        assert any("No issues recorded" in s.value for s in at.success)
+    else:
+        kinds = at.dataframe[2].value
+        assert sorted(zip(kinds["source"], kinds["code"], kinds["issues"])) == sorted(
+            zip(issues["source"], issues["code"], issues["n"]))
 
     # a customer that keeps failing shows up with its error
     broken = tmp_path / "loyalty_warehouse.duckdb"
@@ -299,6 +306,7 @@ def test_busy_message_while_a_writer_holds_the_file(warehouse, monkeypatch, tmp_
         for h in holders:
             h.stdin.close()
             h.wait(timeout=30)
+            h.stdout.close()
 
     # the dashboard holds nothing between requests: a writer gets the file at once after pages were read
     for page in PAGES:
@@ -341,3 +349,4 @@ def test_cli_serves_the_app_on_the_configured_warehouse(warehouse) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        proc.stdout.close()

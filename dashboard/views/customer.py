@@ -37,7 +37,7 @@ st.subheader(f"{system} customer {typed}{name}")
 st.caption(f"Active from {ui.local_time(p['first_activity_at'])} to {ui.local_time(p['last_activity_at'])}, "
            f"{ui.count(p['movements'])} movements.")
 
-cols = st.columns(6)
+cols = st.columns(3) + st.columns(3)
 for col, (label, column) in zip(cols, [
     ("Current balance", "current_balance"),
     ("Earned", "lifetime_earned"),

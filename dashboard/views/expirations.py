@@ -27,11 +27,12 @@ c1.metric(f"Points expiring in {weeks} weeks", ui.points(totals["expiring_points
 c2.metric("Gross points with those dates", ui.points(totals["expiring_points"]), border=True)
 c3.metric("Customers affected", ui.count(totals["customers"]), border=True)
 
+weekly["week"] = [ui.day(d) for d in weekly["week_from"]]
 st.altair_chart(
     alt.Chart(weekly).mark_bar().encode(
-        x=alt.X("week_from:T", title="Week starting", timeUnit="yearmonthdate"),
+        x=alt.X("week:O", title="Week starting", axis=alt.Axis(labelAngle=0)),
         y=alt.Y("expiring_points_capped:Q", title="Points expiring", axis=alt.Axis(format=",.0f")),
-        tooltip=[alt.Tooltip("week_from:T", title="week from", format="%Y-%m-%d"),
+        tooltip=[alt.Tooltip("week:O", title="week from"),
                  alt.Tooltip("expiring_points_capped:Q", title="expiring", format=",.0f"),
                  alt.Tooltip("expiring_points:Q", title="gross", format=",.0f"),
                  alt.Tooltip("customers:Q", format=",")],

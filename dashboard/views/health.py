@@ -18,7 +18,7 @@ if queries.RUNS in raw:
         st.info("No runs recorded yet.")
     else:
         last = runs.iloc[0]
-        c1, c2, c3, c4 = st.columns(4)
+        c1, c2, c3, c4 = st.columns([1, 2, 1, 1])
         c1.metric("Last run", str(last["status"]).upper(), border=True)
         c2.metric("Started", ui.local_time(last["started_at"]), border=True)
         c3.metric("Duration", f"{float(last['duration_s'] or 0):,.1f} s", border=True)
@@ -57,9 +57,15 @@ else:
     st.info("No per-customer sync state yet.")
 
 if queries.SYNC_ISSUES in raw:
-    st.subheader("Recent sync issues")
-    issues = ui.naive_local(ui.load(queries.recent_issues, 100), "occurred_at")
-    if issues.empty:
+    st.subheader("Sync issues")
+    st.caption("Records the load kept but flagged (bad fields, unknown customers, ...), per kind.")
+    kinds = ui.naive_local(ui.load(queries.issue_counts), "first_seen", "last_seen")
+    if kinds.empty:
         st.success("No issues recorded.")
     else:
-        st.dataframe(issues, hide_index=True, column_config=ui.time_columns("occurred_at"))
+        st.dataframe(kinds, hide_index=True,
+                     column_config={**ui.time_columns("first_seen", "last_seen"),
+                                    **ui.number_columns("issues", "customers")})
+        issues = ui.naive_local(ui.load(queries.recent_issues, 100), "occurred_at")
+        with st.expander("The 100 most recent issues"):
+            st.dataframe(issues, hide_index=True, column_config=ui.time_columns("occurred_at"))

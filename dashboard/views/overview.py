@@ -51,7 +51,7 @@ chart = (
     alt.Chart(long)
     .mark_bar()
     .encode(
-        x=alt.X("figure:N", title=None, sort=list(names.values())),
+        x=alt.X("figure:N", title=None, sort=list(names.values()), axis=alt.Axis(labelAngle=0)),
         xOffset=alt.XOffset("period:N", sort=["Previous period", "This period"]),
         y=alt.Y("sum(points):Q", title="Points", axis=alt.Axis(format=",.0f")),
         color=alt.Color("period:N", sort=["Previous period", "This period"], title=None),

@@ -38,7 +38,7 @@ with left:
     st.subheader(f"Top {TOP} stores by points earned")
     st.altair_chart(
         alt.Chart(top).mark_bar().encode(
-            y=alt.Y("store:N", sort=list(stores.head(TOP)["store"]), title=None),
+            y=alt.Y("store:N", sort=list(stores.head(TOP)["store"]), title=None, axis=alt.Axis(labelLimit=260)),
             x=alt.X("points:Q", title="Points", axis=alt.Axis(format=",.0f")),
             color=alt.Color("kind:N", title=None),
             yOffset="kind:N",

@@ -28,7 +28,7 @@ with left:
     st.subheader(f"Largest {limit} flows")
     st.altair_chart(
         alt.Chart(flows.head(25)).mark_bar().encode(
-            y=alt.Y("flow:N", sort="-x", title=None),
+            y=alt.Y("flow:N", sort="-x", title=None, axis=alt.Axis(labelLimit=260)),
             x=alt.X("points:Q", title="Points", axis=alt.Axis(format=",.0f")),
             tooltip=["flow:N", alt.Tooltip("points:Q", format=",.0f"), alt.Tooltip("transfers:Q", format=",")],
         ).properties(height=max(200, 22 * min(len(flows), 25))),
