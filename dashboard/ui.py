@@ -10,7 +10,7 @@ from typing import Any, Callable
 import pandas as pd
 import streamlit as st
 
-from dashboard import db
+from dashboard import db, queries
 from dashboard.db import BUSY_MESSAGE, Result, WarehouseBusy, WarehouseMissing, WarehouseUnavailable
 
 PRESETS = {"Last 7 days": 7, "Last 30 days": 30, "Last 90 days": 90, "Last 365 days": 365}
@@ -102,6 +102,15 @@ def naive_local(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
         if c in out and isinstance(out[c].dtype, pd.DatetimeTZDtype):
             out[c] = out[c].dt.tz_convert(db.timezone()).dt.tz_localize(None)
     return out
+
+
+def data_days() -> tuple[dt.date, dt.date]:
+    """First and last local day with movements; stops the page with a note when the ledger is empty."""
+    span = load(queries.data_range)
+    if span["last_day"].isna().all():
+        st.info("The ledger has no movements yet.")
+        st.stop()
+    return as_date(span["first_day"].iloc[0]), as_date(span["last_day"].iloc[0])
 
 
 def period_picker(first_day: dt.date, last_day: dt.date, key: str = "period") -> tuple[dt.date, dt.date]:

@@ -11,11 +11,7 @@ from dashboard import queries, ui
 
 st.title("Loyalty points overview")
 
-span = ui.load(queries.data_range)
-if span["last_day"].isna().all():
-    st.info("The ledger has no movements yet.")
-    st.stop()
-first_day, last_day = ui.as_date(span["first_day"].iloc[0]), ui.as_date(span["last_day"].iloc[0])
+first_day, last_day = ui.data_days()
 
 start, end = ui.period_picker(first_day, last_day, key="overview")
 prev_start, prev_end = ui.previous_period(start, end)

@@ -9,11 +9,7 @@ from dashboard import queries, ui
 
 st.title("Trends")
 
-span = ui.load(queries.data_range)
-if span["last_day"].isna().all():
-    st.info("The ledger has no movements yet.")
-    st.stop()
-first_day, last_day = ui.as_date(span["first_day"].iloc[0]), ui.as_date(span["last_day"].iloc[0])
+first_day, last_day = ui.data_days()
 
 left, right = st.columns([3, 1])
 with left:

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 HELP = "open the points dashboard (Streamlit) on the configured warehouse, read-only"
 
@@ -47,7 +48,12 @@ def handle(args: argparse.Namespace) -> int:
 
     sys.path.insert(0, str(APP.parents[1]))  # the dashboard package lives beside `pipelines`, not installed with it
     warehouse = warehouse_path()
-    timezone = args.timezone or dlt.config.get("loyalty.dashboard_timezone") or "Europe/Prague"
+    timezone = str(args.timezone or dlt.config.get("loyalty.dashboard_timezone") or "Europe/Prague")
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        print(f"error: unknown time zone {timezone!r}; use an IANA name such as Europe/Prague", file=sys.stderr)
+        return 2
     if not warehouse.exists():
         print(f"note: no warehouse at {warehouse} yet; run `loyalty-etl demo` or `loyalty-etl run` first",
               file=sys.stderr)
