@@ -247,7 +247,9 @@ class SandboxApp:
         lo = 0 if tf is None else (bisect_left(vtimes, tf) if fi else bisect_right(vtimes, tf))
         hi = len(vtimes) if tt is None else (bisect_right(vtimes, tt) if ti else bisect_left(vtimes, tt))
         sel = vidx[lo:hi]
-        vis, recs = h.visible, h.records
+        vis = h.visible
+        if store or partner or op_type or op_note or ptype or sort_field not in (None, "point_history_record_time"):
+            recs = h.records
         if store or partner or op_type or op_note or ptype:
             op_type_l, op_note_l = (op_type or "").lower(), (op_note or "").lower()
             sel = [j for j in sel if not (
@@ -264,7 +266,7 @@ class SandboxApp:
         page = sel[offset: offset + count]
         with self._lock:
             self.records_served["carecloud"] += len(page)
-        body = b"".join((b'{"data":{"point_history":[', b",".join([h.encoded[j] for j in page]),
+        body = b"".join((b'{"data":{"point_history":[', h.page_json(page),
                          b'],"total_items":', str(len(sel)).encode(), b"}}"))
         resp = Response(200, body)
         if fault is not None:

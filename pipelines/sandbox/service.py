@@ -108,7 +108,7 @@ class Sandbox:
         n = 0
         gen = self.app.data
         for i in list(self._listed["carecloud"])[:limit]:
-            n += len(gen.carecloud(i).records)
+            n += len(gen.carecloud(i))
         for i in list(self._listed["capillary"])[:limit]:
             gen.capillary_view(i)
         return n
