@@ -385,3 +385,18 @@ def test_capillary_faults_use_the_capillary_error_shape(sandbox_factory):
     codes = [s.get(limited.url + "/v2/customers/564000001/pointsTransfers", auth=BASIC) for _ in range(5)]
     assert [r.status_code for r in codes][:2] == [200, 200] and codes[-1].status_code == 429
     assert "Retry-After" not in codes[-1].headers
+
+
+def test_capillary_truth_follows_the_identifier_in_the_customer_file(sandbox_factory, tmp_path):
+    sb = sandbox_factory(customers=12)
+    paths = sb.write_customer_files(tmp_path, capillary_identifier="mobile")
+    mobiles = paths["capillary"].read_text().split()[1:]
+    assert mobiles == [sb.app.data.capillary_identifiers(i)["mobile"] for i in range(12)]
+    s = requests.Session()
+    api = Counter()
+    for m in mobiles:
+        for rec in s.get(sb.url + "/v2/points/transfer", auth=BASIC,
+                         params={"source": "INSTORE", "identifierName": "mobile", "identifierValue": m}).json()["data"]:
+            api[(m, rec["transferId"], rec["transferType"])] += 1
+    truth = sb.truth().capillary_customer_transfers.to_pylist()
+    assert api and api == Counter((r["customer_id"], r["transfer_id"], r["transfer_type"]) for r in truth)
