@@ -224,6 +224,8 @@ def test_faults_rate_limit_drop_truncate_maintenance(sandbox_factory):
     with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.ConnectionError)):
         Client(trunc).page(trunc.customer_ids("carecloud")[7], count=1000)
     assert trunc.stats()["faults"]["truncated_body"] == 1
+    assert trunc.stats()["requests"]["carecloud.point_history"] == {"truncated": 1}
+    assert drops.stats()["requests"]["carecloud.point_history"] == {"dropped": 1}
 
     maint = sandbox_factory(customers=40, maintenance_share=0.5, maintenance_seconds=60)
     cm = Client(maint)

@@ -96,8 +96,9 @@ class SandboxApp:
         if delay:
             resp.delay = delay
             self.faults.count("latency")
+        status = {F.DROP: "dropped", F.TRUNCATE: "truncated"}.get(resp.action, resp.status)
         with self._lock:
-            self.requests[f"{resp.endpoint or 'other'} {resp.status}"] += 1
+            self.requests[f"{resp.endpoint or 'other'} {status}"] += 1
         return resp
 
     def _route(self, req: Request) -> Response:
