@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -74,6 +73,23 @@ class TextFormatter(logging.Formatter):
         return redact(base.replace("\n", " | "))
 
 
+class _KeepFormatterHandler(logging.StreamHandler):
+    """A stream handler whose formatter cannot be replaced from outside (dlt assigns its own to the handler)."""
+
+    _kept: logging.Formatter | None = None
+
+    def keep(self, formatter: logging.Formatter | None) -> None:
+        self._kept = formatter
+
+    @property  # type: ignore[override]
+    def formatter(self) -> logging.Formatter | None:
+        return self._kept
+
+    @formatter.setter
+    def formatter(self, value: logging.Formatter | None) -> None:
+        pass
+
+
 def setup_logging(fmt: str = "text", verbose: int = 0) -> None:
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
@@ -82,13 +98,12 @@ def setup_logging(fmt: str = "text", verbose: int = 0) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"))
-    # dlt configures its own "dlt" logger (no propagation) when a pipeline starts; make its lines match ours:
-    # one readable line in text mode, one JSON object (dlt's own layout) in JSON mode, so a log shipper never
-    # meets a line it cannot parse. An explicit [runtime] log_format / RUNTIME__LOG_FORMAT still wins.
-    os.environ.setdefault("RUNTIME__LOG_FORMAT", "JSON" if fmt == "json" else "{asctime} {levelname} {name}: {message}")
-    # dlt reuses a handler it finds on its logger (and sets its formatter from RUNTIME__LOG_FORMAT): give it one
-    # that redacts too and shares our handler's lock, so a dlt line and ours written from two threads never mix.
-    dlt_handler = logging.StreamHandler(sys.stderr)
+    # dlt configures its own "dlt" logger (no propagation) when a pipeline starts, reusing a handler it finds there
+    # and setting its own formatter on it. Give it one that keeps our formatter, redacts, and shares our handler's
+    # lock: dlt's lines then look like ours (JSON in JSON mode, so a log shipper never meets a line it cannot parse)
+    # and a dlt line and ours written from two threads never mix.
+    dlt_handler = _KeepFormatterHandler(sys.stderr)
+    dlt_handler.keep(handler.formatter)
     dlt_handler.lock = handler.lock
     dlt_handler.addFilter(RedactingFilter())
     logging.getLogger("dlt").handlers[:] = [dlt_handler]
