@@ -322,7 +322,7 @@ class DataGenerator:
             local_dt = _EPOCH + timedelta(seconds=ts + self.offsets[bisect_right(self.transitions, ts)])
             amount, ext = self._amount_and_ext(rng, op, ts, local_dt.date())
             anomalies = []
-            if ext is not None and rng.random() < 0.002:
+            if ext and rng.random() < 0.002:
                 ext = ext[: max(1, len(ext) // 2)]  # a rare invalid JSON string, as seen in real exports
                 anomalies.append("invalid_json")
             store = home_store if rng.random() < 0.7 else int(rng.random() * len(self.stores))
