@@ -4,12 +4,10 @@ hook once; a backfill killed mid-way resumes, ends identical to the truth and le
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,33 +16,12 @@ import pytest
 
 from chaos.compare import compare
 from chaos.harness import KILLED
+from test_ops_parts import receiver  # noqa: F401  (fixture: a webhook receiver on a free port)
 
 ROOT = Path(__file__).resolve().parents[1]
 ETL = [sys.executable, "-m", "pipelines.cli"]
 CRON = ROOT / "deploy" / "cron" / "loyalty-etl-cron.sh"
 VENV = Path(sys.executable).parent.parent
-
-
-class _Receiver(http.server.BaseHTTPRequestHandler):
-    received: list[dict] = []
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        self.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def receiver():
-    handler = type("Receiver", (_Receiver,), {"received": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", handler.received
-    server.shutdown()
-    server.server_close()
 
 
 def _setup(sandbox_factory, sandbox_env, tmp_path, customers: int = 12, **env: str):
@@ -111,7 +88,7 @@ def test_cron_run_leaves_log_and_runs_row_and_status_shows_it(sandbox_factory, s
 
 
 def test_failing_run_calls_the_alert_hook_once(sandbox_factory, sandbox_env, tmp_path, receiver):
-    url, received = receiver
+    url, requests = receiver
     out = tmp_path / "alert.txt"
     # Capillary's API is unreachable (nothing listens on port 9): its customers fail, CareCloud's load
     sb, warehouse, env, until = _setup(
@@ -125,14 +102,14 @@ def test_failing_run_calls_the_alert_hook_once(sandbox_factory, sandbox_env, tmp
     [(run_id, failed)] = _rows(warehouse, "SELECT run_id, customers_failed FROM loyalty_raw.runs "
                                           "WHERE status = 'partial' AND exit_code = 2")
     assert failed == 5
-    assert len(received) == 1, received          # the run alerted itself; the wrapper did not alert again
-    run = received[0]["run"]
+    assert len(requests) == 1, requests          # the run alerted itself; the wrapper did not alert again
+    run = requests[0]["body"]["run"]
     assert run["run_id"] == run_id and run["status"] == "partial"
     assert sorted(run["sources"]["capillary"]["failed_customers"]) == sorted(sb.customer_ids("capillary"))
     assert run["sources"]["carecloud"]["customers_done"] == 5          # the good source still loaded
     text = out.read_text()
     assert text.startswith(f"run {run_id} (run): PARTIAL") and "failed: " in text
-    assert "sandbox-password" not in text + json.dumps(received)
+    assert "sandbox-password" not in text + json.dumps(requests)
 
 
 def test_killed_backfill_resumes_matches_truth_and_keeps_nightly_state(sandbox_factory, sandbox_env, tmp_path):
