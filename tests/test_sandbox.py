@@ -402,3 +402,27 @@ def test_capillary_truth_follows_the_identifier_in_the_customer_file(sandbox_fac
             api[(m, rec["transferId"], rec["transferType"])] += 1
     truth = sb.truth().capillary_customer_transfers.to_pylist()
     assert api and api == Counter((r["customer_id"], r["transfer_id"], r["transfer_type"]) for r in truth)
+
+
+def test_repeated_autumn_hour_holds_both_real_hours(sandbox_factory):
+    """In the repeated hour, local 02:xx stands for two real hours; a time_from/time_to query on the local hour
+    returns records of both (the server compares project-local strings, as the vendor documents)."""
+    sb = sandbox_factory(customers=300, now="2027-07-01T00:00:00Z")
+    gen = sb.app.data
+    c = Client(sb)
+    both = 0
+    for i in range(2, 300, 7):  # the DST customers
+        h = gen.carecloud(i)
+        for day in ("2024-10-27", "2025-10-26", "2026-10-25"):
+            hour = [j for j, t in enumerate(h.times) if t.startswith(day + " 02:")]
+            if not hour:
+                continue
+            offsets = {round((h.instants[j] - local_to_epoch_naive(h.times[j])) / 3600) for j in hour}
+            got = c.all(gen.carecloud_id(i), time_from=f"{day} 02:00:00", time_to=f"{day}T02:59:59")
+            assert [r["point_history_record_time"] for r in got] == [h.times[j] for j in hour]
+            both += offsets == {-2, -1}  # CEST (UTC+2) and CET (UTC+1) records under the same local hour
+    assert both, "some customer has records from both real hours behind one local hour"
+
+
+def local_to_epoch_naive(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
