@@ -206,7 +206,7 @@ def test_token_expiry_gives_401_then_login_again_works(sandbox_factory):
 
 
 def test_faults_rate_limit_drop_truncate_maintenance(sandbox_factory):
-    sb = sandbox_factory(customers=5, rate_limit_rps=5, rate_limit_burst=5)
+    sb = sandbox_factory(customers=5, rate_limit_rps=5, rate_limit_burst=5, retry_after_share=1.0)
     c = Client(sb)
     cid = sb.customer_ids("carecloud")[1]
     statuses = [c.page(cid) for _ in range(12)]
@@ -383,7 +383,7 @@ def test_capillary_faults_use_the_capillary_error_shape(sandbox_factory):
             assert r.headers["Retry-After"] == "1"
         seen.add(r.status_code)
     assert seen == {429, 503}
-    limited = sandbox_factory(customers=5, rate_limit_rps=2, rate_limit_burst=2, retry_after_share=0.0)
+    limited = sandbox_factory(customers=5, rate_limit_rps=2, rate_limit_burst=2)  # default: no Retry-After
     codes = [s.get(limited.url + "/v2/customers/564000001/pointsTransfers", auth=BASIC) for _ in range(5)]
     assert [r.status_code for r in codes][:2] == [200, 200] and codes[-1].status_code == 429
     assert "Retry-After" not in codes[-1].headers

@@ -94,7 +94,8 @@ class FaultConfig:
 
     rate_limit_rps: float = 0.0                # token bucket per credential; 0 = off
     rate_limit_burst: float = 0.0              # bucket size; 0 = max(1, rps)
-    retry_after_share: float = 1.0             # share of 429s that carry a Retry-After header
+    retry_after_share: float = 0.0             # share of 429s with Retry-After; neither vendor documents the
+                                               # header (api-notes 1.7, 2.6), so none by default
     random_429_share: float = 0.0              # 429 regardless of the bucket
     error_503_share: float = 0.0
     latency_ms: float = 0.0                    # added before every response (login too)
