@@ -8,13 +8,15 @@ starts) exactly as it was.
 Resumability: after a chunk's load and bookkeeping commit, one row goes into `loyalty_raw._backfill_progress`.
 A rerun of the same command skips every chunk already covered by completed rows (coverage is by interval, so a rerun
 with another `--chunk` still skips what is done), and for a chunk that completed with failed customers it retries
-only those customers. A crash between a chunk's load and its progress row only means that chunk is loaded again:
+only those customers. Progress is kept per customer list (a fingerprint of the ids): with a changed list nothing
+counts as done, since a chunk loaded for yesterday's list never fetched a customer added since. A crash between a chunk's load and its progress row only means that chunk is loaded again:
 raw tables merge on their keys, so the rerun leaves the data identical.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -33,6 +35,7 @@ DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {SCHEMA};
 CREATE TABLE IF NOT EXISTS {TABLE} (
     source TEXT NOT NULL,
+    customer_set TEXT NOT NULL,  -- fingerprint of the customer list the chunk was loaded for
     chunk_start TIMESTAMPTZ NOT NULL,
     chunk_end TIMESTAMPTZ NOT NULL,
     run_id TEXT,
@@ -41,7 +44,7 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     failed_customers JSON,      -- retried (alone) by the next run of the same backfill
     records BIGINT,
     completed_at TIMESTAMPTZ,
-    PRIMARY KEY (source, chunk_start, chunk_end)
+    PRIMARY KEY (source, customer_set, chunk_start, chunk_end)
 );
 """
 
@@ -84,19 +87,31 @@ def _merge(intervals: list[tuple[dt.datetime, dt.datetime]]) -> list[tuple[dt.da
     return merged
 
 
+def customer_set(customers: Sequence[str]) -> str:
+    """Fingerprint of a customer list (order and duplicates ignored). Progress counts only for the same list: a
+    chunk done for yesterday's list says nothing about a customer added since."""
+    digest = hashlib.sha256()
+    for cid in sorted(set(customers)):
+        digest.update(cid.encode() + b"\n")
+    return f"{len(set(customers))}:{digest.hexdigest()[:16]}"
+
+
 @dataclass
 class ChunkPlan:
     chunk: Chunk
     customers: list[str]          # who to load in this chunk (all, or only those that failed last time)
+    customer_set: str             # the whole list's fingerprint, under which the chunk is recorded
     retry: bool = False
 
 
 def pending(conn: duckdb.DuckDBPyConnection, source: str, chunks: Sequence[Chunk],
             customers: list[str]) -> list[ChunkPlan]:
-    """What is left to do for `source`: chunks not covered by fully completed rows, and for a chunk recorded with
-    failures, just its failed customers (still in today's list)."""
+    """What is left to do for `source` and this customer list: chunks not covered by fully completed rows, and for
+    a chunk recorded with failures, just its failed customers."""
+    cset = customer_set(customers)
     rows = conn.execute(
-        f"SELECT chunk_start, chunk_end, customers_failed, failed_customers FROM {TABLE} WHERE source = ?", [source]
+        f"SELECT chunk_start, chunk_end, customers_failed, failed_customers FROM {TABLE} "
+        "WHERE source = ? AND customer_set = ?", [source, cset]
     ).fetchall()
     covered = _merge([(s, e) for s, e, failed, _ in rows if not failed])
     partial = {(s, e): json.loads(f or "[]") for s, e, failed, f in rows if failed}
@@ -107,9 +122,9 @@ def pending(conn: duckdb.DuckDBPyConnection, source: str, chunks: Sequence[Chunk
             continue
         retry = partial.get((c.start, c.end))
         if retry is not None:
-            plans.append(ChunkPlan(c, [x for x in retry if x in listed], retry=True))
+            plans.append(ChunkPlan(c, [x for x in retry if x in listed], cset, retry=True))
         else:
-            plans.append(ChunkPlan(c, list(customers)))
+            plans.append(ChunkPlan(c, list(customers), cset))
     return plans
 
 
@@ -117,18 +132,18 @@ def record_chunk(conn: duckdb.DuckDBPyConnection, source: str, plan: ChunkPlan, 
                  records: int) -> None:
     """Mark a chunk done (or done with these failures). Written only after the chunk's load committed."""
     conn.execute(
-        f"""INSERT INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (source, chunk_start, chunk_end) DO UPDATE SET
+        f"""INSERT INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (source, customer_set, chunk_start, chunk_end) DO UPDATE SET
               run_id = excluded.run_id, customers = excluded.customers,
               customers_failed = excluded.customers_failed, failed_customers = excluded.failed_customers,
               records = {TABLE}.records + excluded.records, completed_at = excluded.completed_at""",
-        [source, plan.chunk.start, plan.chunk.end, run_id, len(plan.customers), len(failed), json.dumps(failed),
+        [source, plan.customer_set, plan.chunk.start, plan.chunk.end, run_id, len(plan.customers), len(failed), json.dumps(failed),
          records, pendulum.now("UTC")],
     )
 
 
 def backfill(settings: Any, sources: Sequence[str], since: dt.datetime, until: dt.datetime,
-             chunk: dt.timedelta, *, models: bool = True) -> RunReport:
+             chunk: dt.timedelta, *, models: bool = True, customers_file: str | None = None) -> RunReport:
     """Run (or resume) a backfill; returns the run report (also written as a `runs` row, command `backfill`).
     Raises `RunLocked` when another run holds the warehouse."""
     from pipelines import runner, state
@@ -151,7 +166,7 @@ def backfill(settings: Any, sources: Sequence[str], since: dt.datetime, until: d
                 ensure_table(conn)
                 work: dict[str, list[ChunkPlan]] = {}
                 for source in sources:
-                    listed = load_customers(settings.source(source).customers, conn)
+                    listed = load_customers(customers_file or settings.source(source).customers, conn)
                     issues.extend(listed.issues(source))
                     work[source] = pending(conn, source, chunks, listed.ids)
                     report.sources[source] = SourceReport(window_start=chunks[0].start, window_end=chunks[-1].end,

@@ -263,6 +263,9 @@ def test_backfill_chunks_and_resume_bookkeeping(tmp_path):
     left = backfill.pending(con, "carecloud", chunks, customers)
     assert [(p.chunk, p.customers, p.retry) for p in left] == [(chunks[1], ["b"], True), (chunks[2], customers, False)]
     assert backfill.pending(con, "capillary", chunks, customers)[0].customers == customers  # per source
+    # a customer added to the list: nothing done so far fetched it, so every chunk is pending for the new list
+    assert [p.chunk for p in backfill.pending(con, "carecloud", chunks, [*customers, "d"])] == chunks
+    assert backfill.customer_set(["b", "a", "a"]) == backfill.customer_set(["a", "b"])
     # a rerun with another chunk size still skips what completed rows cover
     daily = backfill.plan_chunks(since, until, pendulum.duration(days=1))
     assert min(p.chunk.start for p in backfill.pending(con, "carecloud", daily, customers)) == chunks[1].start

@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk", default="7d", help="chunk length: 7d, 1w, 12h, ... (default 7d)")
     p.add_argument("--source", action="append", choices=SOURCES,
                    help="limit to one source (repeatable; default both)")
+    p.add_argument("--customers", metavar="FILE",
+                   help="CSV with a customer_id column instead of each source's configured list")
     p.add_argument("--no-models", action="store_true", help="do not rebuild the dbt marts afterwards")
     p.set_defaults(func=handle)
 
@@ -40,7 +42,8 @@ def handle(args: argparse.Namespace) -> int:
         since = parse_instant(args.since, "--since")
         until = parse_instant(args.until, "--until")
         chunk = parse_duration(args.chunk)
-        report = backfill(settings, args.source or SOURCES, since, until, chunk, models=not args.no_models)
+        report = backfill(settings, args.source or SOURCES, since, until, chunk, models=not args.no_models,
+                          customers_file=args.customers)
     except (ConfigError, ValueError, RunLocked) as exc:
         print(f"loyalty-etl backfill: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
