@@ -14,6 +14,7 @@ with raw as (
     from {{ source('loyalty_raw', 'carecloud_point_history') }} as r
     left join {{ ref('carecloud_operation_types') }} as s
         on lower(trim(s.operation_type)) = lower(trim(r.point_operation_type))
+    where r.recorded_at is not null  -- records without a usable time are not on the ledger (bad_record_time)
     group by r.customer_id
 ),
 

@@ -33,6 +33,9 @@ with carecloud as (
         purchase_value,
         external_purchase_id
     from {{ ref('stg_carecloud__point_history') }}
+    -- a record whose time the API sent broken cannot be placed on the ledger; it stays in the raw table and
+    -- in sync_issues (bad_record_time), and the staging not_null test warns about it
+    where recorded_at is not null
 ),
 
 transfers as (
