@@ -16,6 +16,7 @@ import pytest
 
 from chaos.compare import compare
 from chaos.harness import KILLED
+from pipelines.commands.status import read_status
 from test_ops_parts import receiver  # noqa: F401  (fixture: a webhook receiver on a free port)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,8 +149,10 @@ def test_killed_backfill_resumes_matches_truth_and_keeps_nightly_state(sandbox_f
     truth = compare(warehouse, sb.truth(), until=until, initial_start=datetime(2026, 6, 1, tzinfo=timezone.utc),
                     ledger=False)
     assert truth.ok, str(truth)
-    status_out = _cli([*ETL, "status"], env).stdout
-    assert "Backfill coverage" in status_out and "2026-06-01 00:00 │ 2026-10-01 00:00" in status_out
+    coverage = {b["source"]: (b["covered_from"], b["covered_until"], b["chunks"])
+                for b in read_status(warehouse)["backfill"]}                 # what `status` shows
+    june, october = datetime(2026, 6, 1, tzinfo=timezone.utc), datetime(2026, 10, 1, tzinfo=timezone.utc)
+    assert coverage == {"carecloud": (june, october, 2), "capillary": (june, october, 2)}
     [(status, customers_done)] = _rows(warehouse, "SELECT status, customers_done FROM loyalty_raw.runs "
                                                   "WHERE command = 'backfill'")
     assert status == "ok" and customers_done == 10            # the one capillary chunk left x 10 customers
