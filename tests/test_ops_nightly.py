@@ -17,6 +17,7 @@ import pytest
 from chaos.compare import compare
 from chaos.harness import KILLED
 from pipelines.commands.status import read_status
+from pipelines.sandbox.config import CAPILLARY_PASSWORD, CARECLOUD_PASSWORD
 from test_ops_parts import receiver  # noqa: F401  (fixture: a webhook receiver on a free port)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +62,7 @@ def test_cron_run_leaves_log_and_runs_row_and_status_shows_it(sandbox_factory, s
     assert len(logs) == 1 and (tmp_path / "logs" / "latest.log").resolve() == logs[0].resolve()
     log = logs[0].read_text()
     assert "\x1b[" not in log                                # no terminal: plain lines, no rich control codes
+    assert CARECLOUD_PASSWORD not in log and CAPILLARY_PASSWORD not in log
     assert "loyalty-etl-cron: start: loyalty-etl run" in log and "exit code 0" in log
     progress = [line for line in log.splitlines() if "INFO loyalty.progress: progress " in line]
     assert progress and "carecloud: 12/12 customers (0 failed)" in progress[-1]
@@ -110,7 +112,7 @@ def test_failing_run_calls_the_alert_hook_once(sandbox_factory, sandbox_env, tmp
     assert run["sources"]["carecloud"]["customers_done"] == 5          # the good source still loaded
     text = out.read_text()
     assert text.startswith(f"run {run_id} (run): PARTIAL") and "failed: " in text
-    assert "sandbox-password" not in text + json.dumps(requests)
+    assert CAPILLARY_PASSWORD not in text + json.dumps(requests)
 
 
 def test_killed_backfill_resumes_matches_truth_and_keeps_nightly_state(sandbox_factory, sandbox_env, tmp_path):
