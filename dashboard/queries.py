@@ -222,16 +222,22 @@ def expiring_as_of(path: Path | None = None) -> Result:
 
 # --- Customer lookup: dim_customers + the ledger ----------------------------------------------------------------
 
-def customer(system: str, customer_id: str, path: Path | None = None) -> Result:
+def customer(system: str, typed_id: str, path: Path | None = None) -> Result:
+    """The customer by its id in the marts, or for Capillary also by external id or the identifier the pipeline
+    queried it with (people know those, not the entity id); exact id matches first."""
     return query(
         f"""
-        select customer_id, source_system, full_name, external_id, first_activity_at, last_activity_at,
-               movements, lifetime_earned, lifetime_redeemed, lifetime_expired, lifetime_transferred_in,
-               lifetime_transferred_out, current_balance
+        select customer_id, source_system, full_name, external_id, queried_identifiers, first_activity_at,
+               last_activity_at, movements, lifetime_earned, lifetime_redeemed, lifetime_expired,
+               lifetime_transferred_in, lifetime_transferred_out, current_balance
         from {CUSTOMERS}
-        where source_system = ? and customer_id = ?
+        where source_system = $1
+          and (customer_id = $2 or external_id = $2
+               or list_contains(string_split(coalesce(queried_identifiers, ''), ', '), $2))
+        order by customer_id = $2 desc, customer_id
+        limit 2
         """,
-        (system, customer_id), path=path,
+        (system, typed_id), path=path,
     )
 
 

@@ -74,13 +74,13 @@ def mart(warehouse: Path, sql: str) -> pd.DataFrame:
         con.close()
 
 
-def open_page(page: str, path: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+def open_page(page: str, path: Path, monkeypatch: pytest.MonkeyPatch, at: AppTest | None = None) -> AppTest:
+    """Run one page on `path`. Pass `at` to go on in the same browser session: a new AppTest scans every
+    installed package for Streamlit components (seconds), so loops over pages reuse one."""
     monkeypatch.setenv(WAREHOUSE_ENV, str(path))
     monkeypatch.setenv(TIMEZONE_ENV, TZ)
-    at = AppTest.from_file(str(APP), default_timeout=60)
-    at.run()
-    if page != "overview":
-        at.switch_page(f"views/{page}.py").run()
+    at = at or AppTest.from_file(str(APP), default_timeout=60)
+    at.switch_page(f"views/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -243,6 +243,21 @@ def test_customer_lookup_ledger_and_running_balance(system, warehouse, ledger, m
     assert any("No " + system + " customer with id `no-such-customer`" in w.value for w in at.warning)
 
 
+def test_capillary_lookup_by_external_id(warehouse, ledger, monkeypatch) -> None:
+    known = mart(warehouse, """select customer_id, external_id from loyalty.dim_customers
+                              where source_system = 'capillary' and external_id is not null
+                                and external_id <> customer_id order by customer_id limit 1""")
+    assert len(known), "the sandbox names Capillary parties with external ids"
+    customer_id, external_id = known.iloc[0]
+    at = open_page("customer", warehouse, monkeypatch)
+    at.radio(key="customer_system").set_value("capillary").run()
+    at.text_input(key="customer_id").input(external_id).run()
+    assert not at.exception
+    assert customer_id in at.subheader[0].value
+    mine = ledger[(ledger["source_system"] == "capillary") & (ledger["customer_id"] == customer_id)]
+    assert sorted(at.dataframe[0].value["ledger_key"]) == sorted(mine["ledger_key"])
+
+
 def test_health_shows_run_freshness_and_failing_customers(warehouse, ledger, monkeypatch, tmp_path) -> None:
     at = open_page("health", warehouse, monkeypatch)
     runs = at.dataframe[0].value
@@ -294,9 +309,10 @@ def test_busy_message_while_a_writer_holds_the_file(warehouse, monkeypatch, tmp_
     before = metrics(open_page("overview", seen, monkeypatch))
 
     holders = [hold_writer(seen), hold_writer(unseen)]
+    at = None
     try:
         for page in PAGES:                                  # never read before: nothing to show but the message
-            at = open_page(page, unseen, monkeypatch)
+            at = open_page(page, unseen, monkeypatch, at)
             assert [w.value for w in at.warning] == [BUSY_MESSAGE], page
             assert not at.metric and not at.dataframe, page
         at = open_page("overview", seen, monkeypatch)       # read a moment ago: the last good figures, labelled
@@ -310,7 +326,8 @@ def test_busy_message_while_a_writer_holds_the_file(warehouse, monkeypatch, tmp_
 
     # the dashboard holds nothing between requests: a writer gets the file at once after pages were read
     for page in PAGES:
-        open_page(page, unseen, monkeypatch)
+        at = open_page(page, unseen, monkeypatch, at)
+        assert not at.warning, page
     writer = subprocess.run([sys.executable, "-c", "import duckdb, sys; duckdb.connect(sys.argv[1]).close()",
                              str(unseen)], capture_output=True, text=True, timeout=30)
     assert writer.returncode == 0, writer.stderr
@@ -320,8 +337,9 @@ def test_pages_explain_a_missing_or_empty_warehouse(monkeypatch, tmp_path) -> No
     empty = tmp_path / "empty.duckdb"
     duckdb.connect(str(empty)).close()
     for path, text in ((tmp_path / "nothing-here.duckdb", "No warehouse at"), (empty, "not built yet")):
+        at = None
         for page in PAGES:
-            at = open_page(page, path, monkeypatch)
+            at = open_page(page, path, monkeypatch, at)
             assert any(text in i.value for i in at.info), (page, [i.value for i in at.info])
 
 

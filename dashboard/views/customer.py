@@ -15,7 +15,7 @@ with left:
 with right:
     typed = st.text_input(
         "Customer id", key="customer_id",
-        placeholder="CareCloud customer id, or Capillary entity id",
+        placeholder="CareCloud customer id; Capillary entity id, external id or the identifier loaded with",
     ).strip()
 
 suggestions = ui.load(queries.top_customers, system, 10)
@@ -32,8 +32,11 @@ if profile.empty:
     st.warning(f"No {system} customer with id `{typed}`.")
     st.stop()
 p = profile.iloc[0]
+if len(profile) > 1 and p["customer_id"] != typed:
+    st.caption(f"More than one {system} customer matches `{typed}`; showing `{p['customer_id']}`.")
+customer_id = str(p["customer_id"])
 name = f" — {p['full_name']}" if isinstance(p["full_name"], str) and p["full_name"].strip() else ""
-st.subheader(f"{system} customer {typed}{name}")
+st.subheader(f"{system} customer {customer_id}{name}")
 st.caption(f"Active from {ui.local_time(p['first_activity_at'])} to {ui.local_time(p['last_activity_at'])}, "
            f"{ui.count(p['movements'])} movements.")
 
@@ -48,7 +51,7 @@ for col, (label, column) in zip(cols, [
 ]):
     col.metric(label, ui.points(p[column]), border=True)
 
-ledger = ui.naive_local(ui.load(queries.customer_ledger, system, typed), "occurred_at")
+ledger = ui.naive_local(ui.load(queries.customer_ledger, system, customer_id), "occurred_at")
 st.altair_chart(
     alt.Chart(ledger).mark_line(interpolate="step-after", point=len(ledger) <= 60).encode(
         x=alt.X("occurred_at:T", title=None),
