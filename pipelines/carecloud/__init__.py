@@ -24,20 +24,24 @@ COLUMNS: dict[str, Any] = {
     "_loaded_run_id": {"data_type": "text"},
 }
 CHILD_PRIMARY_KEY = ["record_key", "_idx"]
+CHILD_COLUMNS: dict[str, Any] = {"record_key": {"data_type": "text", "nullable": False},
+                                 "_idx": {"data_type": "bigint", "nullable": False},
+                                 "_loaded_run_id": {"data_type": "text"}}
 
 
 def _emit(batch: PointHistoryBatch, job: ExtractJob) -> Iterator[Any]:
     tables, issues = batch.build()
     job.issues.extend(issues)
     for name, table in tables:
+        # every table as a variant with its own complete hints: hints set on the resource itself would be
+        # inherited by the child tables (dlt copies resource column hints into variants)
         if name == POINT_HISTORY_TABLE:
-            yield table
+            hints = dlt.mark.make_hints(table_name=name, write_disposition="merge", primary_key="record_key",
+                                        columns=COLUMNS)
         else:
-            yield dlt.mark.with_hints(table, dlt.mark.make_hints(
-                table_name=name, write_disposition="merge", primary_key=CHILD_PRIMARY_KEY,
-                columns={"record_key": {"data_type": "text", "nullable": False},
-                         "_idx": {"data_type": "bigint", "nullable": False}}),
-                create_table_variant=True)
+            hints = dlt.mark.make_hints(table_name=name, write_disposition="merge", primary_key=CHILD_PRIMARY_KEY,
+                                        columns=CHILD_COLUMNS)
+        yield dlt.mark.with_hints(table, hints, create_table_variant=True)
 
 
 @dlt.source(name="carecloud", max_table_nesting=0)
@@ -55,8 +59,7 @@ def point_history_resource(api: CareCloudApi, job: ExtractJob) -> Any:
         records, _ = api.fetch(customer_id, time_from, time_to)
         return records
 
-    @dlt.resource(name=POINT_HISTORY_TABLE, write_disposition="merge", primary_key="record_key", columns=COLUMNS,
-                  parallelized=True)
+    @dlt.resource(name=POINT_HISTORY_TABLE, write_disposition="merge", parallelized=True)
     def point_history() -> Iterator[Any]:
         batch = PointHistoryBatch(api.timezone, job.run_id, job.types)
         for (customer_id, window), result in run_concurrently(job.tasks, fetch, job.concurrency):
