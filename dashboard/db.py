@@ -99,6 +99,11 @@ def query(sql: str, params: tuple[Any, ...] = (), path: Path | None = None, tz: 
             "The marts this page reads are not built yet (run `loyalty-etl models`). "
             f"DuckDB said: {str(exc).splitlines()[0]}"
         ) from exc
+    except duckdb.Error as exc:
+        # e.g. a column the page expects is missing: marts from another version of the project
+        raise WarehouseUnavailable(
+            f"The warehouse could not answer this page's question: {str(exc).splitlines()[0]}"
+        ) from exc
     finally:
         con.close()
     with _last_good_lock:

@@ -31,7 +31,7 @@ from dashboard.db import BUSY_MESSAGE, TIMEZONE_ENV, WAREHOUSE_ENV  # noqa: E402
 
 APP = ROOT / "dashboard" / "app.py"
 NOW = "2026-11-20T00:00:00+00:00"
-TZ = "Europe/Prague"
+TZ = "America/New_York"   # not the default, so a page that ignored the setting would fail
 PAGES = ["overview", "trends", "stores", "transfers", "expirations", "customer", "health"]
 
 
@@ -126,6 +126,12 @@ def test_overview_matches_ledger_for_two_periods(warehouse, ledger, monkeypatch)
             assert table.loc[system, "redeemed"] == pytest.approx(-signed_sum(rows, "redeem"))
             assert table.loc[system, "net"] == pytest.approx(rows["points"].sum())
             assert table.loc[system, "active_customers"] == rows["customer_key"].nunique()
+    # a custom range
+    start, end = last - dt.timedelta(days=44), last - dt.timedelta(days=10)
+    at.selectbox(key="overview_preset").set_value("Custom").run()
+    at.date_input(key="overview_range").set_value((start, end)).run()
+    assert not at.exception
+    assert metrics(at)["Points issued"][0] == ui.points(signed_sum(between(ledger, start, end), "earn"))
     # people read numbers with thousands separators
     assert any("," in v for v, _ in metrics(at).values()), metrics(at)
 
