@@ -9,8 +9,9 @@ Resumability: after a chunk's load and bookkeeping commit, one row goes into `lo
 A rerun of the same command skips every chunk already covered by completed rows (coverage is by interval, so a rerun
 with another `--chunk` still skips what is done), and for a chunk that completed with failed customers it retries
 only those customers. Progress is kept per customer list (a fingerprint of the ids): with a changed list nothing
-counts as done, since a chunk loaded for yesterday's list never fetched a customer added since. A crash between a chunk's load and its progress row only means that chunk is loaded again:
-raw tables merge on their keys, so the rerun leaves the data identical.
+counts as done, since a chunk loaded for yesterday's list never fetched a customer added since. A crash between a
+chunk's load and its progress row only means that chunk is loaded again: raw tables merge on their keys, so the
+rerun leaves the data identical.
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ from typing import Any, Sequence
 import duckdb
 import pendulum
 
+from pipelines import runner, state
+from pipelines.customers import load_customers
+from pipelines.lock import RunLock, connect_writer
 from pipelines.logs import get_logger, redact
-from pipelines.report import RunReport
+from pipelines.progress import RunProgress
+from pipelines.report import RunReport, SourceReport
 
 log = get_logger("backfill")
 
@@ -137,8 +142,8 @@ def record_chunk(conn: duckdb.DuckDBPyConnection, source: str, plan: ChunkPlan, 
               run_id = excluded.run_id, customers = excluded.customers,
               customers_failed = excluded.customers_failed, failed_customers = excluded.failed_customers,
               records = {TABLE}.records + excluded.records, completed_at = excluded.completed_at""",
-        [source, plan.customer_set, plan.chunk.start, plan.chunk.end, run_id, len(plan.customers), len(failed), json.dumps(failed),
-         records, pendulum.now("UTC")],
+        [source, plan.customer_set, plan.chunk.start, plan.chunk.end, run_id, len(plan.customers), len(failed),
+         json.dumps(failed), records, pendulum.now("UTC")],
     )
 
 
@@ -146,12 +151,6 @@ def backfill(settings: Any, sources: Sequence[str], since: dt.datetime, until: d
              chunk: dt.timedelta, *, models: bool = True, customers_file: str | None = None) -> RunReport:
     """Run (or resume) a backfill; returns the run report (also written as a `runs` row, command `backfill`).
     Raises `RunLocked` when another run holds the warehouse."""
-    from pipelines import runner, state
-    from pipelines.customers import load_customers
-    from pipelines.lock import RunLock, connect_writer
-    from pipelines.progress import RunProgress
-    from pipelines.report import SourceReport
-
     chunks = plan_chunks(since, until, chunk)
     report = RunReport(command="backfill")
     report.extra.update(since=chunks[0].start.isoformat(), until=chunks[-1].end.isoformat(),
@@ -169,18 +168,19 @@ def backfill(settings: Any, sources: Sequence[str], since: dt.datetime, until: d
                     listed = load_customers(customers_file or settings.source(source).customers, conn)
                     issues.extend(listed.issues(source))
                     work[source] = pending(conn, source, chunks, listed.ids)
-                    report.sources[source] = SourceReport(window_start=chunks[0].start, window_end=chunks[-1].end,
-                                                          customers_total=len(listed.ids),
-                                                          customers_skipped=listed.skipped)
+                    # customer counts of a backfill are customer-chunks: every customer is loaded once per chunk
+                    report.sources[source] = SourceReport(
+                        window_start=chunks[0].start, window_end=chunks[-1].end,
+                        customers_total=sum(len(p.customers) for p in work[source]),
+                        customers_skipped=listed.skipped)
                     retries = sum(1 for p in work[source] if p.retry)
                     log.info("backfill %s: %d chunks of %s; %d done before, %d to load, %d to retry for failed "
                              "customers", source, len(chunks), chunk, len(chunks) - len(work[source]),
                              len(work[source]) - retries, retries)
-                # progress counts customer-chunks: every customer is loaded once per chunk
-                progress = RunProgress({s: sum(len(p.customers) for p in plans) for s, plans in work.items()})
+                progress = RunProgress({s: r.customers_total for s, r in report.sources.items()})
                 for source, plans in work.items():
                     for plan in plans:
-                        _load_chunk(runner, settings, source, plan, report, conn, progress)
+                        _load_chunk(settings, source, plan, report, conn, progress)
                 if models and not report.error:
                     report.models = runner._run_models(settings)
             except Exception as exc:  # noqa: BLE001 - the runs row and the alert must still be written
@@ -199,8 +199,8 @@ def backfill(settings: Any, sources: Sequence[str], since: dt.datetime, until: d
     return report
 
 
-def _load_chunk(runner: Any, settings: Any, source: str, plan: ChunkPlan, report: RunReport,
-                conn: duckdb.DuckDBPyConnection, progress: Any) -> None:
+def _load_chunk(settings: Any, source: str, plan: ChunkPlan, report: RunReport, conn: duckdb.DuckDBPyConnection,
+                progress: RunProgress) -> None:
     src = report.sources[source]
     failed_before, records_before = len(src.failed_customers), src.records
     if plan.customers:
