@@ -7,7 +7,6 @@ with links as (
         upper(transfer_type) as transfer_type,
         cast(points_signed as double) as points_signed
     from {{ source('loyalty_raw', 'capillary_customer_transfers') }}
-    qualify row_number() over (partition by customer_id, transfer_id order by transfer_type) = 1
 )
 
 select

@@ -1,4 +1,5 @@
--- One row per Capillary points transfer (a transfer is seen by both parties; the raw table holds it once).
+-- One row per Capillary points transfer (a transfer is seen by both parties; the loader merges it on transfer_id,
+-- so the raw table holds it once; the unique test checks that rather than a dedupe hiding damage).
 select
     cast(transfer_id as bigint) as transfer_id,
     cast(from_entity_id as bigint) as from_entity_id,
@@ -14,4 +15,3 @@ select
     cast(from_user_id as bigint) as from_user_id,
     cast(to_user_id as bigint) as to_user_id
 from {{ source('loyalty_raw', 'capillary_points_transfers') }}
-qualify row_number() over (partition by transfer_id order by transferred_at) = 1

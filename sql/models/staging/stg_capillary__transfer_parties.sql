@@ -6,4 +6,3 @@ select
     nullif(trim(coalesce(first_name, '') || ' ' || coalesce(last_name, '')), '') as full_name,
     nullif(external_id, '') as external_id
 from {{ source('loyalty_raw', 'capillary_transfer_parties') }}
-qualify row_number() over (partition by user_id order by last_name, first_name) = 1

@@ -19,10 +19,10 @@ with raw as (
         {{ optional_column(raw_relation, 'extended_data__external_purchase_id', 'varchar') }} as external_purchase_id,
         extended_data_raw,
         {{ optional_column(raw_relation, '_loaded_run_id', 'varchar') }} as loaded_run_id
+    -- No dedupe here: the loader merges the raw table on record_key, so it already holds one row per record. A
+    -- window dedupe would cost a sort of the whole history on every build (the ledger reads this view in full);
+    -- damage is caught instead by the unique test below and the reconciliation tests against the raw table.
     from {{ raw_relation }}
-    -- the raw table is merged on record_key, so this only matters if the raw data is damaged; the
-    -- reconciliation tests compare against the raw table and fail in that case
-    qualify row_number() over (partition by record_key order by recorded_at) = 1
 ),
 
 operation_types as (
