@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -130,8 +131,6 @@ def _log_tail(path: Path, lines: int = 20) -> str:
 
 def _exit_code(text: str) -> int:
     """`137`, or `KILL` / `SIGKILL` (systemd's $EXIT_STATUS for a killed service) as 128 + signal number."""
-    import signal
-
     try:
         return int(text)
     except ValueError:
@@ -146,8 +145,6 @@ def _describe_exit(code: int) -> str:
     if code == 75:
         return "skipped: the previous run still holds the lock"
     if code > 128:
-        import signal
-
         try:
             return f"killed by {signal.Signals(code - 128).name}"
         except ValueError:

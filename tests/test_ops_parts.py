@@ -196,7 +196,7 @@ def _warehouse_with_runs(path: Path) -> tuple[RunReport, RunReport]:
                                                customers_done=1, customers_failed=1, failed_customers=["c-2"])
     second.finish()
     state.commit(con, run_id=second.run_id, source="carecloud", window_end=second.sources["carecloud"].window_end,
-                 succeeded=["c-1"], failed={"c-2": "HTTP 503 after 6 attempts"}, issues=[], report=second)
+                 succeeded=["c-1"], failed={"c-2": "HTTP 503 after 6 attempts [/retry]"}, issues=[], report=second)
     con.close()
     return first, second
 
@@ -211,7 +211,7 @@ def test_status_shows_runs_windows_and_failing_customers(tmp_path):
     assert out.index(second.run_id) < out.index(first.run_id)         # newest first
     assert "partial" in out and "ok" in out
     assert "carecloud: 2026-11-17 02:05 → 2026-11-21 02:05" in out
-    assert "Customers currently failing: 1" in out and "c-2" in out and "HTTP 503 after 6 attempts" in out
+    assert "Customers currently failing: 1" in out and "c-2" in out and "HTTP 503 after 6 attempts [/retry]" in out
 
     from pipelines.commands.status import read_status
 

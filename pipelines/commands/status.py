@@ -96,6 +96,7 @@ def _windows(sources: dict[str, Any]) -> str:
 
 
 def render(status: dict[str, Any], console: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from pipelines.logs import redact
@@ -110,11 +111,11 @@ def render(status: dict[str, Any], console: Any) -> None:
     style = {"ok": "green", "partial": "yellow"}
     for r in status["runs"]:
         runs.add_row(
-            r["run_id"], r["command"], f"[{style.get(r['status'], 'red')}]{r['status']}[/]", str(r["exit_code"]),
+            escape(r["run_id"]), escape(r["command"]), f"[{style.get(r['status'], 'red')}]{r['status']}[/]", str(r["exit_code"]),
             _ts(r["started_at"]), f"{r['duration_s'] or 0:.1f}s", _windows(r["sources"]),
             f"{r['customers_done'] or 0:,}/{r['customers_failed'] or 0:,}/{r['customers_skipped'] or 0:,}",
             f"{r['records'] or 0:,}", f"{r['requests'] or 0:,} ({r['retries'] or 0:,}, {r['http_429'] or 0:,})",
-            r["models"] or "-",
+            escape(r["models"] or "-"),
         )
     if status["runs"]:
         console.print(runs)
@@ -134,8 +135,10 @@ def render(status: dict[str, Any], console: Any) -> None:
         for col in ["source", "customer", "failures in a row", "last attempt", "loaded until", "last error"]:
             failing.add_column(col, overflow="fold")
         for f in status["failing"]:
-            failing.add_row(f["source"], f["customer_id"], str(f["consecutive_failures"]), _ts(f["last_attempt_at"]),
-                            _ts(f["last_success_end"]), redact(f["last_error"] or "")[:200])
+            # data, not markup: an error text like "[Errno 111]" must print as it is
+            failing.add_row(f["source"], escape(f["customer_id"]), str(f["consecutive_failures"]),
+                            _ts(f["last_attempt_at"]), _ts(f["last_success_end"]),
+                            escape(redact(f["last_error"] or "")[:200]))
         console.print(failing)
 
     if status["backfill"]:
