@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
 
@@ -48,7 +49,13 @@ def warehouse_path() -> Path:
 
 
 def timezone() -> str:
-    return os.environ.get(TIMEZONE_ENV) or DEFAULT_TIMEZONE
+    """The display zone; an unknown name falls back to the default rather than breaking every page."""
+    name = os.environ.get(TIMEZONE_ENV) or DEFAULT_TIMEZONE
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return DEFAULT_TIMEZONE
+    return name
 
 
 def _is_lock_error(exc: BaseException) -> bool:
@@ -64,17 +71,18 @@ class Result:
 
 # Last good result per (file, query, params), process-wide: while a load holds the file a page can still show what
 # it showed a moment ago, labelled as such, rather than nothing. Bounded so a long-lived server does not grow.
-_last_good: dict[tuple[str, str, tuple[Any, ...]], pd.DataFrame] = {}
+_last_good: dict[tuple[str, str, str, tuple[Any, ...]], pd.DataFrame] = {}
 _last_good_lock = threading.Lock()
 _LAST_GOOD_MAX = 256
 
 
-def query(sql: str, params: tuple[Any, ...] = (), path: Path | None = None, tz: str | None = None) -> Result:
-    """Run one read-only query and return a DataFrame; timestamps with a zone come back in `tz` (the display zone)."""
+def query(sql: str, params: tuple[Any, ...] = (), path: Path | None = None) -> Result:
+    """Run one read-only query and return a DataFrame; timestamps with a zone come back in the display zone."""
     import duckdb
 
     db = path or warehouse_path()
-    key = (str(db), sql, tuple(params))
+    zone = timezone()
+    key = (str(db), zone, sql, tuple(params))
     if not db.exists():
         raise WarehouseMissing(
             f"No warehouse at {db}. Load one first: `loyalty-etl demo` (sandbox) or `loyalty-etl run`."
@@ -92,7 +100,7 @@ def query(sql: str, params: tuple[Any, ...] = (), path: Path | None = None, tz: 
     try:
         # Timestamps with a zone are converted by DuckDB to the session zone on the way out, so every instant a
         # page shows is already local time.
-        con.execute(f"SET TimeZone = '{(tz or timezone()).replace(chr(39), '')}'")
+        con.execute(f"SET TimeZone = '{zone}'")   # a validated IANA name, so no quoting issue
         frame = con.execute(sql, list(params)).df()
     except duckdb.CatalogException as exc:
         raise WarehouseMissing(
