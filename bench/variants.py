@@ -215,7 +215,7 @@ def run_pipeline(sb: SandboxProcess, workdir: Path, truth: dict[str, int] | None
         argv += ["--until", until]
     if profile:
         spy = Path(PYTHON).parent / "py-spy"
-        argv = [str(spy), "record", "--subprocesses", "--format", "speedscope", "-r", "50",
+        argv = [str(spy), "record", "--subprocesses", "--format", "speedscope", "-r", "25",
                 "-o", str(workdir / f"{name}.speedscope.json"), "--"] + argv
     run, fig = measure(sb, name, argv, workdir, env=pipeline_env(env, rate_limit, concurrency), sample_s=sample_s,
                        poll_s=poll_s)
