@@ -1,5 +1,8 @@
 """Time windows `[start, end)` as UTC instants, and their translation to CareCloud project local time.
 
+Instants are pendulum DateTimes (parsing, durations); the zone arithmetic uses the stdlib's zoneinfo (the same IANA
+data) where it runs per customer, because a pendulum Timezone is re-created from disk on every conversion.
+
 CareCloud filters `time_from`/`time_to` on naive local wall-clock strings and sends record times the same way, so
 a window of instants has to become a range of wall-clock strings that certainly contains every record whose
 instant lies in the window. The instant of a record is its wall time read in the project zone with fold=0 (the
@@ -82,6 +85,7 @@ def _near_transition(instant: dt.datetime, tz: ZoneInfo) -> bool:
     return before != after
 
 
+@lru_cache(maxsize=4096)  # customers that share a window share one translation
 def local_bounds(window: Window, timezone: str) -> tuple[str, str]:
     """`(time_from, time_to)` wall-clock strings in the project zone covering every record of the window.
 
@@ -96,9 +100,7 @@ def local_bounds(window: Window, timezone: str) -> tuple[str, str]:
     if _near_transition(end, tz):
         end = end + _DST_MARGIN
     end = end + dt.timedelta(seconds=1)
-    lo = pendulum.instance(start).in_timezone(timezone)
-    hi = pendulum.instance(end).in_timezone(timezone)
-    return lo.strftime(LOCAL_FORMAT), hi.strftime(LOCAL_FORMAT)
+    return start.astimezone(tz).strftime(LOCAL_FORMAT), end.astimezone(tz).strftime(LOCAL_FORMAT)
 
 
 def local_to_utc(text: str, timezone: str) -> dt.datetime | None:
