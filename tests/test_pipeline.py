@@ -135,7 +135,24 @@ def test_faults_and_token_expiry_change_nothing(sandbox_factory, sandbox_env, tm
     retries, x429 = query(wh, "select retries, http_429 from loyalty_raw.runs")[0]
     assert retries > 0 and x429 > 0
     stats = sb.stats()
-    assert stats, "sandbox stats available"
+    expired = stats["faults"].get("token_expired", 0)
+    logins = sum(n for endpoint, by_status in stats["requests"].items() if endpoint.endswith("login")
+                 for status, n in by_status.items() if status in ("200", "201"))
+    # one login for all threads per expiry (8 customers in flight would otherwise log in up to 8 times each)
+    assert expired >= 2 and logins == expired + 1, (expired, logins, stats["requests"])
+
+
+def test_capillary_oauth(sandbox_factory, sandbox_env, tmp_path: Path) -> None:
+    sb = sandbox_factory(customers=20, now=NOW, capillary_oauth_ttl_seconds=1)
+    wh = tmp_path / "loyalty_warehouse.duckdb"
+    env = cli_env(sandbox_env(sb, wh), SOURCES__CAPILLARY__CREDENTIALS__TILL_ID="",
+                  SOURCES__CAPILLARY__CREDENTIALS__PASSWORD="", SOURCES__CAPILLARY__CREDENTIALS__KEY="sandbox-key",
+                  SOURCES__CAPILLARY__CREDENTIALS__SECRET="sandbox-secret", SOURCES__CAPILLARY__RATE_LIMIT="20")
+    _run(env, NOW, "--source", "capillary")
+    _assert_truth(wh, sb, NOW, ("capillary",))
+    logins = sum(n for endpoint, by_status in sb.stats()["requests"].items() if "oauth" in endpoint
+                 for status, n in by_status.items() if status == "200")
+    assert logins >= 2  # the 1 s token was renewed before it expired, and nothing failed
 
 
 def test_bad_input_kept_and_recorded(sandbox_factory, sandbox_env, tmp_path: Path) -> None:
