@@ -194,3 +194,43 @@ def test_customers_override_file(sandbox_factory, sandbox_env, tmp_path: Path) -
     _run(env, NOW, "--source", "carecloud", "--customers", str(path))
     got = {r[0] for r in query(wh, "select distinct customer_id from loyalty_raw.carecloud_point_history")}
     assert got <= set(chosen) and got
+
+
+def test_records_arriving_while_paging_are_neither_skipped_nor_doubled(sandbox_factory) -> None:
+    """Late records become visible between page 1 and page 2 of a heavy customer (the sandbox clock moves during
+    the fetch): `total_items` changes, the customer-window is fetched again, and the result is the truth."""
+    from pipelines.carecloud.helpers import CareCloudApi
+    from pipelines.config import SourceSettings
+    from pipelines.http import HttpStats
+    from pipelines.sandbox.config import CARECLOUD_APP_ID, CARECLOUD_LOGIN, CARECLOUD_PASSWORD
+    import pendulum
+
+    sb = sandbox_factory(customers=10, now=NOW, late_share=0.3, data_start="2026-10-01", data_end="2027-01-01")
+    heavy = sb.customer_ids("carecloud")[7]  # index % heavy_every == 7: thousands of records, several pages
+    settings = SourceSettings(
+        name="carecloud", base_url=sb.carecloud_base_url, customers="", initial_start=pendulum.datetime(2024, 1, 1),
+        rate_limit=0, concurrency=1, max_attempts=3, lookback=pendulum.duration(days=3),
+        safety_lag=pendulum.duration(minutes=10), retry_backoff=0.01,
+        credentials={"login": CARECLOUD_LOGIN, "password": CARECLOUD_PASSWORD, "external_app_id": CARECLOUD_APP_ID},
+        extra={"timezone": "Europe/Prague", "page_size": 500})
+    api = CareCloudApi(settings, HttpStats())
+    page = api._page
+    calls = []
+
+    def page_then_time_passes(params):
+        result = page(params)
+        calls.append(params["offset"])
+        if len(calls) == 1:
+            sb.advance(3 * 86400)  # late records of the window become visible mid-fetch
+        return result
+
+    api._page = page_then_time_passes  # type: ignore[method-assign]
+    records, attempts = api.fetch(heavy, "2024-01-01 00:00:00", "2026-11-20 01:00:00")
+    assert attempts == 2 and calls.count(0) == 2
+    truth = [r for r in sb.truth().carecloud_point_history.to_pylist()
+             if r["customer_id"] == heavy and r["point_history_record_time"] and
+             "2024-01-01 00:00:00" <= r["point_history_record_time"] <= "2026-11-20 01:00:00"]
+    key = lambda r: (float(r["point_amount"]), *(str(r.get(f)) for f in (  # noqa: E731
+        "point_history_record_time", "extended_data", "point_operation_note", "store_id")))
+    assert sorted(map(key, records)) == sorted(map(key, truth))
+    assert len(truth) > 1000
