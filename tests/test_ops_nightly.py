@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
 import subprocess
 import sys
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -48,6 +51,32 @@ def _rows(warehouse: Path, sql: str, params: list | None = None) -> list[tuple]:
 def _cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
+
+
+def _cli_on_a_terminal(args: list[str], env: dict[str, str], timeout: float = 300) -> tuple[int, str]:
+    """Run the CLI with stdout and stderr on a pseudo-terminal, as a person at a shell would; returns (rc, output)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(args, cwd=ROOT, env={**env, "COLUMNS": "160"}, stdin=subprocess.DEVNULL,
+                            stdout=slave, stderr=slave)
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def drain() -> None:   # keep reading so the child never blocks on a full terminal buffer
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed its side
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    rc = proc.wait(timeout=timeout)
+    reader.join(timeout=10)
+    os.close(master)
+    return rc, b"".join(chunks).decode("utf-8", "replace")
 
 
 def test_cron_run_leaves_log_and_runs_row_and_status_shows_it(sandbox_factory, sandbox_env, tmp_path):
@@ -120,8 +149,11 @@ def test_killed_backfill_resumes_matches_truth_and_keeps_nightly_state(sandbox_f
     sb, warehouse, env, until = _setup(sandbox_factory, sandbox_env, tmp_path, customers=10,
                                        SOURCES__CARECLOUD__INITIAL_START=nightly_start,
                                        SOURCES__CAPILLARY__INITIAL_START=nightly_start)
-    nightly = _cli([*ETL, "run", "--until", until.isoformat(), "--no-models"], env)
-    assert nightly.returncode == 0, nightly.stderr
+    # the nightly run, started by hand at a terminal: rich draws the progress bars
+    rc, output = _cli_on_a_terminal([*ETL, "run", "--until", until.isoformat(), "--no-models"], env)
+    assert rc == 0, output
+    assert "\x1b[" in output and "loyalty.progress: progress" not in output          # bars, not plain lines
+    assert re.search(r"carecloud\S* \S+ \S*10/10", output) and "req/s" in output and "ETA" in output
     state_sql = "SELECT * FROM loyalty_raw._customer_sync_state ORDER BY source, customer_id"
     state_before = _rows(warehouse, state_sql)
     assert len(state_before) == 20
