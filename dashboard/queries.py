@@ -56,6 +56,21 @@ def period_totals(start: dt.date, end: dt.date, path: Path | None = None) -> Res
     )
 
 
+def daily_totals(start: dt.date, end: dt.date, path: Path | None = None) -> Result:
+    """The same figures per local day, both systems together (the small charts under the overview figures)."""
+    return query(
+        f"""
+        select activity_on as day, sum(earned) as issued, sum(redeemed) as redeemed, sum(expired) as expired,
+               sum(transferred_in) as transferred, count(distinct customer_key) as active_customers
+        from {DAILY}
+        where activity_on between ? and ?
+        group by all
+        order by day
+        """,
+        (start, end), path=path,
+    )
+
+
 # --- Trends: the ledger by day / month and movement type ---------------------------------------------------------
 
 def movements_by_type(start: dt.date, end: dt.date, grain: str, path: Path | None = None) -> Result:

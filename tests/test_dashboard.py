@@ -116,6 +116,10 @@ def test_overview_matches_ledger_for_two_periods(warehouse, ledger, monkeypatch)
         shown = metrics(at)
         for label, (now_v, before_v) in want.items():
             assert shown[label] == (ui.points(now_v), ui.delta(now_v, before_v)), label
+        # the small chart under "Points issued": one bar per day of the period, quiet days zero
+        bars = list(next(m for m in at.metric if m.label == "Points issued").proto.chart_data)
+        per_day = cur[cur["movement_type"] == "earn"].groupby("occurred_on")["points"].sum()
+        assert bars == pytest.approx([per_day.get(start + dt.timedelta(days=i), 0.0) for i in range(days)])
         active, active_before = cur["customer_key"].nunique(), prev["customer_key"].nunique()
         assert active > 0
         assert shown["Active customers"] == (ui.count(active), ui.delta(active, active_before))

@@ -17,6 +17,9 @@ start, end = ui.period_picker(first_day, last_day, key="overview")
 prev_start, prev_end = ui.previous_period(start, end)
 current = ui.load(queries.period_totals, start, end)
 previous = ui.load(queries.period_totals, prev_start, prev_end)
+# every day of the period, quiet days as zero, so the small charts under the figures keep a true time axis
+daily = ui.load(queries.daily_totals, start, end)
+daily = daily.set_index(pd.to_datetime(daily["day"])).reindex(pd.date_range(start, end), fill_value=0)
 st.caption(
     f"Local days {ui.day(start)} – {ui.day(end)}, compared with {ui.day(prev_start)} – {ui.day(prev_end)}. "
     f"Data runs to {ui.day(last_day)}."
@@ -31,10 +34,12 @@ FIGURES = [  # column, label, delta colour (is more of it good news?)
 cols = st.columns(len(FIGURES) + 1)
 for col, (name, label, colour) in zip(cols, FIGURES):
     now_v, before_v = float(current[name].sum()), float(previous[name].sum())
-    col.metric(label, ui.points(now_v), ui.delta(now_v, before_v), delta_color=colour, border=True)
+    col.metric(label, ui.points(now_v), ui.delta(now_v, before_v), delta_color=colour, border=True,
+               chart_data=daily[name].astype(float).tolist(), chart_type="bar")
 active_now, active_before = int(current["active_customers"].sum()), int(previous["active_customers"].sum())
 delta = ui.delta(active_now, active_before)
-cols[-1].metric("Active customers", ui.count(active_now), delta, delta_color="normal", border=True)
+cols[-1].metric("Active customers", ui.count(active_now), delta, delta_color="normal", border=True,
+                chart_data=daily["active_customers"].astype(float).tolist(), chart_type="bar")
 
 names = {name: label for name, label, _ in FIGURES}
 both = pd.concat([
