@@ -119,6 +119,10 @@ def render(results: dict[str, Any]) -> str:
         lines += [f"| big | {_f(mem['customers'])} | {_f(b['records'])} | {_f(b['wall_s'])} | "
                   f"{_f(b['records_per_s'], 0)} | {_f(b['requests_per_s'], 0)} | {_f(b['cpu_s'])} | "
                   f"{_f(b['peak_rss_mb'], 0)} |", ""]
+        check = (f"lost vs truth {_lost(b)}" if b.get("lost") is not None else
+                 "rows landed minus records the sandbox served: " +
+                 ", ".join(f"{k} {v:+,}" for k, v in (b.get("landed_vs_served") or {}).items()))
+        lines += [f"Big run check: {check}.", ""]
         samples = b.get("rss_samples") or []
         if samples:
             step = max(1, len(samples) // 12)

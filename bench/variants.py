@@ -29,8 +29,10 @@ def _request_diff(before: dict, after: dict) -> dict[str, Any]:
             out[endpoint] = d
     data = [out.get(e, {}) for e in DATA_ENDPOINTS]
     total = sum(sum(d.values()) for d in data)
+    served = {k: n - before.get("records_served", {}).get(k, 0) for k, n in after.get("records_served", {}).items()}
     return {
         "by_endpoint": out,
+        "records_served": served,
         "data_requests": total,
         "data_200": sum(d.get("200", 0) for d in data),
         "data_429": sum(d.get("429", 0) for d in data),
