@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -128,6 +129,10 @@ def test_no_credential_in_any_output_log_report_or_file(rig_factory, distinctive
     first = rig.etl.run("-vv", "run", "--until", rig.until().isoformat(), "--no-models")
     assert first.returncode == 0, first.describe()
     rig.sb.advance(86400)
+    # a run killed before its load leaves extracted/normalized package files behind: keep a copy to search
+    crashed = rig.etl.run("-vv", "run", "--until", rig.until().isoformat(), "--no-models", crash_at="load")
+    assert crashed.crashed, crashed.describe()
+    shutil.copytree(rig.warehouse.parent / ".dlt-pipelines", tmp_path / "pending-packages")
     second = rig.etl.run("-vv", "--log-format", "json", "run", "--until", rig.until().isoformat())
     assert second.returncode == 0, second.describe()
     # a wrong password: the error path (401, exception message, failed run report) must not echo it
@@ -152,11 +157,14 @@ def test_no_credential_in_any_output_log_report_or_file(rig_factory, distinctive
     for i, run in enumerate(rig.etl.runs):
         haystacks[f"run {i} stdout"] = run.stdout.encode()
         haystacks[f"run {i} stderr"] = run.stderr.encode()
-    files = _files_under(rig.dir, home, export) + _repo_files_written_since(start)
+    files = _files_under(rig.dir, home, export, tmp_path / "pending-packages")
+    files += _repo_files_written_since(start)
     for p in files:
         haystacks[str(p)] = p.read_bytes()
     # the customer files and env are the test's own inputs; nothing else under rig.dir holds secrets
     assert any(".dlt-pipelines" in k for k in haystacks), "expected the dlt pipeline dir beside the warehouse"
+    assert any("pending-packages" in k and "/normalized/" in k for k in haystacks), \
+        "expected the package files a crashed run left behind"
     assert any(k.endswith(".schema.yaml") for k in haystacks), "expected the exported dlt schema YAML"
     assert any(k.endswith(".csv") and "export" in k for k in haystacks), "expected exported warehouse tables"
     leaks = _leaks(needles, haystacks)

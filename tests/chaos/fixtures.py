@@ -52,12 +52,18 @@ class Rig:
         return datetime.fromtimestamp(self.sb.now(), timezone.utc)
 
     def run(self, *extra: str, models: bool = False, crash_at: str | None = None, kill_after: float | None = None,
-            env: dict[str, str] | None = None, timeout: float = 600) -> EtlRun:
+            kill_in_models_after: float | None = None, env: dict[str, str] | None = None,
+            timeout: float = 600) -> EtlRun:
+        """`kill_after`: SIGKILL that many seconds after the start; `kill_in_models_after`: that many seconds after
+        dbt started (the run logs "dbt build on ..." at -v)."""
         args = ["run", "--until", self.until().isoformat(), *extra]
         if not models:
             args.append("--no-models")
         if kill_after is not None:
             return self.etl.run_killed_after(kill_after, *args, env=env, timeout=timeout)
+        if kill_in_models_after is not None:
+            return self.etl.run_killed_after_line("dbt build on", kill_in_models_after, "-v", *args, env=env,
+                                                  timeout=timeout)
         return self.etl.run(*args, crash_at=crash_at, env=env, timeout=timeout)
 
     def spawn(self, *extra: str, models: bool = False, env: dict[str, str] | None = None):

@@ -97,6 +97,22 @@ class Etl:
             sp.kill()
         return sp.wait(timeout)
 
+    def run_killed_after_line(self, marker: str, seconds: float, *args: str, env: dict[str, str] | None = None,
+                              timeout: float = 600) -> EtlRun:
+        """Start a run, wait until its stderr shows `marker` (e.g. the log line that dbt starts), then SIGKILL it
+        `seconds` later: a kill aimed at one phase rather than anywhere."""
+        sp = self.spawn(*args, env=env)
+        deadline = time.monotonic() + timeout
+        while sp.running() and time.monotonic() < deadline:
+            if marker in sp.err.read_text(errors="replace"):
+                try:
+                    sp.proc.wait(seconds)
+                except subprocess.TimeoutExpired:
+                    sp.kill()
+                break
+            time.sleep(0.05)
+        return sp.wait(timeout)
+
 
 @dataclass
 class Spawned:
