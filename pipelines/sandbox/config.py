@@ -47,7 +47,7 @@ class SandboxConfig:
     dst_every: int = 7                         # index % n == 2 gets extra records around the DST changes; 0 = none
     transfers_per_customer: float = 3.0        # mean Capillary transfers a customer takes part in
     transfer_group_size: int = 4               # transfers are generated per group of consecutive customers
-    cache_customers: int = 25_000              # generated customers kept in memory (LRU), ~1 KB per record
+    cache_customers: int = 25_000              # generated customers kept in memory (LRU), ~0.8 KB per record
     stores: int = 300
     partners: int = 25
 
