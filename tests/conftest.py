@@ -12,7 +12,6 @@ from pipelines.sandbox.config import split_kwargs
 
 # A fixed instant so tests are reproducible; data spans 2024-01-01 .. 2027-06-30 (project local time).
 DEFAULT_NOW = "2026-11-20T00:00:00+00:00"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
