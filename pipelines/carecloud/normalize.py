@@ -44,7 +44,11 @@ MAX_DEPTH = 4              # nested objects deeper than this are kept as JSON te
 
 
 def record_key(customer_id: str, canonical: bytes, occurrence: int) -> str:
-    return hashlib.sha256(b"%s\x1f%s\x1f%d" % (customer_id.encode(), canonical, occurrence)).hexdigest()[:32]
+    """32 hex chars of sha256 over customer, the key fields as sent (JSON) and the occurrence number."""
+    return _sha256(b"%s\x1f%s\x1f%d" % (customer_id.encode(), canonical, occurrence)).hexdigest()[:32]
+
+
+_sha256 = hashlib.sha256
 
 
 def key_amount(value: Any) -> Any:
@@ -164,7 +168,8 @@ class PointHistoryBatch:
     def add(self, customer_id: str, window: Window, records: list[Any]) -> None:
         first = self.n
         seen: dict[bytes, int] = {}
-        keys, rows, get_fields = self.keys, self.rows, KEY_FIELDS
+        keys, rows, get_fields, sha256, dumps = self.keys, self.rows, KEY_FIELDS, _sha256, orjson.dumps
+        prefix = customer_id.encode() + b"\x1f"  # record_key() inlined: this loop runs once per record
         for rec in records:
             if type(rec) is not dict:
                 self.customer_issues.append(Issue(SOURCE, customer_id, "bad_record",
@@ -172,14 +177,14 @@ class PointHistoryBatch:
                 continue
             vals = list(map(rec.get, get_fields))
             if type(vals[_AMOUNT]) is int:
-                canonical = orjson.dumps(vals)
+                canonical = dumps(vals)
             else:
                 key_vals = vals.copy()
                 key_vals[_AMOUNT] = key_amount(vals[_AMOUNT])
-                canonical = orjson.dumps(key_vals)
+                canonical = dumps(key_vals)
             occurrence = seen.get(canonical, 0)
             seen[canonical] = occurrence + 1
-            keys.append(record_key(customer_id, canonical, occurrence))
+            keys.append(sha256(b"%s%s\x1f%d" % (prefix, canonical, occurrence)).hexdigest()[:32])
             rows.append(vals)
             if not _KNOWN.issuperset(rec):
                 self._unknown_fields(rec, len(rows) - 1)
