@@ -7,7 +7,6 @@ clock, reads stats and computes the truth from the same process while real HTTP 
 from __future__ import annotations
 
 import asyncio
-import csv
 import hashlib
 import threading
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 from pipelines.sandbox.api import SandboxApp
 from pipelines.sandbox.clock import to_epoch
 from pipelines.sandbox.config import CARECLOUD_BASE_PATH, FaultConfig, SandboxConfig
+from pipelines.sandbox.data import CAPILLARY_USER_BASE
 from pipelines.sandbox.server import ServerOptions, create_server
 from pipelines.sandbox.truth import Truth, capillary_truth, carecloud_truth
 
@@ -160,6 +160,8 @@ class Sandbox:
             return [gen.carecloud_id(i) for i in indices]
         if source == "capillary":
             name = identifier_name or self.capillary_identifier
+            if name == "id":  # the common case, without building all four identifiers per customer
+                return [str(CAPILLARY_USER_BASE + i) for i in indices]
             return [gen.capillary_identifiers(i)[name] for i in indices]
         raise ValueError(f"unknown source {source!r}")
 
@@ -194,11 +196,10 @@ class Sandbox:
                 lines = [c for _, c in sorted(enumerate(lines), key=lambda kv: hashlib.md5(
                     f"{self.config.seed}:{kv[0]}".encode()).digest())]
             path = out / f"{source}.csv"
-            with path.open("w", newline="", encoding="utf-8") as fh:
-                w = csv.writer(fh, lineterminator="\n")
-                w.writerow(["customer_id"])
-                for cid in lines:
-                    w.writerow([cid])
+            # ids never need CSV quoting; a blank id is written as "" the way the csv module writes an empty field.
+            # One join instead of csv.writer rows: million-customer files in a few seconds.
+            path.write_text("customer_id\n" + "".join(f"{cid}\n" if cid else '""\n' for cid in lines),
+                            encoding="utf-8")
             paths[source] = path
         return paths
 
