@@ -95,14 +95,14 @@ def _storm(rig_factory, name: str, customers: int, window_s: float, seed: int, d
 
 
 def test_fault_storm_converges_after_one_rerun(rig_factory):
-    # data seed 7 puts 2 CareCloud and 5 Capillary customers of 30 in maintenance; the fault dice vary per run
-    _storm(rig_factory, "storm_fast", customers=30, window_s=300.0, seed=chaos_seed(), data_seed=7, models=False)
+    # data seed 7 puts 1 CareCloud and 3 Capillary customers of 20 in maintenance; the fault dice vary per run
+    _storm(rig_factory, "storm_fast", customers=20, window_s=300.0, seed=chaos_seed(), data_seed=7, models=False)
 
 
 @pytest.mark.chaos
-@pytest.mark.parametrize("n", range(3))
+@pytest.mark.parametrize("n", range(2))
 def test_fault_storm_large(rig_factory, n):
     """Bigger customer lists, a sandbox rate limit on top (the pipeline's limiter must keep 429s rare)."""
     seed = chaos_seed() + n
-    _storm(rig_factory, f"storm_{n}", customers=300, window_s=900.0, seed=seed, data_seed=seed % 1000,
+    _storm(rig_factory, f"storm_{n}", customers=200, window_s=900.0, seed=seed, data_seed=seed % 1000,
            rate_limit_rps=60.0)

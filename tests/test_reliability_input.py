@@ -113,7 +113,7 @@ def test_bad_input_is_recorded_and_everything_else_loads(rig_factory):
 
 
 @pytest.mark.chaos
-@pytest.mark.parametrize("seed", [3, 11, 23])
+@pytest.mark.parametrize("seed", [3, 11])
 def test_bad_input_other_seeds(rig_factory, seed):
     _bad_input(rig_factory, f"bad_input_{seed}", customers=200, seed=seed, models=True)
 
@@ -148,7 +148,7 @@ def _vendor_changes_types(sb) -> dict:
 def test_a_field_changing_type_between_runs_doubles_nothing(rig_factory):
     """Records already loaded come again in the next run's lookback with `point_amount` now a string (and a new
     field): they are the same records and must not be loaded a second time."""
-    rig = rig_factory("drift", customers=30, seed=7)
+    rig = rig_factory("drift", customers=12, seed=7)
     first = rig.run()
     assert first.returncode == 0, first.describe()
     rig.sb.advance(86400)

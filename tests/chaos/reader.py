@@ -1,10 +1,11 @@
 """An analyst in another process, querying the warehouse in a loop while a nightly run loads it.
 
-    python tests/chaos/reader.py WAREHOUSE OUT.jsonl STOPFILE [--status]
+    python tests/chaos/reader.py WAREHOUSE OUT.jsonl STOPFILE [--status] [--raw]
 
 Each iteration opens the file read-only, takes one snapshot (raw and mart counts and sums, in one transaction),
 closes it, and appends one JSON line: {"ok": true, "snapshot": [...]} or {"ok": false, "busy": bool, "error": "..."}.
 With --status it runs `loyalty-etl status` instead, the project's own reader, and records its exit code and output.
+With --raw the snapshot covers the raw tables only (a load run without models).
 """
 
 from __future__ import annotations
@@ -15,19 +16,22 @@ import sys
 import time
 from pathlib import Path
 
-SNAPSHOT_SQL = [
+RAW_SQL = [
     "select count(*), coalesce(sum(point_amount::double), 0)::decimal(38, 3) from loyalty_raw.carecloud_point_history",
     "select count(*) from loyalty_raw.capillary_customer_transfers",
     "select count(*) from loyalty_raw.capillary_points_transfers",
+    "select count(*) from loyalty_raw._customer_sync_state where last_success_end is not null",
+]
+SNAPSHOT_SQL = RAW_SQL + [
     "select count(*), coalesce(sum(points), 0)::decimal(38, 3) from loyalty.fct_points_ledger",
     "select count(*) from loyalty.dim_customers",
     "select count(*), coalesce(sum(net_points), 0)::decimal(38, 3) from loyalty.customer_points_daily",
 ]
 
 
-def snapshot(con) -> list:
+def snapshot(con, raw_only: bool = False) -> list:
     out = []
-    for sql in SNAPSHOT_SQL:
+    for sql in RAW_SQL if raw_only else SNAPSHOT_SQL:
         try:
             out.append([str(v) for v in con.execute(sql).fetchone()])
         except Exception as exc:  # noqa: BLE001 - a missing relation is itself the finding ("half-built")
@@ -42,6 +46,7 @@ def main(argv: list[str]) -> int:
 
     db, out, stop = Path(argv[0]), Path(argv[1]), Path(argv[2])
     use_status = "--status" in argv
+    raw_only = "--raw" in argv
     root = Path(__file__).resolve().parents[2]
     with out.open("a", encoding="utf-8") as fh:
         while not stop.exists():
@@ -55,7 +60,7 @@ def main(argv: list[str]) -> int:
                     con = duckdb.connect(str(db), read_only=True)
                     try:
                         con.execute("begin transaction")
-                        rec = {"t": t0, "ok": True, "snapshot": snapshot(con)}
+                        rec = {"t": t0, "ok": True, "snapshot": snapshot(con, raw_only)}
                         con.execute("commit")
                     finally:
                         con.close()
