@@ -14,6 +14,7 @@ where they were, so the next run fetches the same records again and the merge ke
 from __future__ import annotations
 
 import datetime as dt
+import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -163,6 +164,7 @@ def load_rounds(pipeline: Any, report: RunReport, plans: list[tuple[SourceRun, l
     size = max(1, chunk_customers)
     rounds = max((len(tasks) + size - 1) // size for _, tasks, _ in plans) if plans else 0
     for r in range(rounds):
+        started = time.monotonic()
         jobs = [(srun, srun.job(tasks[r * size:(r + 1) * size]), end) for srun, tasks, end in plans]
         resources = [_resource(srun.source, srun.api, job) for srun, job, _ in jobs if job.tasks]
         if resources:
@@ -179,6 +181,10 @@ def load_rounds(pipeline: Any, report: RunReport, plans: list[tuple[SourceRun, l
         maybe_crash("state")
         for srun, job, end in jobs:
             srun.commit(job, end, update_customer_state)
+            log.info("round committed", extra={"fields": {
+                "round": f"{r + 1}/{rounds}", "source": srun.source, "customers": len(job.succeeded) + len(job.failed),
+                "failed": len(job.failed), "records": job.records_fetched, "issues": len(job.issues),
+                "seconds": round(time.monotonic() - started, 2)}})
 
 
 def run_window(settings: Settings, source: str, start: dt.datetime, end: dt.datetime, customers: Sequence[str],

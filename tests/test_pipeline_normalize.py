@@ -106,3 +106,26 @@ def test_window_filter_keeps_only_inside_and_bad_times() -> None:
     kept = tables["carecloud_point_history"]["point_history_record_time"].to_pylist()
     assert [str(k) if k else None for k in kept] == ["2026-01-10 10:00:00", "2026-01-10 10:00:01", None, None]
     assert sum(i.code == "bad_record_time" for i in issues) == 2
+
+
+def test_customer_lists_csv_and_sql(tmp_path) -> None:
+    import duckdb
+    import pytest
+
+    from pipelines.config import ConfigError
+    from pipelines.customers import load_customers
+
+    path = tmp_path / "c.csv"
+    path.write_text("customer_id,name\na,x\n,y\n b ,z\na,again\n  ,blank\nc,w\n", encoding="utf-8")
+    listed = load_customers(str(path))
+    assert listed.ids == ["a", "b", "c"] and listed.blank == 2 and listed.duplicates == ["a"]
+    assert {i.code for i in listed.issues("carecloud")} == {"blank_customer_id", "duplicate_customer_id"}
+    conn = duckdb.connect()
+    conn.execute("create table t as select * from (values ('x'), ('y'), ('x'), (null)) v(id)")
+    listed = load_customers("sql: select id from t order by id nulls last", conn)
+    assert listed.ids == ["x", "y"] and listed.blank == 1 and listed.duplicates == ["x"]
+    with pytest.raises(ConfigError, match="no customer_id column"):
+        (tmp_path / "bad.csv").write_text("id\n1\n")
+        load_customers(str(tmp_path / "bad.csv"))
+    with pytest.raises(ConfigError, match="not found"):
+        load_customers(str(tmp_path / "missing.csv"))
