@@ -4,7 +4,8 @@
             log_format: str = "text", target_dir: Path | None = None, project_dir: Path | None = None) -> int
         0: dbt succeeded; 1: dbt ran but a model, seed or test failed (each failure is logged);
         2: dbt could not run (bad project, profile or warehouse).
-    last_results() -> list[NodeResult]: per-node outcome of the last invocation (status, rows affected, message).
+    last_results() -> list[NodeResult]: per-node outcome of the last invocation (status, message, failures).
+        (dbt-duckdb reports no rows-affected counts; the incremental marts carry `_dbt_invocation_id` instead.)
 
 The caller says which warehouse: the CLI resolves it with `pipelines.config.warehouse_path()`, the one place the
 file is configured. dbt reads it from `LOYALTY_WAREHOUSE_PATH` (sql/profiles.yml), which is set only for the call.
@@ -20,14 +21,15 @@ memory_limit, access_mode, ...) that dbt's does not pass. dlt's DuckDB destinati
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-log = logging.getLogger("loyalty.models")
+from pipelines.logs import get_logger
+
+log = get_logger("models")
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 WAREHOUSE_ENV = "LOYALTY_WAREHOUSE_PATH"
@@ -41,7 +43,6 @@ class NodeResult:
     unique_id: str
     resource_type: str
     status: str
-    rows_affected: int | None
     message: str
     failures: int | None
 
@@ -122,13 +123,11 @@ def _node_results(result: Any) -> list[NodeResult]:
         node = getattr(r, "node", None)
         if node is None:  # `source freshness` results carry the source differently
             node = getattr(r, "source", None)
-        response = getattr(r, "adapter_response", None) or {}
         out.append(
             NodeResult(
                 unique_id=getattr(node, "unique_id", "?"),
                 resource_type=str(getattr(node, "resource_type", "?")),
                 status=str(getattr(r, "status", "?")),
-                rows_affected=response.get("rows_affected") if isinstance(response, dict) else None,
                 message=str(getattr(r, "message", "") or ""),
                 failures=getattr(r, "failures", None),
             )

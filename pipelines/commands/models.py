@@ -27,18 +27,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="dbt node selection (e.g. fct_points_ledger+, staging, dim_customers)")
     p.add_argument("--full-refresh", action="store_true", help="rebuild incremental models from scratch")
     p.add_argument("--docs", action="store_true", help="generate the dbt docs site (sql/target/index.html)")
-    p.add_argument("--serve", action="store_true", help="with --docs: serve the docs until Ctrl-C")
+    p.add_argument("--serve", action="store_true", help="generate the docs and serve them until Ctrl-C")
     p.add_argument("--port", type=int, default=8080, help="port for --serve (default %(default)s)")
     p.set_defaults(func=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    import logging
-
     from pipelines.config import ConfigError, warehouse_path
+    from pipelines.logs import get_logger
     from pipelines.models import SQL_DIR, run_dbt
 
-    log = logging.getLogger("loyalty.models")
+    log = get_logger("models")
+    args.docs = args.docs or args.serve
     try:
         warehouse = warehouse_path()
     except ConfigError as exc:
