@@ -203,6 +203,36 @@ class Checker:
         return Diff("carecloud extended_data list items (child tables)", sum(expected.values()), sum(found.values()),
                     sum(missing.values()), sum(extra.values()), list(missing)[:5], list(extra)[:5])
 
+    def scalars(self) -> Diff:
+        """Scalar keys of `extended_data` against their `extended_data__<key>` columns, record by record (linked by
+        customer and the raw extended_data text)."""
+        expected: Counter = Counter()
+        for cid, ext in self.con.execute(
+                "select customer_id, extended_data from truth_cc where extended_data like '{%'").fetchall():
+            try:
+                obj = json.loads(ext)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                flat = json.loads(_item({k: v for k, v in obj.items() if not isinstance(v, list)}))
+                expected[(cid, ext, json.dumps({"extended_data__" + k: v for k, v in sorted(flat.items())},
+                                               ensure_ascii=False))] += 1
+        cols = [r[0] for r in self.con.execute(
+            "select column_name from duckdb_columns() where database_name = 'wh' and schema_name = 'loyalty_raw' "
+            "and table_name = 'carecloud_point_history' and column_name like 'extended\\_data\\_\\_%' escape '\\'"
+        ).fetchall()]
+        found: Counter = Counter()
+        if cols:
+            select = ", ".join(f'"{c}"' for c in cols)
+            for row in self.con.execute(
+                    f"""select customer_id, extended_data_raw, {select} from wh.loyalty_raw.carecloud_point_history
+                        where extended_data_raw like '{{%' and json_valid(extended_data_raw)""").fetchall():
+                values = {c: _scalar(v) for c, v in zip(cols, row[2:]) if v is not None}
+                found[(row[0], row[1], json.dumps(dict(sorted(values.items())), ensure_ascii=False))] += 1
+        missing, extra = expected - found, found - expected
+        return Diff("carecloud extended_data scalar columns", sum(expected.values()), sum(found.values()),
+                    sum(missing.values()), sum(extra.values()), list(missing)[:3], list(extra)[:3])
+
     def capillary(self, customers: list[str] | None = None) -> list[Diff]:
         cust = _in("customer_id", customers)
         per_customer = self.multiset(
@@ -218,10 +248,16 @@ class Checker:
                        f"where true {cust})")
         else:
             tids = wh_tids = "true"
+        # optional columns the loader may add beyond the documented contract are compared when present
+        have = {r[0] for r in self.con.execute(
+            "select column_name from duckdb_columns() where database_name = 'wh' and schema_name = 'loyalty_raw' "
+            "and table_name = 'capillary_points_transfers'").fetchall()}
+        fields = CAP_TRANSFER_FIELDS + "".join(
+            f", {c}" for c in ("points_transfer_date_iso", "from_group_id", "to_group_id") if c in have)
         transfers = self.multiset(
             "capillary_points_transfers",
-            f"select distinct {CAP_TRANSFER_FIELDS} from truth_cap where {tids}",
-            f"select {CAP_TRANSFER_FIELDS} from wh.loyalty_raw.capillary_points_transfers where {wh_tids}")
+            f"select distinct {fields} from truth_cap where {tids}",
+            f"select {fields} from wh.loyalty_raw.capillary_points_transfers where {wh_tids}")
         diffs = [per_customer, transfers]
         if customers is None and self.has("loyalty_raw.capillary_transfer_parties"):
             parties_truth = """
@@ -297,6 +333,17 @@ def _item(item: Any, flat: bool = False) -> str:
     return json.dumps(out, sort_keys=True, ensure_ascii=False, default=str)
 
 
+def _scalar(value: Any) -> Any:
+    """A warehouse cell as the JSON value it came from: numbers as floats, dates as ISO text."""
+    if isinstance(value, bool) or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
 def _ts(value: datetime) -> str:
     """A timestamptz literal (views cannot take parameters)."""
     if value.year >= 9999:
@@ -323,6 +370,7 @@ def compare(warehouse: Path, truth: Any, *, until: datetime, initial_start: date
         if "carecloud" in sources:
             diffs += ch.carecloud(bad_time_rows=bad_time_rows)
             diffs.append(ch.children())
+            diffs.append(ch.scalars())
         if "capillary" in sources:
             diffs += ch.capillary()
         if ledger:
