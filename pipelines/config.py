@@ -111,9 +111,11 @@ class Settings:
     allow_insecure_http: bool
     alert_command: str
     alert_webhook: str
-    batch_rows: int = 50_000          # rows per Arrow table handed to dlt (spans many customers)
-    chunk_customers: int = 20_000     # customers per load + state commit (bounds the work a crash repeats)
+    batch_rows: int = 10_000          # rows per Arrow table handed to dlt (spans many customers)
+    chunk_customers: int = 20_000     # customers per source per round (load + state commit; bounds a crash's loss)
+    round_records: int = 200_000      # a round also ends after this many fetched records (bounds memory)
     export_schema_path: str = "schemas"  # dlt schema YAML export, only for a warehouse inside the working dir
+    duckdb_memory_limit: str = "512MB"   # the run's DuckDB buffer pool; larger merges spill to disk
 
     @property
     def pipelines_dir(self) -> Path:
@@ -199,7 +201,9 @@ def load_settings() -> Settings:
         allow_insecure_http=allow_insecure,
         alert_command=str(_get("loyalty.alert_command", "")),
         alert_webhook=str(_get("loyalty.alert_webhook", "")),
-        batch_rows=int(_get("loyalty.batch_rows", 50_000)),
+        batch_rows=int(_get("loyalty.batch_rows", 10_000)),
         chunk_customers=int(_get("loyalty.chunk_customers", 20_000)),
+        round_records=int(_get("loyalty.round_records", 200_000)),
         export_schema_path=str(_get("loyalty.export_schema_path", "schemas")),
+        duckdb_memory_limit=str(_get("loyalty.duckdb_memory_limit", "512MB")),
     )

@@ -56,7 +56,7 @@ class ExtractJob:
 
     source: str
     run_id: str
-    tasks: list[tuple[str, Window]]
+    tasks: Iterable[tuple[str, Window]]      # consumed once, by the source's resource
     types: ColumnTypes
     concurrency: int
     batch_rows: int

@@ -60,7 +60,7 @@ class RunLock:
         self.release()
 
 
-def connect_writer(warehouse: Path, wait_s: float = 30.0) -> duckdb.DuckDBPyConnection:
+def connect_writer(warehouse: Path, wait_s: float = 30.0, memory_limit: str | None = "512MB") -> duckdb.DuckDBPyConnection:
     """Open the warehouse for writing, retrying while a reader in another process holds it (readers open, query
     and close per request, so they let go within moments)."""
     warehouse.parent.mkdir(parents=True, exist_ok=True)
@@ -68,10 +68,16 @@ def connect_writer(warehouse: Path, wait_s: float = 30.0) -> duckdb.DuckDBPyConn
     delay = 0.1
     while True:
         try:
-            return duckdb.connect(str(warehouse))
+            conn = duckdb.connect(str(warehouse))
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
                 raise
             log.info("warehouse busy (a reader holds it), retrying")
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+            continue
+        if memory_limit:
+            # DuckDB's default (80 % of RAM) lets a big merge grow the process; beyond the limit it spills to disk.
+            # A SET, not a connect() config option: dbt (same process) must open the file with the same config.
+            conn.execute(f"SET memory_limit = '{memory_limit}'")
+        return conn

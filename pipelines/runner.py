@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections import deque
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import duckdb
 import pendulum
@@ -132,15 +133,13 @@ class SourceRun:
         self.srep.http_429 += self.stats.http_429
         self.stats.requests = self.stats.retries = self.stats.http_429 = 0
 
-    def job(self, tasks: list[tuple[str, Window]]) -> ExtractJob:
+    def job(self, feed: "TaskFeed", max_customers: int, max_records: int) -> ExtractJob:
         job = ExtractJob(
-            source=self.source, run_id=self.report.run_id, tasks=[t for t in tasks if not t[1].empty],
+            source=self.source, run_id=self.report.run_id, tasks=[],
             types=ColumnTypes.from_dlt_schema(_schema(self.pipeline)), concurrency=self.cfg.concurrency,
             batch_rows=self.settings.batch_rows, stats=self.stats, progress=self.progress,
         )
-        for cid, window in tasks:
-            if window.empty:  # nothing to fetch: already loaded up to this end
-                job.succeed(cid, 0)
+        job.tasks = feed.take(job, max_customers, max_records)
         return job
 
     def commit(self, job: ExtractJob, end: dt.datetime | None, update_customer_state: bool) -> None:
@@ -153,36 +152,60 @@ class SourceRun:
         self.srep.records += job.records_fetched
 
 
+class TaskFeed:
+    """A source's remaining (customer, window) tasks, handed out round by round. A round takes customers until it
+    has `max_customers` of them or has fetched `max_records` records, so the memory of a round (the load package,
+    DuckDB's merge) stays bounded whatever the number of records per customer."""
+
+    def __init__(self, tasks: Iterable[tuple[str, Window]]) -> None:
+        self._queue = deque(tasks)
+
+    @property
+    def exhausted(self) -> bool:
+        return not self._queue
+
+    def take(self, job: ExtractJob, max_customers: int, max_records: int) -> Iterator[tuple[str, Window]]:
+        taken = 0
+        while self._queue and taken < max_customers and job.records_fetched < max_records:
+            customer_id, window = self._queue.popleft()
+            taken += 1
+            if window.empty:  # nothing to fetch: already loaded up to this end
+                job.succeed(customer_id, 0)
+                continue
+            yield customer_id, window
+
+
 def load_rounds(pipeline: Any, report: RunReport, plans: list[tuple[SourceRun, list[tuple[str, Window]],
                                                                    dt.datetime | None]],
-                chunk_customers: int, update_customer_state: bool) -> None:
-    """Load every source's customers in rounds of `chunk_customers` per source. In each round both APIs are
-    fetched side by side (parallelized dlt resources) into ONE load package: one extract, one normalize, one
-    load (dlt's fixed cost per step is paid once), then each source's bookkeeping is committed."""
+                settings: Settings, update_customer_state: bool) -> None:
+    """Load every source's customers in rounds (see `TaskFeed`). In each round both APIs are fetched side by side
+    (parallelized dlt resources) into ONE load package: one extract, one normalize, one load (dlt's fixed cost per
+    step is paid once), then each source's bookkeeping is committed."""
     import dlt
 
-    size = max(1, chunk_customers)
-    rounds = max((len(tasks) + size - 1) // size for _, tasks, _ in plans) if plans else 0
-    for r in range(rounds):
+    feeds = [(srun, TaskFeed(tasks), end) for srun, tasks, end in plans]
+    r = 0
+    while any(not feed.exhausted for _, feed, _ in feeds):
+        r += 1
         started = time.monotonic()
-        jobs = [(srun, srun.job(tasks[r * size:(r + 1) * size]), end) for srun, tasks, end in plans]
-        resources = [_resource(srun.source, srun.api, job) for srun, job, _ in jobs if job.tasks]
-        if resources:
-            schema = _schema(pipeline)
-            combined = dlt.source(name=SCHEMA_NAME, max_table_nesting=0)(lambda: resources)()
-            pipeline.extract(combined, schema=schema, loader_file_format="parquet")
-            maybe_crash("normalize")
-            info = pipeline.normalize()
-            for table, n in (info.row_counts if info else {}).items():
-                if not table.startswith("_dlt"):
-                    report.rows_by_table[table] = report.rows_by_table.get(table, 0) + n
-            maybe_crash("load")
-            pipeline.load(raise_on_failed_jobs=True)
+        jobs = [(srun, srun.job(feed, settings.chunk_customers, settings.round_records), end)
+                for srun, feed, end in feeds if not feed.exhausted]
+        resources = [_resource(srun.source, srun.api, job) for srun, job, _ in jobs]
+        schema = _schema(pipeline)
+        combined = dlt.source(name=SCHEMA_NAME, max_table_nesting=0)(lambda: resources)()
+        pipeline.extract(combined, schema=schema, loader_file_format="parquet")
+        maybe_crash("normalize")
+        info = pipeline.normalize()
+        for table, n in (info.row_counts if info else {}).items():
+            if not table.startswith("_dlt"):
+                report.rows_by_table[table] = report.rows_by_table.get(table, 0) + n
+        maybe_crash("load")
+        pipeline.load(raise_on_failed_jobs=True)
         maybe_crash("state")
         for srun, job, end in jobs:
             srun.commit(job, end, update_customer_state)
             log.info("round committed", extra={"fields": {
-                "round": f"{r + 1}/{rounds}", "source": srun.source, "customers": len(job.succeeded) + len(job.failed),
+                "round": r, "source": srun.source, "customers": len(job.succeeded) + len(job.failed),
                 "failed": len(job.failed), "records": job.records_fetched, "issues": len(job.issues),
                 "seconds": round(time.monotonic() - started, 2)}})
 
@@ -200,8 +223,8 @@ def run_window(settings: Settings, source: str, start: dt.datetime, end: dt.date
         srun = SourceRun(settings, source, report, progress, conn, pipeline)
         try:
             window = Window(utc(start), utc(end))
-            load_rounds(pipeline, report, [(srun, [(c, window) for c in customers], utc(end))],
-                        settings.chunk_customers, update_customer_state)
+            load_rounds(pipeline, report, [(srun, [(c, window) for c in customers], utc(end))], settings,
+                        update_customer_state)
         finally:
             srun.close()
         srep = report.sources[source]
@@ -244,7 +267,7 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
     progress: RunProgress | None = None
     pre_issues: list[Issue] = []
     try:
-        conn = connect_writer(settings.warehouse)
+        conn = connect_writer(settings.warehouse, memory_limit=settings.duckdb_memory_limit)
         state.ensure_tables(conn)
         now = pendulum.now("UTC")
         plans = []
@@ -269,7 +292,7 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
                 errors.append(f"{source}: {exc}")
                 pre_issues.append(Issue(source, None, "source_unavailable", str(exc)))
         try:
-            load_rounds(pipeline, report, sruns, settings.chunk_customers, update_customer_state=True)
+            load_rounds(pipeline, report, sruns, settings, update_customer_state=True)
         except SourceUnavailable as exc:
             errors.append(str(exc))
             pre_issues.append(Issue("", None, "source_unavailable", str(exc)))

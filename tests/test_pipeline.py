@@ -129,7 +129,9 @@ def test_faults_and_token_expiry_change_nothing(sandbox_factory, sandbox_env, tm
     sb = sandbox_factory(customers=30, now=NOW, random_429_share=0.15, retry_after_share=0.5,
                          error_503_share=0.08, drop_share=0.02, truncate_share=0.02, token_max_requests=15)
     wh = tmp_path / "loyalty_warehouse.duckdb"
-    env = cli_env(sandbox_env(sb, wh), SOURCES__CARECLOUD__MAX_ATTEMPTS=10, SOURCES__CAPILLARY__MAX_ATTEMPTS=10)
+    # small rounds: several load packages and bookkeeping commits in one run
+    env = cli_env(sandbox_env(sb, wh), SOURCES__CARECLOUD__MAX_ATTEMPTS=10, SOURCES__CAPILLARY__MAX_ATTEMPTS=10,
+                  LOYALTY__CHUNK_CUSTOMERS=8)
     _run(env, NOW)
     _assert_truth(wh, sb, NOW)
     retries, x429 = query(wh, "select retries, http_429 from loyalty_raw.runs")[0]
@@ -160,7 +162,9 @@ def test_bad_input_kept_and_recorded(sandbox_factory, sandbox_env, tmp_path: Pat
     each oddity is recorded."""
     sb = sandbox_factory(customers=30, now=NOW, extra_fields=True, type_drift=True, bad_times=True, huge_notes=True)
     wh = tmp_path / "loyalty_warehouse.duckdb"
-    env = cli_env(sandbox_env(sb, wh))
+    # many small batches and record-bounded rounds: column types must hold across batches and loads
+    env = cli_env(sandbox_env(sb, wh), LOYALTY__BATCH_ROWS=150, LOYALTY__ROUND_RECORDS=100,
+                  SOURCES__CARECLOUD__CONCURRENCY=2)
     _run(env, NOW, "--source", "carecloud")
     _assert_truth(wh, sb, NOW, ("carecloud",))
     codes = {r[0]: r[1] for r in query(wh, "select code, count(*) from loyalty_raw.sync_issues group by code")}
@@ -169,6 +173,8 @@ def test_bad_input_kept_and_recorded(sandbox_factory, sandbox_env, tmp_path: Pat
                                           "where table_name = 'carecloud_point_history'")}
     assert cols["point_amount"] == "DOUBLE" and cols["recorded_at"] == "TIMESTAMP WITH TIME ZONE"
     assert cols["point_history_record_time"] == "TIMESTAMP" and "record_source" in cols
+    rounds = query(wh, "select count(*) from loyalty_raw._dlt_loads")[0][0]
+    assert rounds >= 3
 
 
 def test_second_run_refused_while_first_holds_lock(tmp_path: Path) -> None:
