@@ -37,7 +37,7 @@ def _data_requests(sb) -> int:
 
 
 def _two_runs(rig, models: bool, during_models: bool, ctx: str) -> None:
-    first = rig.spawn("-v", models=models) if during_models else rig.spawn(models=models)
+    first = rig.spawn(models=models, verbose=during_models)
     if during_models:
         # the first run is inside dbt (it logs "dbt build on ..." at -v)
         _wait_until(lambda: "dbt build on" in first.err.read_text(errors="replace") or not first.running(), 300,

@@ -66,8 +66,8 @@ class Rig:
                                                   timeout=timeout)
         return self.etl.run(*args, crash_at=crash_at, env=env, timeout=timeout)
 
-    def spawn(self, *extra: str, models: bool = False, env: dict[str, str] | None = None):
-        args = ["run", "--until", self.until().isoformat(), *extra]
+    def spawn(self, *extra: str, models: bool = False, env: dict[str, str] | None = None, verbose: bool = False):
+        args = ["-v"] * verbose + ["run", "--until", self.until().isoformat(), *extra]
         if not models:
             args.append("--no-models")
         return self.etl.spawn(*args, env=env)
