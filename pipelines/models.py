@@ -16,7 +16,8 @@ the already open database instance, so dbt-duckdb can write while the runner's c
 both connections use the same configuration: DuckDB refuses ("Can't open a connection to same database file with
 a different configuration") when the first connection was opened with any `config=` option (threads,
 memory_limit, access_mode, ...) that dbt's does not pass. dlt's DuckDB destination and a plain
-`duckdb.connect(path)` use none, which is what tests/test_models.py checks.
+`duckdb.connect(path)` use none, which is what tests/test_models.py checks; a later `SET memory_limit = ...` on
+the holder (as `pipelines.lock.connect_writer` does) is fine and applies to dbt's queries too.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     from pipelines.config import ConfigError, warehouse_path
     from pipelines.logs import get_logger
-    from pipelines.models import SQL_DIR, run_dbt
+    from pipelines.models import SQL_DIR, last_results, run_dbt
 
     log = get_logger("models")
     args.docs = args.docs or args.serve
@@ -75,8 +75,14 @@ def handle(args: argparse.Namespace) -> int:
         try:
             rc = run_dbt(warehouse, build, log_format=args.log_format)
             # Freshness only warns (a sandbox or a paused schedule is not an error): never changes the exit code.
-            if run_dbt(warehouse, ["source", "freshness"], quiet=True, log_format=args.log_format) != 0:
-                log.warning("dbt source freshness reported stale or unreadable raw tables (see above)")
+            run_dbt(warehouse, ["source", "freshness"], quiet=True, log_format=args.log_format)
+            for node in last_results():
+                table = node.unique_id.rsplit(".", 1)[-1]
+                if node.status == "warn":
+                    log.warning("raw table %s is stale: its newest record is older than the warn_after of "
+                                "sql/models/staging/_sources.yml", table)
+                elif node.status != "pass":
+                    log.warning("raw table %s freshness could not be checked: %s", table, node.message)
             docs_rc = run_dbt(warehouse, ["docs", "generate"], log_format=args.log_format) if args.docs else 0
         finally:
             holder.close()
