@@ -36,7 +36,7 @@ def _data_requests(sb) -> int:
                for n in by.values())
 
 
-def _two_runs(rig, models: bool, during_models: bool, ctx: str) -> None:
+def _two_runs(rig, models: bool, during_models: bool, ctx: str) -> int:
     first = rig.spawn(models=models, verbose=during_models)
     if during_models:
         # the first run is inside dbt (it logs "dbt build on ..." at -v)
@@ -59,24 +59,26 @@ def _two_runs(rig, models: bool, during_models: bool, ctx: str) -> None:
     assert done.returncode == 0, f"{ctx}: {done.describe()}"
     cmp = rig.compare(ledger=models)
     assert cmp.ok, f"{ctx}: the first run was harmed:\n{cmp}"
+    return cmp.rows_compared
 
 
 def test_second_run_is_refused_and_the_first_is_unharmed(rig_factory):
     rig = rig_factory("two", customers=30, latency_ms=40)
-    _two_runs(rig, models=False, during_models=False, ctx="during the load")
+    compared = _two_runs(rig, models=False, during_models=False, ctx="during the load")
     rows = query(rig.warehouse, "select count(*), count(distinct run_id) from loyalty_raw.runs")
     assert rows == [(1, 1)], f"only the first run should have a run row: {rows}"
-    record_figures("two_runs", runs=2, refused=1)
+    record_figures("two_runs", runs=2, refused=1, rows_compared=compared, mismatches=0)
 
 
 @pytest.mark.chaos
 def test_second_run_is_refused_at_any_moment(rig_factory):
     """Nights where the second run arrives during the load or while the first builds the marts."""
     rig = rig_factory("two_many", customers=100, latency_ms=20)
+    compared = 0
     for night, during_models in enumerate([False, True, True, False]):
-        _two_runs(rig, models=True, during_models=during_models, ctx=f"night {night}")
+        compared += _two_runs(rig, models=True, during_models=during_models, ctx=f"night {night}")
         rig.sb.advance(30 * 3600)
-    record_figures("two_runs_many", runs=8, refused=4)
+    record_figures("two_runs_many", runs=8, refused=4, rows_compared=compared, mismatches=0)
 
 
 def _start_reader(warehouse: Path, out: Path, stop: Path, env: dict[str, str] | None = None,
@@ -103,7 +105,7 @@ def _readers_during_load(rig_factory, name: str, customers: int, nights: int, mo
     rig = rig_factory(name, customers=customers, latency_ms=10)
     first = rig.run(models=models)
     assert first.returncode == 0, first.describe()
-    reads = busy = status_busy = status_ok = 0
+    reads = busy = status_busy = status_ok = compared = 0
     for night in range(nights):
         before = _snapshot(rig.warehouse, not models)
         assert not any(isinstance(v, str) for v in before), f"the marts are incomplete after a clean run: {before}"
@@ -125,6 +127,7 @@ def _readers_during_load(rig_factory, name: str, customers: int, nights: int, mo
         assert after != before, "the night loaded nothing new; the test would prove nothing"
         cmp = rig.compare(ledger=models)
         assert cmp.ok, f"night {night}:\n{cmp}"
+        compared += cmp.rows_compared
 
         records = [json.loads(line) for line in out.read_text().splitlines()]
         during = [r for r in records if t0 <= r["t"] <= t1]
@@ -148,7 +151,7 @@ def _readers_during_load(rig_factory, name: str, customers: int, nights: int, mo
                 assert r["rc"] == 0, f"status failed during a load: rc {r['rc']}\n{text}"
                 status_ok += 1
     figures = {"nights": nights, "reader_reads_ok": reads, "reader_busy": busy, "status_ok": status_ok,
-               "status_busy": status_busy, "runs": nights + 1}
+               "status_busy": status_busy, "runs": nights + 1, "rows_compared": compared, "mismatches": 0}
     record_figures(name, **figures)
     return figures
 

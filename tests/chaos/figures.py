@@ -12,6 +12,28 @@ from collections import Counter
 from pathlib import Path
 
 
+DETAILS = {
+    "customers": "customers", "nights": "nights", "requests": "requests", "failed_first_run": "failed in run 1",
+    "issues_by_code": "issues", "bad_time_rows": "broken-time rows", "reader_reads_ok": "reads ok",
+    "reader_busy": "reads busy", "status_ok": "status ok", "status_busy": "status busy (75)", "refused": "refused",
+    "changed_values": "values retyped", "files_searched": "files searched", "bytes_searched": "bytes searched",
+    "leaks": "leaks",
+}
+
+
+def _details(f: dict) -> str:
+    parts = []
+    for key, label in DETAILS.items():
+        if key in f:
+            value = f[key]
+            if isinstance(value, dict):
+                value = ", ".join(f"{k} {v}" for k, v in sorted(value.items()))
+            elif isinstance(value, int):
+                value = f"{value:,}"
+            parts.append(f"{label}: {value}")
+    return "; ".join(parts)
+
+
 def summarise(lines: list[dict]) -> str:
     faults: Counter[str] = Counter()
     crashes: Counter[str] = Counter()
@@ -23,10 +45,10 @@ def summarise(lines: list[dict]) -> str:
         for key in ("runs", "crashes", "rows_compared", "mismatches", "requests"):
             total[key] += int(f.get(key) or 0)
         rows.append(f"| {f['test']} | {f.get('seed', '')} | {f.get('runs', '')} | {f.get('crashes', '')} | "
-                    f"{f.get('rows_compared', '')} | {f.get('mismatches', '')} |")
-    out = ["| test | seed | runs | crashes | rows compared | mismatches |", "|---|---|---|---|---|---|", *rows,
-           f"| **total** | | **{total['runs']}** | **{total['crashes']}** | **{total['rows_compared']:,}** | "
-           f"**{total['mismatches']}** |", ""]
+                    f"{f.get('rows_compared', 0):,} | {f.get('mismatches', '')} | {_details(f)} |")
+    out = ["| test | seed | runs | crashes | rows compared | mismatches | details |", "|---|---|---|---|---|---|---|",
+           *rows, f"| **total** | | **{total['runs']}** | **{total['crashes']}** | **{total['rows_compared']:,}** | "
+           f"**{total['mismatches']}** | |", ""]
     if faults:
         out += ["Faults injected by the sandbox, by kind:", "", "| kind | count |", "|---|---|"]
         out += [f"| {k} | {v:,} |" for k, v in sorted(faults.items())]
