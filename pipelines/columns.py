@@ -178,3 +178,10 @@ def build_sparse_columns(table: str, n_rows: int, sparse: dict[str, list[tuple[i
         kind = types.kind(table, name, present)
         out[name] = convert(dense, kind, name, problems)
     return out
+
+
+def with_required(table: pa.Table, columns: list[str] | tuple[str, ...]) -> pa.Table:
+    """Mark key columns non-nullable in the Arrow schema, matching the dlt hints (dlt warns on every batch
+    otherwise). The keys are never null here, so this is a schema change only."""
+    fields = [f.with_nullable(False) if f.name in columns else f for f in table.schema]
+    return table.cast(pa.schema(fields, metadata=table.schema.metadata))

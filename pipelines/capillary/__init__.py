@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from pipelines.capillary.helpers import CapillaryApi
 from pipelines.capillary.settings import CUSTOMER_TRANSFERS_TABLE, PARTIES_TABLE, TRANSFERS_TABLE
-from pipelines.columns import convert
+from pipelines.columns import convert, with_required
 from pipelines.extraction import CustomerFailed, ExtractJob, SourceUnavailable, run_concurrently
 from pipelines.faultpoints import maybe_crash
 from pipelines.state import Issue
@@ -187,7 +187,8 @@ def transfers_resource(api: CapillaryApi, job: ExtractJob) -> Any:
         tables, issues = batch.build()
         job.issues.extend(issues)
         for name, table in tables:
-            yield dlt.mark.with_hints(table, dlt.mark.make_hints(table_name=name, write_disposition="merge",
+            required = [c for c, spec in HINTS[name]["columns"].items() if spec.get("nullable") is False]
+            yield dlt.mark.with_hints(with_required(table, required), dlt.mark.make_hints(table_name=name, write_disposition="merge",
                                                                  **HINTS[name]),
                                       create_table_variant=True)
 

@@ -10,6 +10,7 @@ import dlt
 from pipelines.carecloud.helpers import CareCloudApi
 from pipelines.carecloud.normalize import PointHistoryBatch
 from pipelines.carecloud.settings import POINT_HISTORY_TABLE
+from pipelines.columns import with_required
 from pipelines.extraction import CustomerFailed, ExtractJob, SourceUnavailable, run_concurrently
 from pipelines.faultpoints import maybe_crash
 from pipelines.windows import Window, local_bounds
@@ -41,7 +42,7 @@ def _emit(batch: PointHistoryBatch, job: ExtractJob) -> Iterator[Any]:
         else:
             hints = dlt.mark.make_hints(table_name=name, write_disposition="merge", primary_key=CHILD_PRIMARY_KEY,
                                         columns=CHILD_COLUMNS)
-        yield dlt.mark.with_hints(table, hints, create_table_variant=True)
+        yield dlt.mark.with_hints(with_required(table, CHILD_PRIMARY_KEY), hints, create_table_variant=True)
 
 
 @dlt.source(name="carecloud", max_table_nesting=0)
