@@ -240,3 +240,16 @@ def test_records_arriving_while_paging_are_neither_skipped_nor_doubled(sandbox_f
         "point_history_record_time", "extended_data", "point_operation_note", "store_id")))
     assert sorted(map(key, records)) == sorted(map(key, truth))
     assert len(truth) > 1000
+
+
+def test_refused_login_fails_the_run_clearly_and_the_other_source_loads(sandbox_factory, sandbox_env,
+                                                                       tmp_path: Path) -> None:
+    sb = sandbox_factory(customers=10, now=NOW)
+    wh = tmp_path / "loyalty_warehouse.duckdb"
+    env = cli_env(sandbox_env(sb, wh), SOURCES__CARECLOUD__CREDENTIALS__PASSWORD="wrong-password-123")
+    out = _run(env, NOW, expect=1)
+    assert "CareCloud login failed" in out and "wrong-password-123" not in out
+    _assert_truth(wh, sb, NOW, ("capillary",))
+    status, error = query(wh, "select status, error from loyalty_raw.runs")[0]
+    assert status == "failed" and "login failed" in error
+    assert query(wh, "select count(*) from loyalty_raw._customer_sync_state where source = 'carecloud'")[0][0] == 0
