@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 import orjson
 
 from pipelines.columns import ColumnTypes
+from pipelines.faultpoints import maybe_crash
 from pipelines.http import HttpError, HttpStats
 from pipelines.progress import RunProgress
 from pipelines.state import Issue
@@ -111,3 +112,19 @@ def run_concurrently(items: Iterable[T], fn: Callable[[T], R], concurrency: int)
                 yield item, result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def fetched(job: ExtractJob, fetch: Callable[[tuple[str, Window]], R]) -> Iterator[tuple[str, Window, R]]:
+    """Fetch every task of `job` concurrently and yield (customer, window, result) for those that worked. A failed
+    customer is recorded on the job and the run goes on; a source-wide failure (login refused) stops it. The caller
+    adds the records to its batch, then calls `job.succeed`."""
+    for (customer_id, window), result in run_concurrently(job.tasks, fetch, job.concurrency):
+        if isinstance(result, SourceUnavailable):
+            raise result
+        if isinstance(result, CustomerFailed):
+            job.fail(customer_id, result.code, result.message, result.detail)
+        elif isinstance(result, BaseException):
+            job.fail(customer_id, "error", f"{type(result).__name__}: {result}")
+        else:
+            yield customer_id, window, result  # type: ignore[misc]
+        maybe_crash("extract")

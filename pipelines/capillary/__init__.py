@@ -18,8 +18,7 @@ import pyarrow as pa
 from pipelines.capillary.helpers import CapillaryApi
 from pipelines.capillary.settings import CUSTOMER_TRANSFERS_TABLE, PARTIES_TABLE, TRANSFERS_TABLE
 from pipelines.columns import convert, with_required
-from pipelines.extraction import CustomerFailed, ExtractJob, SourceUnavailable, run_concurrently
-from pipelines.faultpoints import maybe_crash
+from pipelines.extraction import ExtractJob, fetched
 from pipelines.state import Issue
 from pipelines.windows import Window, local_to_utc
 
@@ -195,20 +194,11 @@ def transfers_resource(api: CapillaryApi, job: ExtractJob) -> Any:
     @dlt.resource(name="capillary_transfers", write_disposition="merge", parallelized=True)
     def transfers() -> Iterator[Any]:
         batch = TransferBatch(job.run_id, api.server_timezone)
-        for (customer_id, window), result in run_concurrently(job.tasks, fetch, job.concurrency):
-            if isinstance(result, SourceUnavailable):
-                raise result
-            if isinstance(result, CustomerFailed):
-                job.fail(customer_id, result.code, result.message, result.detail)
-            elif isinstance(result, BaseException):
-                job.fail(customer_id, "error", f"{type(result).__name__}: {result}")
-            else:
-                records, api_issues = result
-                for code, message, detail in api_issues:
-                    job.issues.append(Issue(SOURCE, customer_id, code, message, detail))
-                batch.add(customer_id, window, records)
-                job.succeed(customer_id, len(records))
-            maybe_crash("extract")
+        for customer_id, window, (records, api_issues) in fetched(job, fetch):
+            for code, message, detail in api_issues:
+                job.issues.append(Issue(SOURCE, customer_id, code, message, detail))
+            batch.add(customer_id, window, records)
+            job.succeed(customer_id, len(records))
             if len(batch) >= job.batch_rows:
                 yield from emit(batch)
                 batch = TransferBatch(job.run_id, api.server_timezone)

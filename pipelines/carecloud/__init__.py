@@ -11,8 +11,7 @@ from pipelines.carecloud.helpers import CareCloudApi
 from pipelines.carecloud.normalize import PointHistoryBatch
 from pipelines.carecloud.settings import POINT_HISTORY_TABLE
 from pipelines.columns import with_required
-from pipelines.extraction import CustomerFailed, ExtractJob, SourceUnavailable, run_concurrently
-from pipelines.faultpoints import maybe_crash
+from pipelines.extraction import ExtractJob, fetched
 from pipelines.windows import Window, local_bounds
 
 COLUMNS: dict[str, Any] = {
@@ -63,17 +62,9 @@ def point_history_resource(api: CareCloudApi, job: ExtractJob) -> Any:
     @dlt.resource(name=POINT_HISTORY_TABLE, write_disposition="merge", parallelized=True)
     def point_history() -> Iterator[Any]:
         batch = PointHistoryBatch(api.timezone, job.run_id, job.types)
-        for (customer_id, window), result in run_concurrently(job.tasks, fetch, job.concurrency):
-            if isinstance(result, SourceUnavailable):
-                raise result
-            if isinstance(result, CustomerFailed):
-                job.fail(customer_id, result.code, result.message, result.detail)
-            elif isinstance(result, BaseException):
-                job.fail(customer_id, "error", f"{type(result).__name__}: {result}")
-            else:
-                batch.add(customer_id, window, result)
-                job.succeed(customer_id, len(result))
-            maybe_crash("extract")
+        for customer_id, window, records in fetched(job, fetch):
+            batch.add(customer_id, window, records)
+            job.succeed(customer_id, len(records))
             if len(batch) >= job.batch_rows:
                 yield from _emit(batch, job)
                 batch = PointHistoryBatch(api.timezone, job.run_id, job.types)
