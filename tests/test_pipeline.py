@@ -174,7 +174,7 @@ def test_bad_input_kept_and_recorded(sandbox_factory, sandbox_env, tmp_path: Pat
     assert cols["point_amount"] == "DOUBLE" and cols["recorded_at"] == "TIMESTAMP WITH TIME ZONE"
     assert cols["point_history_record_time"] == "TIMESTAMP" and "record_source" in cols
     rounds = query(wh, "select count(*) from loyalty_raw._dlt_loads")[0][0]
-    assert rounds >= 3
+    assert rounds >= 2
 
 
 def test_second_run_refused_while_first_holds_lock(tmp_path: Path) -> None:
