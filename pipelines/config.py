@@ -114,7 +114,7 @@ class Settings:
     batch_rows: int = 10_000          # rows per Arrow table handed to dlt (spans many customers)
     chunk_customers: int = 20_000     # customers per source per round (load + state commit; bounds a crash's loss)
     round_records: int = 200_000      # a round also ends after this many fetched records (bounds memory)
-    export_schema_path: str = "schemas"  # dlt schema YAML export, only for a warehouse inside the working dir
+    export_schema_path: str = "schemas"  # dlt schema YAML export, only for a warehouse under ./warehouse/
     duckdb_memory_limit: str = "512MB"   # the run's DuckDB buffer pool; larger merges spill to disk
 
     @property

@@ -46,13 +46,13 @@ SCHEMA_NAME = "loyalty_raw"
 
 # ---------------------------------------------------------------------------------------------- dlt pipeline
 def _export_path(settings: Settings) -> str | None:
-    """Export the schema YAML only for a warehouse that lives under the working directory (the project's own,
-    e.g. `make demo`); a test or benchmark warehouse in a temp dir must not rewrite the committed file."""
+    """Export the schema YAML only for the project's own warehouse (under `<working dir>/warehouse/`, as `make demo`
+    and a deployment use it); test and benchmark warehouses elsewhere must not rewrite the committed file."""
     if not settings.export_schema_path:
         return None
     cwd = Path.cwd().resolve()
     try:
-        settings.warehouse.resolve().relative_to(cwd)
+        settings.warehouse.resolve().relative_to(cwd / "warehouse")
     except ValueError:
         return None
     path = Path(settings.export_schema_path)
