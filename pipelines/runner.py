@@ -297,12 +297,11 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
             errors.append(str(exc))
             pre_issues.append(Issue("", None, "source_unavailable", str(exc)))
         except Exception as exc:
-            cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, SourceUnavailable):  # raised inside extraction, wrapped by dlt
-                errors.append(str(cause))
-                pre_issues.append(Issue("", None, "source_unavailable", str(cause)))
-            else:
+            cause = _root_cause(exc, SourceUnavailable)  # raised inside extraction, wrapped by dlt
+            if cause is None:
                 raise
+            errors.append(str(cause))
+            pre_issues.append(Issue("", None, "source_unavailable", str(cause)))
         finally:
             for srun, _, _ in sruns:
                 srun.close()
@@ -333,6 +332,16 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
     if print_summary:
         print(render_summary(report), flush=True)
     return report
+
+
+def _root_cause(exc: BaseException, kind: type) -> BaseException | None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return None
 
 
 def _run_models(settings: Settings) -> str:
