@@ -73,12 +73,12 @@ def test_second_run_is_refused_and_the_first_is_unharmed(rig_factory):
 @pytest.mark.chaos
 def test_second_run_is_refused_at_any_moment(rig_factory):
     """Nights where the second run arrives during the load or while the first builds the marts."""
-    rig = rig_factory("two_many", customers=100, latency_ms=20)
+    rig = rig_factory("two_many", customers=60, latency_ms=20)
     compared = 0
-    for night, during_models in enumerate([False, True, True, False]):
+    for night, during_models in enumerate([True, False, True]):
         compared += _two_runs(rig, models=True, during_models=during_models, ctx=f"night {night}")
         rig.sb.advance(30 * 3600)
-    record_figures("two_runs_many", runs=8, refused=4, rows_compared=compared, mismatches=0)
+    record_figures("two_runs_many", runs=6, refused=3, rows_compared=compared, mismatches=0)
 
 
 def _start_reader(warehouse: Path, out: Path, stop: Path, env: dict[str, str] | None = None,
@@ -163,4 +163,4 @@ def test_readers_during_a_load_see_a_complete_state_or_busy(rig_factory):
 
 @pytest.mark.chaos
 def test_readers_during_many_loads_and_model_builds(rig_factory):
-    _readers_during_load(rig_factory, "readers_many", customers=150, nights=3, models=True)
+    _readers_during_load(rig_factory, "readers_many", customers=100, nights=2, models=True)
