@@ -27,6 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from pipelines.logs import get_logger, redact, register_secret
 from pipelines.report import EXIT_OK, RunReport, render_summary
@@ -103,8 +104,12 @@ def _run_command(command: str, body: dict[str, Any], report: RunReport) -> None:
 def _post_webhook(url: str, body: dict[str, Any]) -> None:
     import requests
 
-    # webhook URLs usually carry their token in the path (Slack, Teams): never log the URL itself
+    # webhook URLs usually carry their token in the path (Slack, Teams): never log the URL itself, nor its path and
+    # query alone (requests' connection errors quote "url: /services/T000/B000/<token>" without the host)
     register_secret(url)
+    parts = urlsplit(url)
+    register_secret(parts.path)
+    register_secret(parts.query)
     data = redact(json.dumps(body, default=str)).encode()
     try:
         resp = requests.post(url, data=data, headers={"Content-Type": "application/json"},

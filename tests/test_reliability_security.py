@@ -33,6 +33,8 @@ CAP_PASSWORD = "capPassw0rd-9Gt4Mv6Xa1"
 CAP_KEY = "capKey-2Rs7Pk3Nd"
 CAP_SECRET = "capSecret-8Yb1Cf5Jh0"
 WRONG_PASSWORD = "ccWrongPw-4Tz9Qa2Lk6"
+# an alert webhook URL carries its token in the path (Slack, Teams); port 9 refuses, so the failure is logged
+WEBHOOK_TOKEN = "hookTok3n-6Vr2Np8Qe5"
 
 
 def _derived(secrets: list[str]) -> list[str]:
@@ -138,9 +140,11 @@ def test_no_credential_in_any_output_log_report_or_file(rig_factory, distinctive
     second = rig.etl.run("-vv", "--log-format", "json", "run", "--until", rig.until().isoformat(),
                          *([] if models else ["--no-models"]))
     assert second.returncode == 0, second.describe()
-    # a wrong password: the error path (401, exception message, failed run report) must not echo it
+    # a wrong password: the error path (401, exception message, failed run report, the alert whose webhook
+    # cannot be reached) must not echo it, nor the webhook's token
     wrong = rig.etl.run("-vv", "run", "--until", rig.until().isoformat(), "--no-models",
-                        env={"SOURCES__CARECLOUD__CREDENTIALS__PASSWORD": WRONG_PASSWORD})
+                        env={"SOURCES__CARECLOUD__CREDENTIALS__PASSWORD": WRONG_PASSWORD,
+                             "LOYALTY__ALERT_WEBHOOK": f"http://127.0.0.1:9/services/T0/B0/{WEBHOOK_TOKEN}"})
     assert wrong.returncode in (1, 2), wrong.describe()
 
     # the loads really used these credentials: data arrived, tokens were issued and renewed
@@ -155,7 +159,8 @@ def test_no_credential_in_any_output_log_report_or_file(rig_factory, distinctive
     finally:
         con.close()
 
-    needles = _derived(list(distinctive_credentials.values()) + [WRONG_PASSWORD]) + tokens
+    assert "alert_webhook POST failed" in wrong.stderr, "the alert path should have run"
+    needles = _derived(list(distinctive_credentials.values()) + [WRONG_PASSWORD, WEBHOOK_TOKEN]) + tokens
     haystacks: dict[str, bytes] = {}
     for i, run in enumerate(rig.etl.runs):
         haystacks[f"run {i} stdout"] = run.stdout.encode()
