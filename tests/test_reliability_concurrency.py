@@ -37,6 +37,7 @@ def _data_requests(sb) -> int:
 
 
 def _two_runs(rig, models: bool, during_models: bool, ctx: str) -> int:
+    before = _data_requests(rig.sb)
     first = rig.spawn(models=models, verbose=during_models)
     if during_models:
         # the first run is inside dbt (it logs "dbt build on ..." at -v)
@@ -44,7 +45,8 @@ def _two_runs(rig, models: bool, during_models: bool, ctx: str) -> int:
                     "the first run to start dbt")
     else:
         # the first run is loading (it took the lock before its first request)
-        _wait_until(lambda: _data_requests(rig.sb) > 5 or not first.running(), 120, "the first run to start loading")
+        _wait_until(lambda: _data_requests(rig.sb) > before + 5 or not first.running(), 120,
+                    "the first run to start loading")
     assert first.running(), f"{ctx}: the first run ended before the second could start; make it slower"
     t0 = time.monotonic()
     second = rig.run(models=models)
