@@ -1,0 +1,80 @@
+"""The benchmark's own parts (bench/): the reference variants must load exactly what the sandbox holds, or the
+figures `make bench` prints compare different work. Small sizes; the speed itself is measured by `make bench`."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+
+from bench.harness import SandboxProcess
+from bench.report import ratios, targets
+from bench.variants import run_limit, run_naive
+
+NOW = "2026-11-20T00:00:00+00:00"
+
+
+def _truth_shape(customers: int) -> tuple[int, int, int]:
+    """From the sandbox's truth tables: purchase items, unique transfers, unique transfer parties (users)."""
+    from pipelines.sandbox import Sandbox, SandboxConfig
+
+    # same seed and size = same data as the sandbox process (the generator is a pure function of them)
+    truth = Sandbox(SandboxConfig(customers=customers, seed=7, now=NOW)).truth()
+    items = 0
+    for raw in truth.carecloud_point_history.column("extended_data").to_pylist():
+        try:
+            parsed = json.loads(raw) if raw else None
+        except ValueError:
+            continue
+        if isinstance(parsed, dict) and isinstance(parsed.get("purchase_items"), list):
+            items += len(parsed["purchase_items"])
+    cap = truth.capillary_customer_transfers
+    transfers = len(set(cap.column("transfer_id").to_pylist()))
+    users = {u for col in ("from_user_id", "to_user_id") for u in cap.column(col).to_pylist() if u is not None}
+    return items, transfers, len(users)
+
+
+def test_limit_and_naive_variants_load_exactly_the_truth(tmp_path):
+    with SandboxProcess({"customers": 60, "seed": 7, "now": NOW}, log_file=tmp_path / "sandbox.log") as sb:
+        truth = sb.call("truth_counts")
+        assert truth["carecloud_point_history"] > 0 and truth["capillary_customer_transfers"] > 0
+
+        c = run_limit(sb, tmp_path / "c", truth)
+        a = run_naive(sb, tmp_path / "a", None, truth)
+
+    assert c["total"]["lost"] == {"point_history": 0, "customer_transfers": 0}
+    assert a["lost"] == {"point_history": 0, "customer_transfers": 0}
+    # every request the fetch made was answered, and measured by the harness
+    assert c["fetch"]["requests"]["data_200"] == c["fetch"]["requests"]["data_requests"] >= 120
+    assert c["total"]["cpu_s"] > 0 and c["duckdb"]["peak_rss_mb"] > 0 and a["wall_s"] > 0
+
+    items, transfers, users = _truth_shape(60)
+    con = duckdb.connect(str(tmp_path / "c" / "limit.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM loyalty_raw.carecloud_point_history__extended_data__purchase_items"
+                       ).fetchone()[0] == items
+    # record keys are unique although identical records exist (occurrence number in the key)
+    assert con.execute("SELECT count(DISTINCT record_key) = count(*) FROM loyalty_raw.carecloud_point_history"
+                       ).fetchone()[0]
+    assert con.execute("SELECT count(*) FROM loyalty_raw.capillary_points_transfers").fetchone()[0] == transfers
+    assert con.execute("SELECT count(*) FROM loyalty_raw.capillary_transfer_parties").fetchone()[0] == users
+    con.close()
+
+
+def test_targets_follow_the_issue_thresholds():
+    def variant(rps: float) -> dict:
+        return {"records_per_s": rps}
+
+    r = ratios({"a": variant(100), "b": variant(2500), "c": {"total": variant(6000), "duckdb": variant(9000)}})
+    assert r["b_over_a"] == 25 and r["c_over_b"] == 2.4
+    results = {
+        "throughput": {"ratios": r},
+        "memory": {"big": {"peak_rss_mb": 700, "records": 1_000_000},
+                   "small": {"peak_rss_mb": 650, "records": 250_000}},
+        "rate_limit": {"achieved_share": 0.94, "share_429": 0.0, "lost": {"point_history": 0}},
+    }
+    t = targets(results)
+    assert t["b_at_least_20x_a"]["ok"] and t["b_within_3x_of_c"]["ok"]
+    assert t["memory_under_1gb_and_flat"]["ok"]
+    assert not t["rate_limit"]["ok"]              # 94 % of R is below the 95 % target
+    results["memory"]["big"]["peak_rss_mb"] = 900  # 1.38x the small run's memory: not flat
+    assert not targets(results)["memory_under_1gb_and_flat"]["ok"]
