@@ -217,6 +217,8 @@ def run_pipeline(sb: SandboxProcess, workdir: Path, truth: dict[str, int] | None
         argv += ["--until", until]
     if profile:
         spy = Path(PYTHON).parent / "py-spy"
+        if not spy.exists():
+            raise RuntimeError("--profile needs py-spy (in the `bench` extra): .venv/bin/pip install py-spy")
         argv = [str(spy), "record", "--subprocesses", "--format", "speedscope", "-r", "25",
                 "-o", str(workdir / f"{name}.speedscope.json"), "--"] + argv
     run, fig = measure(sb, name, argv, workdir, env=pipeline_env(env, rate_limit, concurrency), sample_s=sample_s,
