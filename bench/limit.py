@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import base64
 import csv
-import hashlib
 import http.client
 import json
 import queue
@@ -72,19 +71,12 @@ def _ids(path: str) -> list[str]:
 
 
 def fetch(env: dict[str, str], out: Path, threads: int) -> dict[str, Any]:
-    import requests
+    from bench.apis import capillary_basic, carecloud_token
 
     out.mkdir(parents=True, exist_ok=True)
     cc_base = env["SOURCES__CARECLOUD__BASE_URL"]
-    login = requests.post(f"{cc_base}/users/actions/login", json={
-        "user_external_application_id": env["SOURCES__CARECLOUD__CREDENTIALS__EXTERNAL_APP_ID"],
-        "login": env["SOURCES__CARECLOUD__CREDENTIALS__LOGIN"],
-        "password": env["SOURCES__CARECLOUD__CREDENTIALS__PASSWORD"],
-    }, timeout=30)
-    login.raise_for_status()
-    cc_headers = {"Authorization": "Bearer " + login.json()["data"]["bearer_token"]}
-    md5 = hashlib.md5(env["SOURCES__CAPILLARY__CREDENTIALS__PASSWORD"].encode()).hexdigest()
-    basic = base64.b64encode(f"{env['SOURCES__CAPILLARY__CREDENTIALS__TILL_ID']}:{md5}".encode()).decode()
+    cc_headers = {"Authorization": "Bearer " + carecloud_token(env)}
+    basic = base64.b64encode(":".join(capillary_basic(env)).encode()).decode()
     cap_headers = {"Authorization": "Basic " + basic}
     ident = env.get("SOURCES__CAPILLARY__IDENTIFIER_NAME", "id")
 

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import dlt
-import requests
 from dlt.sources.rest_api import rest_api_source
+
+from bench.apis import capillary_basic, carecloud_token
 
 
 def _customers(path: str) -> list[dict[str, str]]:
@@ -32,13 +32,7 @@ def _customers(path: str) -> list[dict[str, str]]:
 
 def build_sources(env: dict[str, str]) -> list[Any]:
     cc_base = env["SOURCES__CARECLOUD__BASE_URL"]
-    login = requests.post(f"{cc_base}/users/actions/login", json={
-        "user_external_application_id": env["SOURCES__CARECLOUD__CREDENTIALS__EXTERNAL_APP_ID"],
-        "login": env["SOURCES__CARECLOUD__CREDENTIALS__LOGIN"],
-        "password": env["SOURCES__CARECLOUD__CREDENTIALS__PASSWORD"],
-    }, timeout=30)
-    login.raise_for_status()
-    token = login.json()["data"]["bearer_token"]
+    token = carecloud_token(env)
 
     cc_rows = _customers(env["SOURCES__CARECLOUD__CUSTOMERS"])
     cap_rows = _customers(env["SOURCES__CAPILLARY__CUSTOMERS"])
@@ -68,10 +62,10 @@ def build_sources(env: dict[str, str]) -> list[Any]:
         ],
     }, name="carecloud")
 
-    md5_password = hashlib.md5(env["SOURCES__CAPILLARY__CREDENTIALS__PASSWORD"].encode()).hexdigest()
+    till, md5_password = capillary_basic(env)
     capillary = rest_api_source({
         "client": {"base_url": env["SOURCES__CAPILLARY__BASE_URL"] + "/",
-                   "auth": {"type": "http_basic", "username": env["SOURCES__CAPILLARY__CREDENTIALS__TILL_ID"],
+                   "auth": {"type": "http_basic", "username": till,
                             "password": md5_password}},
         "resources": [
             capillary_customers,
