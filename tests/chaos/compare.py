@@ -382,8 +382,10 @@ def compare(warehouse: Path, truth: Any, *, until: datetime, initial_start: date
 
 def state_not_ahead_of_data(warehouse: Path, truth: Any, *, initial_start: datetime) -> Comparison:
     """The invariant that must hold after any crash, before the rerun: the warehouse holds nothing the API does not
-    have (no doubles), and for every customer the bookkeeping calls done up to `last_success_end`, every truth row
-    before that instant is loaded (a window is never marked done before its rows are committed)."""
+    have (no doubles), and for every customer the bookkeeping calls done up to `last_success_end` = E, every truth
+    row before E that the API showed at E is loaded (a window is never marked done before its rows are committed).
+    Runs here pass `--until` = the sandbox's frozen now, so E is also the instant the API was read at; a late record
+    that appeared after E is the next lookback's job, not a missing row."""
     if not Path(warehouse).exists():
         return Comparison([], {})
     ch = Checker(warehouse, truth, until=datetime.max.replace(tzinfo=initial_start.tzinfo),
@@ -410,7 +412,9 @@ def state_not_ahead_of_data(warehouse: Path, truth: Any, *, initial_start: datet
             diffs.append(_subset(ch, "carecloud rows before last_success_end missing",
                                  f"""select {CC_TRUTH} from truth_cc_all t where t.recorded_at >= {start}
                                      and t.recorded_at < (select d.e from done d where d.source = 'carecloud'
-                                                          and d.customer_id = t.customer_id)""",
+                                                          and d.customer_id = t.customer_id)
+                                     and t.visible_from <= (select d.e from done d where d.source = 'carecloud'
+                                                            and d.customer_id = t.customer_id)""",
                                  f"select {CC_WH} from {wh_cc}"))
         if ch.has("loyalty_raw.capillary_customer_transfers"):
             wh_ct = ("select customer_id, transfer_id, transfer_type, points_signed::double "
@@ -422,7 +426,9 @@ def state_not_ahead_of_data(warehouse: Path, truth: Any, *, initial_start: datet
             diffs.append(_subset(ch, "capillary rows before last_success_end missing",
                                  t_ct + f""" where t.transferred_at >= {start}
                                      and t.transferred_at < (select d.e from done d where d.source = 'capillary'
-                                                             and d.customer_id = t.customer_id)""",
+                                                             and d.customer_id = t.customer_id)
+                                     and t.visible_from <= (select d.e from done d where d.source = 'capillary'
+                                                            and d.customer_id = t.customer_id)""",
                                  wh_ct))
         return Comparison(diffs, ch.duplicates())
     finally:
