@@ -72,14 +72,19 @@ def _night(rig, crasher: Crasher, crashes: int, seed: int, night: int, clean_sec
             tally["crashes"] += 1
             tally["by_kind"][kind] = tally["by_kind"].get(kind, 0) + 1
             _check_after_crash(rig, run, f"{ctx} ({how})")
+    return _rerun_equals_truth(rig, f"seed {seed} night {night}", tally).seconds
+
+
+def _rerun_equals_truth(rig, ctx: str, tally: dict) -> EtlRun:
+    """The clean rerun after crashes: exit 0, raw tables and ledger equal to the truth."""
     rerun = rig.run(models=True)
     tally["runs"] += 1
-    assert rerun.returncode == 0, f"seed {seed} night {night}: rerun failed\n{rerun.describe()}"
+    assert rerun.returncode == 0, f"{ctx}: the rerun failed\n{rerun.describe()}"
     cmp = rig.compare(ledger=True)
     tally["rows_compared"] += cmp.rows_compared
     tally["mismatches"] += cmp.mismatches
-    assert cmp.ok, f"seed {seed} night {night}: after crashes and a rerun the warehouse differs from the truth:\n{cmp}"
-    return rerun.seconds
+    assert cmp.ok, f"{ctx}: after crashes and a rerun the warehouse differs from the truth:\n{cmp}"
+    return rerun
 
 
 def _tally() -> dict:
@@ -122,13 +127,7 @@ def test_crash_at_each_kind_of_point_then_rerun(rig_factory):
         tally["by_kind"]["timed kill"] = 1
         _check_after_crash(rig, killed, f"seed {seed} timed kill after {delay:.1f}s")
 
-    final = rig.run(models=True)
-    tally["runs"] += 1
-    assert final.returncode == 0, f"seed {seed}: the rerun failed\n{final.describe()}"
-    cmp = rig.compare(ledger=True)
-    tally["rows_compared"] += cmp.rows_compared
-    tally["mismatches"] += cmp.mismatches
-    assert cmp.ok, f"seed {seed}: after crashes and a rerun the warehouse differs from the truth:\n{cmp}"
+    _rerun_equals_truth(rig, f"seed {seed}", tally)
     record_figures("crash_fast", seed=seed, **tally)
 
 
