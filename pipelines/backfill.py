@@ -158,7 +158,7 @@ def backfill(settings: Any, sources: Sequence[str], since: dt.datetime, until: d
     issues: list[state.Issue] = []
     progress: RunProgress | None = None
     with RunLock(settings.warehouse):
-        conn = connect_writer(settings.warehouse)
+        conn = connect_writer(settings.warehouse, memory_limit=settings.duckdb_memory_limit)
         try:
             try:
                 state.ensure_tables(conn)
