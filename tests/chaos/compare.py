@@ -1,9 +1,17 @@
 """Compare a warehouse with the sandbox's ground truth, row for row, as multisets of API-visible fields.
 
+The one truth comparison of the test suite: the pipeline tests (tests/test_pipeline.py), the ops tests and the
+reliability suite all use it:
+
+    cmp = compare(warehouse, sandbox.truth(), until=until, ledger=False)
+    assert cmp.ok, str(cmp)
+
 The comparison never uses the pipeline's own keys to decide what matches (a wrong key function would then hide its
-own bugs): CareCloud rows are compared on every field the API sent, Capillary rows per (customer, transfer) and per
-transfer. Keys are checked separately for uniqueness (nothing doubled). Both sides are put in one in-memory DuckDB
-and compared with `EXCEPT ALL` in both directions, which is a multiset difference.
+own bugs): CareCloud rows are compared on every field the API sent (new top-level fields too, when the sandbox sends
+them), with their list items (child tables) and scalar `extended_data` keys (extended columns); Capillary rows per
+(customer, transfer), per transfer and per party; the ledger when asked. Keys are checked separately for uniqueness
+(nothing doubled). Both sides are put in one in-memory DuckDB and compared with `EXCEPT ALL` in both directions,
+which is a multiset difference.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ from typing import Any
 
 import duckdb
 
+from pipelines.sandbox.data import EXTRA_FIELDS
+
 from .harness import is_lock_error
 
 # CareCloud fields as the API sends them; the warehouse side casts its typed columns back to these.
@@ -29,15 +39,18 @@ CC_TRUTH = """
     customer_id, point_amount, point_operation_type, point_operation_note, point_type_id,
     partner_id, store_id, point_history_record_time as record_time, extended_data,
     epoch_ms(recorded_at) as recorded_ms"""
-# records whose time the API sent broken: compared without their time (the warehouse cannot hold "2025-13-45")
+# records whose time the API sent broken: compared without their time (the warehouse cannot hold "2025-13-45"),
+# which must then be empty in the warehouse, not some guess
 CC_WH_NOTIME = """customer_id, point_amount::double as point_amount, point_operation_type, point_operation_note,
-    point_type_id, partner_id, store_id, extended_data_raw as extended_data"""
+    point_type_id, partner_id, store_id, strftime(point_history_record_time, '%Y-%m-%d %H:%M:%S') as record_time,
+    extended_data_raw as extended_data"""
 CC_TRUTH_NOTIME = """customer_id, point_amount, point_operation_type, point_operation_note, point_type_id,
-    partner_id, store_id, extended_data"""
+    partner_id, store_id, null::varchar as record_time, extended_data"""
 
 CAP_TRANSFER_FIELDS = ("transfer_id, from_entity_id, from_entity_type, to_entity_id, to_entity_type, "
                        "points_transferred::double as points_transferred, points_transfer_date, "
-                       "epoch_ms(transferred_at) as transferred_ms, notes, program_name, from_user_id, to_user_id")
+                       "epoch_ms(transferred_at) as transferred_ms, notes, program_name, from_user_id, to_user_id, "
+                       "points_transfer_date_iso, from_group_id, to_group_id")
 
 
 @dataclass
@@ -99,7 +112,7 @@ class Comparison:
 class Checker:
     """Holds one in-memory DuckDB with the truth registered and the warehouse attached read-only."""
 
-    def __init__(self, warehouse: Path, truth: Any, *, until: datetime, initial_start: datetime,
+    def __init__(self, warehouse: Path, truth: Any, *, until: datetime, initial_start: datetime | None = None,
                  wait_s: float = 60.0) -> None:
         self.con = duckdb.connect()
         self.con.execute("set TimeZone = 'UTC'")
@@ -114,13 +127,15 @@ class Checker:
                 time.sleep(0.2)
         self.con.register("truth_cc_all", truth.carecloud_point_history)
         self.con.register("truth_cap_all", truth.capillary_customer_transfers)
-        # what the run should have loaded: every visible record inside [initial_start, until); a record whose time
-        # is unparseable has no instant, so it is kept (the sandbox serves it inside its real window)
-        s, u = _ts(initial_start), _ts(until)
+        # what the run should have loaded: every visible record inside [initial_start, until) (no lower bound when
+        # initial_start is None); a record whose time is unparseable has no instant, so it is kept (the sandbox
+        # serves it inside its real window)
         self.con.execute(f"""create temp view truth_cc as select * from truth_cc_all
-                             where recorded_at is null or (recorded_at >= {s} and recorded_at < {u})""")
+                             where recorded_at is null or ({_window("recorded_at", initial_start, until)})""")
         self.con.execute(f"""create temp view truth_cap as select * from truth_cap_all
-                             where transferred_at >= {s} and transferred_at < {u}""")
+                             where {_window("transferred_at", initial_start, until)}""")
+        # top-level fields the sandbox adds beyond the documented ones (extra_fields=True) are compared too
+        self.cc_extra = "".join(f", {c}" for c in EXTRA_FIELDS if c in truth.carecloud_point_history.column_names)
         self.wh_tables = {r[0] for r in self.con.execute(
             "select schema_name || '.' || table_name from duckdb_tables() where database_name = 'wh'").fetchall()}
         self.wh_views = {r[0] for r in self.con.execute(
@@ -156,14 +171,15 @@ class Checker:
         "skip" (left out of the comparison; the caller checks they were recorded as issues)."""
         cust = _in("customer_id", customers)
         wh = "wh.loyalty_raw.carecloud_point_history"
-        good_truth = f"select {CC_TRUTH} from truth_cc where recorded_at is not null {cust}"
-        good_wh = f"select {CC_WH} from {wh} where recorded_at is not null {cust}"
+        extra = self.cc_extra
+        good_truth = f"select {CC_TRUTH}{extra} from truth_cc where recorded_at is not null {cust}"
+        good_wh = f"select {CC_WH}{extra} from {wh} where recorded_at is not null {cust}"
         diffs = [self.multiset("carecloud_point_history", good_truth, good_wh)]
         if bad_time_rows == "loaded":
             diffs.append(self.multiset(
                 "carecloud_point_history (unparseable record time)",
-                f"select {CC_TRUTH_NOTIME} from truth_cc where recorded_at is null {cust}",
-                f"select {CC_WH_NOTIME} from {wh} where recorded_at is null {cust}"))
+                f"select {CC_TRUTH_NOTIME}{extra} from truth_cc where recorded_at is null {cust}",
+                f"select {CC_WH_NOTIME}{extra} from {wh} where recorded_at is null {cust}"))
         return diffs
 
     def children(self) -> Diff:
@@ -248,27 +264,23 @@ class Checker:
                        f"where true {cust})")
         else:
             tids = wh_tids = "true"
-        # optional columns the loader may add beyond the documented contract are compared when present
-        have = {r[0] for r in self.con.execute(
-            "select column_name from duckdb_columns() where database_name = 'wh' and schema_name = 'loyalty_raw' "
-            "and table_name = 'capillary_points_transfers'").fetchall()}
-        fields = CAP_TRANSFER_FIELDS + "".join(
-            f", {c}" for c in ("points_transfer_date_iso", "from_group_id", "to_group_id") if c in have)
         transfers = self.multiset(
             "capillary_points_transfers",
-            f"select distinct {fields} from truth_cap where {tids}",
-            f"select {fields} from wh.loyalty_raw.capillary_points_transfers where {wh_tids}")
+            f"select distinct {CAP_TRANSFER_FIELDS} from truth_cap where {tids}",
+            f"select {CAP_TRANSFER_FIELDS} from wh.loyalty_raw.capillary_points_transfers where {wh_tids}")
         diffs = [per_customer, transfers]
-        if customers is None and self.has("loyalty_raw.capillary_transfer_parties"):
+        if customers is None:
             parties_truth = """
                 select distinct from_user_id as user_id, from_first_name as first_name, from_last_name as last_name,
                        from_external_id as external_id from truth_cap where from_user_id is not null
                 union
                 select distinct to_user_id, to_first_name, to_last_name, to_external_id
                 from truth_cap where to_user_id is not null"""
-            diffs.append(self.multiset(
-                "capillary_transfer_parties", parties_truth,
-                "select user_id, first_name, last_name, external_id from wh.loyalty_raw.capillary_transfer_parties"))
+            parties_wh = ("select user_id, first_name, last_name, external_id "
+                          "from wh.loyalty_raw.capillary_transfer_parties"
+                          if self.has("loyalty_raw.capillary_transfer_parties") else  # none loaded: all missing
+                          "select null::bigint, null::varchar, null::varchar, null::varchar where false")
+            diffs.append(self.multiset("capillary_transfer_parties", parties_truth, parties_wh))
         return diffs
 
     def ledger(self) -> list[Diff]:
@@ -351,6 +363,12 @@ def _ts(value: datetime) -> str:
     return f"'{value.isoformat()}'::timestamptz"
 
 
+def _window(column: str, start: datetime | None, until: datetime) -> str:
+    """`column` in [start, until); no lower bound when `start` is None."""
+    upper = f"{column} < {_ts(until)}"
+    return upper if start is None else f"{column} >= {_ts(start)} and {upper}"
+
+
 def _in(column: str, values: list[str] | None) -> str:
     if values is None:
         return ""
@@ -360,10 +378,12 @@ def _in(column: str, values: list[str] | None) -> str:
     return f" and {column} in ({quoted})"
 
 
-def compare(warehouse: Path, truth: Any, *, until: datetime, initial_start: datetime,
+def compare(warehouse: Path, truth: Any, *, until: datetime, initial_start: datetime | None = None,
             sources: tuple[str, ...] = ("carecloud", "capillary"), ledger: bool = True,
             bad_time_rows: str = "loaded") -> Comparison:
-    """The whole warehouse against the truth: raw tables of `sources`, the ledger when `ledger`, key uniqueness."""
+    """The whole warehouse against the truth: raw tables of `sources` (with child tables and extended columns),
+    the ledger when `ledger`, key uniqueness. The truth is what has an instant in [initial_start, until); without
+    `initial_start`, everything before `until` (then a record the run left out for being too old is missing)."""
     ch = Checker(warehouse, truth, until=until, initial_start=initial_start)
     try:
         diffs: list[Diff] = []
