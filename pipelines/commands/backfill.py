@@ -4,10 +4,12 @@ moving the nightly windows. The work is in `pipelines/backfill.py`."""
 from __future__ import annotations
 
 import argparse
-import sys
+
+from pipelines.commands._common import (
+    add_customers_option, add_no_models_option, add_source_option, add_until_option, chosen_sources, fail, load,
+)
 
 HELP = "load a history range in chunks (resumable after a crash; the nightly window state is left as it was)"
-SOURCES = ["carecloud", "capillary"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,34 +21,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--since", required=True, help="start of the history to load (inclusive), e.g. 2024-01-01")
-    p.add_argument("--until", required=True, help="end (exclusive), e.g. 2026-01-01T00:00:00+00:00")
+    add_until_option(p, "end (exclusive), e.g. 2026-01-01T00:00:00+00:00", required=True)
     p.add_argument("--chunk", default="7d", help="chunk length: 7d, 1w, 12h, ... (default 7d)")
-    p.add_argument("--source", action="append", choices=SOURCES,
-                   help="limit to one source (repeatable; default both)")
-    p.add_argument("--customers", metavar="FILE",
-                   help="CSV with a customer_id column instead of each source's configured list")
-    p.add_argument("--no-models", action="store_true", help="do not rebuild the dbt marts afterwards")
+    add_source_option(p, "limit to one source (repeatable; default both)", repeatable=True)
+    add_customers_option(p, "CSV with a customer_id column instead of each source's configured list")
+    add_no_models_option(p, "do not rebuild the dbt marts afterwards")
     p.set_defaults(func=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
     from pipelines.alerts import notify
     from pipelines.backfill import backfill
-    from pipelines.config import ConfigError, load_settings, parse_duration, parse_instant
+    from pipelines.config import ConfigError, parse_duration
     from pipelines.lock import RunLocked
-    from pipelines.logs import redact
-    from pipelines.report import EXIT_FAILED, render_summary
+    from pipelines.report import render_summary
 
     try:
-        settings = load_settings()
-        since = parse_instant(args.since, "--since")
-        until = parse_instant(args.until, "--until")
+        settings, (since, until) = load(since=args.since, until=args.until)
         chunk = parse_duration(args.chunk)
-        report = backfill(settings, args.source or SOURCES, since, until, chunk, models=not args.no_models,
+        report = backfill(settings, chosen_sources(args.source), since, until, chunk, models=not args.no_models,
                           customers_file=args.customers)
     except (ConfigError, ValueError, RunLocked) as exc:
-        print(f"loyalty-etl backfill: {redact(str(exc))}", file=sys.stderr)
-        return EXIT_FAILED
+        return fail(exc)
     print(render_summary(report))
     notify(settings, report)
     return report.exit_code

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from pipelines.commands._common import (
+    add_customers_option, add_no_models_option, add_source_option, add_until_option, chosen_sources, fail, load,
+)
+
 HELP = "load what changed since the last run (both sources by default), then build the marts"
 
 DESCRIPTION = """\
@@ -34,30 +38,23 @@ examples:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("run", help=HELP, description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source", choices=["carecloud", "capillary", "all"], default="all",
-                   help="which API to load (default: all)")
-    p.add_argument("--customers", metavar="FILE",
-                   help="CSV with a customer_id column to use instead of the configured list of each source")
-    p.add_argument("--until", metavar="INSTANT",
-                   help="end of this run's window, ISO 8601 (default: now minus the safety lag); no offset = UTC")
-    p.add_argument("--no-models", action="store_true", help="load only; do not run dbt afterwards")
+    add_source_option(p, "which API to load (default: all)")
+    add_customers_option(p, "CSV with a customer_id column to use instead of the configured list of each source")
+    add_until_option(p, "end of this run's window, ISO 8601 (default: now minus the safety lag); no offset = UTC",
+                     metavar="INSTANT")
+    add_no_models_option(p, "load only; do not run dbt afterwards")
     p.set_defaults(func=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    import sys
-
-    from pipelines.config import ConfigError, load_settings, parse_instant
-    from pipelines.report import EXIT_FAILED
+    from pipelines.config import ConfigError
 
     try:
-        settings = load_settings()
-        until = parse_instant(args.until, "--until") if args.until else None
+        settings, (until,) = load(until=args.until or None)  # an empty --until: the default
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    from pipelines.runner import SOURCES, run
+        return fail(exc)
+    from pipelines.runner import run
 
-    sources = list(SOURCES) if args.source == "all" else [args.source]
-    report = run(settings, sources, customers_file=args.customers, until=until, models=not args.no_models)
+    report = run(settings, chosen_sources(args.source), customers_file=args.customers, until=until,
+                 models=not args.no_models)
     return report.exit_code
