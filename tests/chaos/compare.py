@@ -182,19 +182,24 @@ class Checker:
                 f"select {CC_WH_NOTIME}{extra} from {wh} where recorded_at is null {cust}"))
         return diffs
 
+    def _truth_objects(self, like: str):
+        """(customer_id, extended_data text, parsed object) of the truth's records whose extended_data is a JSON
+        object and matches `like`; invalid JSON is skipped (it is kept raw, compared with the row)."""
+        for cid, ext in self.con.execute(
+                "select customer_id, extended_data from truth_cc where extended_data like ?", [like]).fetchall():
+            try:
+                obj = json.loads(ext)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                yield cid, ext, obj
+
     def children(self) -> Diff:
         """List-valued keys of `extended_data` (e.g. purchase items) against their child tables: every item of every
         record, at its position, with its fields, linked to a parent row with the same customer and extended_data."""
         prefix = "carecloud_point_history__extended_data__"
         expected: Counter = Counter()
-        for cid, ext in self.con.execute(
-                "select customer_id, extended_data from truth_cc where extended_data like '%[%'").fetchall():
-            try:
-                obj = json.loads(ext)
-            except ValueError:
-                continue
-            if not isinstance(obj, dict):
-                continue
+        for cid, ext, obj in self._truth_objects("%[%"):
             for key, value in obj.items():
                 if isinstance(value, list):
                     for idx, item in enumerate(value):
@@ -215,24 +220,16 @@ class Checker:
                                            wh.loyalty_raw.carecloud_point_history p using (record_key)""").fetchone()[0]
             if orphans:
                 found[(table, "ORPHAN child rows without a parent", None, orphans, "")] += 1
-        missing, extra = expected - found, found - expected
-        return Diff("carecloud extended_data list items (child tables)", sum(expected.values()), sum(found.values()),
-                    sum(missing.values()), sum(extra.values()), list(missing)[:5], list(extra)[:5])
+        return _counter_diff("carecloud extended_data list items (child tables)", expected, found, 5)
 
     def scalars(self) -> Diff:
         """Scalar keys of `extended_data` against their `extended_data__<key>` columns, record by record (linked by
         customer and the raw extended_data text)."""
         expected: Counter = Counter()
-        for cid, ext in self.con.execute(
-                "select customer_id, extended_data from truth_cc where extended_data like '{%'").fetchall():
-            try:
-                obj = json.loads(ext)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                flat = json.loads(_item({k: v for k, v in obj.items() if not isinstance(v, list)}))
-                expected[(cid, ext, json.dumps({"extended_data__" + k: v for k, v in sorted(flat.items())},
-                                               ensure_ascii=False))] += 1
+        for cid, ext, obj in self._truth_objects("{%"):
+            flat = json.loads(_item({k: v for k, v in obj.items() if not isinstance(v, list)}))
+            expected[(cid, ext, json.dumps({"extended_data__" + k: v for k, v in sorted(flat.items())},
+                                           ensure_ascii=False))] += 1
         cols = [r[0] for r in self.con.execute(
             "select column_name from duckdb_columns() where database_name = 'wh' and schema_name = 'loyalty_raw' "
             "and table_name = 'carecloud_point_history' and column_name like 'extended\\_data\\_\\_%' escape '\\'"
@@ -245,9 +242,7 @@ class Checker:
                         where extended_data_raw like '{{%' and json_valid(extended_data_raw)""").fetchall():
                 values = {c: _scalar(v) for c, v in zip(cols, row[2:]) if v is not None}
                 found[(row[0], row[1], json.dumps(dict(sorted(values.items())), ensure_ascii=False))] += 1
-        missing, extra = expected - found, found - expected
-        return Diff("carecloud extended_data scalar columns", sum(expected.values()), sum(found.values()),
-                    sum(missing.values()), sum(extra.values()), list(missing)[:3], list(extra)[:3])
+        return _counter_diff("carecloud extended_data scalar columns", expected, found, 3)
 
     def capillary(self, customers: list[str] | None = None) -> list[Diff]:
         cust = _in("customer_id", customers)
@@ -315,6 +310,12 @@ class Checker:
             if rel.startswith("loyalty_raw.carecloud_point_history__"):
                 keys[rel] = "record_key, _idx"
         return {f"{rel}({key})": self.dup_count(f"wh.{rel}", key) for rel, key in keys.items() if self.has(rel)}
+
+
+def _counter_diff(name: str, expected: Counter, found: Counter, sample: int) -> Diff:
+    missing, extra = expected - found, found - expected
+    return Diff(name, sum(expected.values()), sum(found.values()), sum(missing.values()), sum(extra.values()),
+                list(missing)[:sample], list(extra)[:sample])
 
 
 def _snake(key: str) -> str:
