@@ -8,14 +8,20 @@ every retry and 429 is counted into the run report and live progress, a 401 must
 all threads in flight (not one per thread), and a truncated body or undecodable JSON with a 200 status must be
 retried like a 503. None of those hooks exist there.
 
-Connections: one keep-alive `http.client` connection per thread (the stdlib; a short body raises IncompleteRead).
-Measured on loopback against the sandbox, urllib3's pool costs ~200 us more CPU per request than a bare
-`http.client` connection (490 vs 290 us including the JSON parse); at one request per customer that is most of the
-per-record budget the performance issue sets. urllib3 is still used for parsing `Retry-After`.
+Connections: one keep-alive libcurl handle (pycurl) per thread; a short body is libcurl's error 18, a dropped
+connection 52/56, all retried. Measured on loopback against the sandbox, per request including the JSON parse:
+urllib3's pool ~490 us of CPU, a bare stdlib `http.client` connection ~300 us, pycurl ~165 us (docs/performance.md);
+at one request per customer this is the largest cost per record after the parse. urllib3 is still used for parsing
+`Retry-After`.
+
+Processes: the limiter and the login token live in shared memory (`multiprocessing` fork context), so worker
+processes forked by `pipelines/workers.py` share one request budget and one login with the run.
 """
 
 from __future__ import annotations
 
+import io
+import multiprocessing
 import random
 import threading
 import time
@@ -23,14 +29,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import urlencode
 
-import http.client
-import ssl
-from urllib.parse import urlsplit
-
+import certifi
 import orjson
+import pycurl
 from urllib3.util.retry import Retry
 
-from pipelines.logs import get_logger, redact
+from pipelines.logs import get_logger, redact, register_secret
 
 log = get_logger("http")
 
@@ -49,30 +53,80 @@ class HttpError(Exception):
         self.exhausted = exhausted
 
 
+def _fork_context() -> Any:
+    """The multiprocessing context whose locks and shared memory the worker processes inherit (see
+    `pipelines/workers.py`); where fork does not exist, the default one (state then stays per process)."""
+    try:
+        return multiprocessing.get_context("fork")
+    except ValueError:  # pragma: no cover - platforms without fork
+        return multiprocessing.get_context()
+
+
 class RateLimiter:
-    """Token bucket shared by every thread that uses one credential (hand-written: a few lines with a lock; the
-    limiter must be shared across a thread pool and consulted before every attempt, including retries)."""
+    """Token bucket shared by every thread AND every worker process that uses one credential (hand-written: a few
+    lines with a lock; the limiter must be consulted before every attempt, including retries, by a thread pool in
+    each of several processes). Its state lives in shared memory created before the workers fork."""
 
     def __init__(self, rate: float, burst: float | None = None) -> None:
         self.rate = float(rate)
         self.capacity = max(1.0, burst if burst is not None else min(self.rate, 1.0))
-        self._tokens = self.capacity
-        self._last = time.monotonic()
-        self._lock = threading.Lock()
+        ctx = _fork_context()
+        self._state = ctx.RawArray("d", [self.capacity, time.monotonic()])  # tokens, last refill (CLOCK_MONOTONIC)
+        self._lock = ctx.Lock()
 
     def acquire(self) -> None:
         if self.rate <= 0:
             return
+        state = self._state
         while True:
             with self._lock:
                 now = time.monotonic()
-                self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
-                self._last = now
-                if self._tokens >= 1.0:
-                    self._tokens -= 1.0
+                tokens = min(self.capacity, state[0] + (now - state[1]) * self.rate)
+                state[1] = now
+                if tokens >= 1.0:
+                    state[0] = tokens - 1.0
                     return
-                wait = (1.0 - self._tokens) / self.rate
+                state[0] = tokens
+                wait = (1.0 - tokens) / self.rate
             time.sleep(wait)
+
+
+class SharedToken:
+    """One login token for every thread and worker process using one credential: the token, its generation
+    (bumped at every login) and its expiry (CLOCK_MONOTONIC, system-wide) in shared memory under one lock, so a
+    401 or an expiry seen by many threads in several processes leads to ONE login."""
+
+    SIZE = 8192
+
+    def __init__(self) -> None:
+        ctx = _fork_context()
+        self.lock = ctx.Lock()
+        self._generation = ctx.RawValue("q", 0)
+        self._expires = ctx.RawValue("d", 0.0)   # 0 = no known expiry
+        self._length = ctx.RawValue("i", 0)
+        self._buf = ctx.RawArray("c", self.SIZE)
+
+    @property
+    def generation(self) -> int:
+        return self._generation.value
+
+    def read(self) -> tuple[int, str | None, float | None]:
+        """(generation, token, expiry); call with `lock` held."""
+        gen = self._generation.value
+        if gen == 0:
+            return 0, None, None
+        return gen, self._buf.raw[:self._length.value].decode(), (self._expires.value or None)
+
+    def write(self, token: str, expires: float | None) -> int:
+        """Store a new token; call with `lock` held. Returns the new generation."""
+        data = token.encode()
+        if len(data) > self.SIZE:
+            raise ValueError(f"token longer than {self.SIZE} bytes")
+        self._buf.raw = data + b"\0" * (self.SIZE - len(data))
+        self._length.value = len(data)
+        self._expires.value = expires or 0.0
+        self._generation.value += 1
+        return self._generation.value
 
 
 _LIMITERS: dict[tuple[str, str], RateLimiter] = {}
@@ -80,8 +134,8 @@ _LIMITERS_LOCK = threading.Lock()
 
 
 def shared_limiter(credential_key: tuple[str, str], rate: float) -> RateLimiter:
-    """One limiter per (host, credential) for the whole process, so a run, a backfill chunk and any other client
-    using the same API key share one request budget."""
+    """One limiter per (host, credential) for the whole process and the worker processes it forks afterwards, so a
+    run, a backfill chunk and any other client using the same API key share one request budget."""
     with _LIMITERS_LOCK:
         limiter = _LIMITERS.get(credential_key)
         if limiter is None or limiter.rate != rate:
@@ -100,13 +154,21 @@ class HttpStats:
     on_update: Callable[[int, int, int], None] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, requests: int = 0, retries: int = 0, http_429: int = 0) -> None:
+    def add(self, requests: int = 0, retries: int = 0, http_429: int = 0, logins: int = 0) -> None:
         with self._lock:
             self.requests += requests
             self.retries += retries
             self.http_429 += http_429
-        if self.on_update:
+            self.logins += logins
+        if self.on_update and (requests or retries or http_429):
             self.on_update(requests, retries, http_429)
+
+    def take(self) -> tuple[int, int, int, int]:
+        """The counts so far, reset to zero (a worker process hands its deltas to the run this way)."""
+        with self._lock:
+            out = (self.requests, self.retries, self.http_429, self.logins)
+            self.requests = self.retries = self.http_429 = self.logins = 0
+        return out
 
 
 class Auth:
@@ -122,41 +184,54 @@ class Auth:
 
 
 class TokenAuth(Auth):
-    """A login-obtained token shared by all threads, refreshed single-flight: on a 401 the first thread logs in
-    again while the others wait on the lock and then reuse the new token. `login()` returns (token, ttl seconds
-    or None); the token is also refreshed shortly before a known expiry."""
+    """A login-obtained token shared by all threads (and, through `slot`, all worker processes), refreshed
+    single-flight: on a 401 the first thread logs in again while the others wait on the lock and then reuse the new
+    token. `login()` returns (token, ttl seconds or None); the token is also refreshed shortly before a known
+    expiry."""
 
     def __init__(self, login: Callable[[], tuple[str, float | None]], header: str, prefix: str = "",
-                 stats: HttpStats | None = None) -> None:
+                 stats: HttpStats | None = None, slot: SharedToken | None = None) -> None:
         self._login = login
         self._header = header
         self._prefix = prefix
         self._stats = stats
-        self._lock = threading.Lock()
+        self._slot = slot or SharedToken()
+        # this process's copy of the slot, re-read only when the shared generation moves
+        self._generation = 0
         self._token: str | None = None
         self._expires: float | None = None
-        self._generation = 0
+
+    def _adopt(self) -> None:
+        """Copy the slot's token into this process (lock held)."""
+        gen, token, expires = self._slot.read()
+        if gen != self._generation and token is not None:
+            register_secret(token)  # a token another process obtained must be redacted here too
+        self._generation, self._token, self._expires = gen, token, expires
 
     def _do_login(self) -> None:
         token, ttl = self._login()
-        self._token = token
-        self._expires = time.monotonic() + ttl * 0.9 if ttl else None
-        self._generation += 1
+        self._slot.write(token, time.monotonic() + ttl * 0.9 if ttl else None)
+        self._adopt()
         if self._stats is not None:
-            self._stats.logins += 1
+            self._stats.add(logins=1)
         log.info("logged in", extra={"fields": {"header": self._header, "generation": self._generation}})
 
     def headers(self) -> tuple[int, dict[str, str]]:
+        if self._slot.generation != self._generation:
+            with self._slot.lock:
+                self._adopt()
         token, gen, expires = self._token, self._generation, self._expires
         if token is None or (expires is not None and time.monotonic() >= expires):
-            with self._lock:
+            with self._slot.lock:
+                self._adopt()
                 if self._generation == gen:
                     self._do_login()
                 token, gen = self._token, self._generation
         return gen, {self._header: f"{self._prefix}{token}"}
 
     def refresh(self, generation: int) -> bool:
-        with self._lock:
+        with self._slot.lock:
+            self._adopt()
             if self._generation == generation:
                 self._do_login()
         return True
@@ -171,8 +246,27 @@ class StaticAuth(Auth):
 
 
 
+class _Response:
+    """What one attempt returned: status, body bytes and the `Retry-After` / `Connection` header values."""
+
+    __slots__ = ("status", "data", "retry_after", "will_close")
+
+    def __init__(self, status: int, data: bytes, retry_after: str | None, will_close: bool) -> None:
+        self.status, self.data, self.retry_after, self.will_close = status, data, retry_after, will_close
+
+
+class _ConnectionFailed(Exception):
+    """Refused, reset, dropped, timed out, or a body shorter than its Content-Length: transient."""
+
+
 class HttpClient:
-    """JSON over keep-alive HTTP for one API base URL. Thread-safe: each thread keeps its own connection."""
+    """JSON over keep-alive HTTP for one API base URL. Thread-safe: each thread keeps its own connection.
+
+    Transport: libcurl through pycurl, one easy handle (one keep-alive connection) per thread. Measured against the
+    sandbox on loopback (docs/performance.md), a request costs ~100 us of CPU less than with the stdlib's
+    `http.client` (whose header parsing goes through the `email` package), and libcurl does its I/O with the GIL
+    released, so the fetch threads of a worker process do not queue on the GIL while they wait.
+    """
 
     def __init__(self, base_url: str, *, limiter: RateLimiter, auth: Auth | None = None, max_attempts: int = 6,
                  backoff_base: float = 1.0, backoff_max: float = 60.0, timeout: float = 60.0,
@@ -185,41 +279,73 @@ class HttpClient:
         self.backoff_max = backoff_max
         self.stats = stats or HttpStats()
         self.name = name
-        parts = urlsplit(self.base_url)
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname or ""
-        self._port = parts.port
-        self._path = parts.path.rstrip("/")
         self._timeout = timeout
-        self._ssl = ssl.create_default_context() if self._https else None
-        self._headers = {"Accept": "application/json", "User-Agent": "loyalty-warehouse/0.1"}
+        self._static_headers = ["Accept: application/json", "User-Agent: loyalty-warehouse/0.1"]
         self._local = threading.local()
-        self._all: list[http.client.HTTPConnection] = []
+        self._all: list[Any] = []
         self._all_lock = threading.Lock()
 
-    def _connection(self) -> http.client.HTTPConnection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            if self._https:
-                conn = http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout, context=self._ssl)
-            else:
-                conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
-            self._local.conn = conn
+    def _handle(self) -> Any:
+        curl = getattr(self._local, "curl", None)
+        if curl is None:
+            curl = pycurl.Curl()
+            curl.setopt(pycurl.NOSIGNAL, 1)  # threads: no SIGALRM-based timeouts
+            curl.setopt(pycurl.CONNECTTIMEOUT, max(1, int(self._timeout)))
+            # a read timeout like the stdlib's socket timeout: give up when nothing arrives for `timeout` seconds
+            curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
+            curl.setopt(pycurl.LOW_SPEED_TIME, max(1, int(self._timeout)))
+            curl.setopt(pycurl.CAINFO, certifi.where())
+            curl.setopt(pycurl.ACCEPT_ENCODING, "")  # gzip/deflate when the server offers it (not the sandbox)
+            curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+            self._local.curl = curl
             with self._all_lock:
-                self._all.append(conn)
-        return conn
+                self._all.append(curl)
+        return curl
 
     def _drop_connection(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        curl = getattr(self._local, "curl", None)
+        if curl is not None:
+            curl.close()
+            self._local.curl = None
 
     def close(self) -> None:
         with self._all_lock:
-            for conn in self._all:
-                conn.close()
+            for curl in self._all:
+                try:
+                    curl.close()
+                except pycurl.error:
+                    pass
             self._all.clear()
+
+    def _send(self, method: str, url: str, body: bytes | None, headers: list[str]) -> _Response:
+        curl = self._handle()
+        buf = io.BytesIO()
+        found: dict[str, str] = {}
+
+        def header_line(line: bytes) -> None:
+            # only two headers matter; the status line and the rest are skipped without decoding
+            if line[:1] in b"RrCc":
+                name, _, value = line.partition(b":")
+                key = name.strip().lower()
+                if key in (b"retry-after", b"connection"):
+                    found[key.decode()] = value.strip().decode("latin-1")
+
+        curl.setopt(pycurl.URL, url)
+        curl.setopt(pycurl.HTTPHEADER, headers)
+        curl.setopt(pycurl.WRITEDATA, buf)
+        curl.setopt(pycurl.HEADERFUNCTION, header_line)
+        if method == "GET":
+            curl.setopt(pycurl.HTTPGET, 1)
+        elif method == "POST":
+            curl.setopt(pycurl.POSTFIELDS, body or b"")
+        else:
+            raise ValueError(f"unsupported method {method}")  # the APIs need GET and POST only
+        try:
+            curl.perform()
+        except pycurl.error as exc:
+            raise _ConnectionFailed(_curl_error_name(exc)) from None
+        return _Response(curl.getinfo(pycurl.RESPONSE_CODE), buf.getvalue(), found.get("retry-after"),
+                         found.get("connection", "").lower() == "close")
 
     def _sleep_before_retry(self, attempt: int, retry_after: str | None) -> None:
         delay = None
@@ -236,12 +362,16 @@ class HttpClient:
 
     def request_json(self, method: str, path: str, params: dict[str, Any] | None = None,
                      json_body: Any = None, use_auth: bool = True,
-                     accept_status: frozenset[int] = frozenset({200, 201})) -> tuple[int, Any]:
+                     accept_status: frozenset[int] = frozenset({200, 201}), query: str | None = None) -> tuple[int, Any]:
         """Send one request, retrying what is transient. Returns (status, parsed JSON body) for a status in
-        `accept_status`; raises `HttpError` for anything else (with `.status` and `.body` of the last answer)."""
-        url = self._path + path
+        `accept_status`; raises `HttpError` for anything else (with `.status` and `.body` of the last answer).
+        `query`: an already encoded query string (callers that send the same parameters to every customer encode
+        the fixed part once)."""
+        url = self.base_url + path
         if params:
             url += "?" + urlencode(params, safe=":")
+        elif query:
+            url += "?" + query
         body = orjson.dumps(json_body) if json_body is not None else None
         last_error = "no attempt"
         last_status: int | None = None
@@ -251,28 +381,23 @@ class HttpClient:
                 self.stats.add(retries=1)
             self.limiter.acquire()
             generation, auth_headers = self.auth.headers() if use_auth else (0, {})
-            headers = {**self._headers, **auth_headers}
+            headers = self._static_headers + [f"{k}: {v}" for k, v in auth_headers.items()]
             if body is not None:
-                headers["Content-Type"] = "application/json"
+                headers.append("Content-Type: application/json")
             try:
-                conn = self._connection()
-                conn.request(method, url, body=body, headers=headers)
-                response = conn.getresponse()
-                status = response.status
-                retry_after = response.getheader("Retry-After")
-                data = response.read()
+                response = self._send(method, url, body, headers)
                 if response.will_close:
                     self._drop_connection()
-            except (http.client.HTTPException, OSError) as exc:
-                # refused, reset, dropped, timed out, or a body shorter than its Content-Length
+            except _ConnectionFailed as exc:
                 self._drop_connection()
                 self.stats.add(requests=1)
-                last_error, last_status = f"{type(exc).__name__}", None
+                last_error, last_status = str(exc), None
                 log.info("connection error, retrying", extra={"fields": {"api": self.name, "path": path,
                                                                           "attempt": attempt, "error": last_error}})
                 if attempt < self.max_attempts:
                     self._sleep_before_retry(attempt, None)
                 continue
+            status, data = response.status, response.data
             self.stats.add(requests=1, http_429=1 if status == 429 else 0)
             last_status = status
             try:
@@ -292,8 +417,18 @@ class HttpClient:
             if status in RETRY_STATUSES:
                 last_error = f"HTTP {status}"
                 if attempt < self.max_attempts:
-                    self._sleep_before_retry(attempt, retry_after)
+                    self._sleep_before_retry(attempt, response.retry_after)
                 continue
             raise HttpError(f"{self.name} {method} {path}: HTTP {status}", status=status, body=parsed)
         raise HttpError(f"{self.name} {method} {path}: gave up after {self.max_attempts} attempts ({last_error})",
                         status=last_status, body=last_body, exhausted=True)
+
+
+_CURL_NAMES = {6: "could not resolve host", 7: "connection refused", 18: "body shorter than Content-Length",
+               28: "timed out", 35: "TLS handshake failed", 52: "empty reply (connection dropped)",
+               55: "send failed", 56: "connection reset while receiving"}
+
+
+def _curl_error_name(exc: pycurl.error) -> str:
+    code = exc.args[0] if exc.args else None
+    return f"curl error {code}: {_CURL_NAMES.get(code, 'transfer failed')}"

@@ -10,7 +10,7 @@ from typing import Any
 from pipelines.capillary.settings import NOT_FOUND_CODES, OAUTH_PATH, TRANSFER_PATH
 from pipelines.extraction import CustomerFailed, SourceUnavailable, failure_from_http, short_json as _short
 from pipelines.config import ConfigError, SourceSettings
-from pipelines.http import Auth, HttpClient, HttpError, HttpStats, StaticAuth, TokenAuth, shared_limiter
+from pipelines.http import Auth, HttpClient, HttpError, HttpStats, SharedToken, StaticAuth, TokenAuth, shared_limiter
 from pipelines.logs import register_secret
 
 
@@ -25,8 +25,9 @@ def _warnings(body: Any) -> list[Any]:
 
 
 class CapillaryApi:
-    def __init__(self, settings: SourceSettings, stats: HttpStats) -> None:
+    def __init__(self, settings: SourceSettings, stats: HttpStats, token_slot: SharedToken | None = None) -> None:
         self.settings = settings
+        self._token_slot = token_slot
         self.identifier_name = str(settings.extra.get("identifier_name") or "id")
         self.identifier_source = str(settings.extra.get("identifier_source") or "INSTORE")
         self.server_timezone = str(settings.extra.get("server_timezone") or "UTC")
@@ -43,7 +44,7 @@ class CapillaryApi:
     def _auth(self, stats: HttpStats) -> Auth:
         creds = self.settings.credentials
         if creds.get("key") and creds.get("secret"):
-            return TokenAuth(self._oauth_login, "X-CAP-API-OAUTH-TOKEN", "", stats)
+            return TokenAuth(self._oauth_login, "X-CAP-API-OAUTH-TOKEN", "", stats, self._token_slot)
         if creds.get("till_id") and creds.get("password"):
             digest = hashlib.md5(creds["password"].encode()).hexdigest()
             register_secret(digest)

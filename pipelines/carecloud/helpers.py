@@ -8,7 +8,7 @@ from typing import Any
 from pipelines.carecloud.settings import LOGIN_PATH, MAX_PAGING_ATTEMPTS, POINT_HISTORY_PATH, SORT_FIELD
 from pipelines.config import SourceSettings
 from pipelines.extraction import CustomerFailed, SourceUnavailable, failure_from_http, short_json as _short
-from pipelines.http import HttpClient, HttpError, HttpStats, TokenAuth, shared_limiter
+from pipelines.http import HttpClient, HttpError, HttpStats, SharedToken, TokenAuth, shared_limiter
 from pipelines.logs import register_secret
 from pipelines.windows import local_to_utc
 
@@ -22,13 +22,13 @@ def _invalid_params(body: Any) -> list[dict]:
 
 
 class CareCloudApi:
-    def __init__(self, settings: SourceSettings, stats: HttpStats) -> None:
+    def __init__(self, settings: SourceSettings, stats: HttpStats, token_slot: SharedToken | None = None) -> None:
         self.settings = settings
         self.timezone = str(settings.extra.get("timezone") or "Europe/Prague")
         self.page_size = int(settings.extra.get("page_size") or 1000)
         creds = settings.credentials
         limiter = shared_limiter(("carecloud", f"{settings.base_url}|{creds.get('login', '')}"), settings.rate_limit)
-        self.auth = TokenAuth(self._login, "Authorization", "Bearer ", stats)
+        self.auth = TokenAuth(self._login, "Authorization", "Bearer ", stats, token_slot)
         self.client = HttpClient(
             settings.base_url, limiter=limiter, auth=self.auth, max_attempts=settings.max_attempts,
             backoff_base=settings.retry_backoff, timeout=settings.request_timeout,
