@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -31,6 +32,7 @@ from pipelines.lock import RunLock, connect_writer
 from pipelines.logs import get_logger, redact
 from pipelines.progress import RunProgress
 from pipelines.report import RunReport, SourceReport
+from pipelines.workers import ExtractPool, start_pool
 
 log = get_logger("backfill")
 
@@ -157,7 +159,8 @@ def backfill(settings: Any, sources: Sequence[str], since: dt.datetime, until: d
                         chunk_s=chunk.total_seconds(), chunks=len(chunks))
     issues: list[state.Issue] = []
     progress: RunProgress | None = None
-    with RunLock(settings.warehouse):
+    with RunLock(settings.warehouse), start_pool(settings, sources) or nullcontext() as pool:
+        # the worker pool first: its processes fork before this one starts any thread (pipelines/workers.py)
         conn = connect_writer(settings.warehouse, memory_limit=settings.duckdb_memory_limit)
         try:
             try:
@@ -180,7 +183,7 @@ def backfill(settings: Any, sources: Sequence[str], since: dt.datetime, until: d
                 progress = RunProgress({s: r.customers_total for s, r in report.sources.items()})
                 for source, plans in work.items():
                     for plan in plans:
-                        _load_chunk(settings, source, plan, report, conn, progress)
+                        _load_chunk(settings, source, plan, report, conn, progress, pool)
                 if models and not report.error:
                     report.models = runner._run_models(settings)
             except Exception as exc:  # noqa: BLE001 - the runs row and the alert must still be written
@@ -200,12 +203,12 @@ def backfill(settings: Any, sources: Sequence[str], since: dt.datetime, until: d
 
 
 def _load_chunk(settings: Any, source: str, plan: ChunkPlan, report: RunReport, conn: duckdb.DuckDBPyConnection,
-                progress: RunProgress) -> None:
+                progress: RunProgress, pool: ExtractPool | None) -> None:
     src = report.sources[source]
     failed_before, records_before = len(src.failed_customers), src.records
     if plan.customers:
         runner.run_window(settings, source, plan.chunk.start, plan.chunk.end, plan.customers, report,
-                          update_customer_state=False, conn=conn, progress=progress)
+                          update_customer_state=False, conn=conn, progress=progress, pool=pool)
     failed = src.failed_customers[failed_before:]
     # only after the chunk's load and bookkeeping committed: a crash before this line reloads the chunk (harmless)
     record_chunk(conn, source, plan, report.run_id, failed, src.records - records_before)

@@ -137,6 +137,11 @@ class ColumnTypes:
                 known[tname] = cols
         return cls(known)
 
+    def snapshot(self) -> dict[str, dict[str, str]]:
+        """A copy of every known kind (what a worker process starts a chunk with)."""
+        with self._lock:
+            return {t: dict(c) for t, c in self._kinds.items()}
+
     def kind_for(self, table: str, column: str, kind: str) -> str:
         """The column's kind; `kind` (what this batch holds) becomes it when the column is new."""
         with self._lock:

@@ -116,6 +116,7 @@ class Settings:
     round_records: int = 200_000      # a round also ends after this many fetched records (bounds memory)
     export_schema_path: str = "schemas"  # dlt schema YAML export, only for a warehouse under ./warehouse/
     duckdb_memory_limit: str = "512MB"   # the run's DuckDB buffer pool; larger merges spill to disk
+    extract_processes: int = 0        # worker processes that fetch and normalize (0 = in the run's own process)
 
     @property
     def pipelines_dir(self) -> Path:
@@ -206,4 +207,27 @@ def load_settings() -> Settings:
         round_records=int(_get("loyalty.round_records", 200_000)),
         export_schema_path=str(_get("loyalty.export_schema_path", "schemas")),
         duckdb_memory_limit=str(_get("loyalty.duckdb_memory_limit", "512MB")),
+        extract_processes=extract_processes(_get("loyalty.extract_processes", "auto")),
     )
+
+
+def extract_processes(setting: Any, cpus: int | None = None) -> int:
+    """Worker processes for `[loyalty] extract_processes`: a number, or "auto" = one per core (at most 4: beyond
+    that the one loading process is the bottleneck). 0 or 1 = extract in the run's own process, as on a one-core
+    machine or where the OS has no fork()."""
+    import multiprocessing
+    import os
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 0
+    if isinstance(setting, str) and setting.strip().lower() == "auto":
+        if cpus is None:
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return min(4, cpus) if cpus > 1 else 0
+    try:
+        n = int(setting)
+    except (TypeError, ValueError):
+        raise ConfigError(f"[loyalty] extract_processes must be a number or \"auto\", not {setting!r}") from None
+    if n < 0:
+        raise ConfigError(f"[loyalty] extract_processes must be 0 or more, not {n}")
+    return n if n > 1 else 0

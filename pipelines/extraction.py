@@ -1,8 +1,10 @@
 """What both sources share while extracting: the job of one chunk of customers (their windows in, successes,
-failures and issues out) and the bounded fan-out that keeps many customers in flight on a thread pool.
+failures and issues out), the bounded fan-out that keeps many customers in flight on a thread pool, and the switch
+between extracting in this process and in worker processes (`extract_batches`, `pipelines/workers.py`).
 
-Threads, not processes: the work per customer is mostly waiting on HTTP (the GIL is released), and the shared
-rate limiter and single-flight login need shared memory."""
+Within a process, threads: the work per customer is mostly waiting on HTTP (the GIL is released). Across
+processes: the Python work per request and per record (HTTP handling, JSON, normalization) needs more than the one
+core a GIL allows; the rate limiter and the login token live in shared memory (`pipelines/http.py`)."""
 
 from __future__ import annotations
 
@@ -63,6 +65,8 @@ class ExtractJob:
     batch_rows: int
     stats: HttpStats
     progress: RunProgress | None = None
+    pool: Any = None                         # a `workers.ExtractPool`: extract in worker processes
+    crash_points: bool = True                # False inside a worker: crash points fire in the run's own process
     succeeded: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     issues: list[Issue] = field(default_factory=list)
@@ -127,4 +131,28 @@ def fetched(job: ExtractJob, fetch: Callable[[tuple[str, Window]], R]) -> Iterat
             job.fail(customer_id, "error", f"{type(result).__name__}: {result}")
         else:
             yield customer_id, window, result  # type: ignore[misc]
-        maybe_crash("extract")
+        if job.crash_points:
+            maybe_crash("extract")
+
+
+Tables = list[tuple[str, Any]]  # (table name, pyarrow.Table)
+
+
+def extract_batches(job: ExtractJob, api: Any, produce: Callable[[Any, ExtractJob], Iterator[Tables]]) -> Iterator[Tables]:
+    """The Arrow tables of `job`, batch by batch: `produce(api, job)` runs here, or in the worker processes of
+    `job.pool` for chunks of the job's customers (same function, same tables; the job's outcome is merged back)."""
+    if job.pool is None:
+        yield from produce(api, job)
+    else:
+        yield from job.pool.extract(job, produce)
+
+
+def make_api(source: str, settings: Any, stats: HttpStats, token_slot: Any = None) -> Any:
+    """The API client of `source` ("carecloud" or "capillary"); `token_slot` shares its login across processes."""
+    if source == "carecloud":
+        from pipelines.carecloud.helpers import CareCloudApi
+
+        return CareCloudApi(settings.carecloud, stats, token_slot)
+    from pipelines.capillary.helpers import CapillaryApi
+
+    return CapillaryApi(settings.capillary, stats, token_slot)

@@ -26,7 +26,7 @@ from pipelines import state
 from pipelines.columns import ColumnTypes
 from pipelines.config import ConfigError, Settings
 from pipelines.customers import load_customers
-from pipelines.extraction import ExtractJob, SourceUnavailable
+from pipelines.extraction import ExtractJob, SourceUnavailable, make_api
 from pipelines.faultpoints import maybe_crash
 from pipelines.http import HttpStats
 from pipelines.lock import RunLock, RunLocked, connect_writer
@@ -35,6 +35,7 @@ from pipelines.progress import RunProgress
 from pipelines.report import RunReport, SourceReport, render_summary
 from pipelines.state import Issue
 from pipelines.windows import Window, customer_window, utc, window_end
+from pipelines.workers import ExtractPool, start_pool
 
 log = get_logger("runner")
 
@@ -87,16 +88,6 @@ def _schema(pipeline: Any) -> Any:
     return dlt.Schema(SCHEMA_NAME)
 
 
-def _api(source: str, settings: Settings, stats: HttpStats) -> Any:
-    if source == "carecloud":
-        from pipelines.carecloud.helpers import CareCloudApi
-
-        return CareCloudApi(settings.carecloud, stats)
-    from pipelines.capillary.helpers import CapillaryApi
-
-    return CapillaryApi(settings.capillary, stats)
-
-
 def _resource(source: str, api: Any, job: ExtractJob) -> Any:
     if source == "carecloud":
         from pipelines.carecloud import point_history_resource
@@ -112,7 +103,7 @@ class SourceRun:
     """One source within one run: its API client (one login, one limiter) and counters."""
 
     def __init__(self, settings: Settings, source: str, report: RunReport, progress: RunProgress | None,
-                 conn: duckdb.DuckDBPyConnection, pipeline: Any) -> None:
+                 conn: duckdb.DuckDBPyConnection, pipeline: Any, pool: ExtractPool | None = None) -> None:
         self.settings = settings
         self.source = source
         self.cfg = settings.source(source)
@@ -123,7 +114,8 @@ class SourceRun:
         self.pipeline = pipeline
         self.stats = HttpStats(on_update=(lambda r, t, q: progress.update(source, requests=r, retries=t, http_429=q))
                                if progress else None)
-        self.api = _api(source, settings, self.stats)
+        self.pool = pool
+        self.api = make_api(source, settings, self.stats, pool.slots.get(source) if pool else None)
         self.api.check()
 
     def close(self) -> None:
@@ -137,7 +129,7 @@ class SourceRun:
         job = ExtractJob(
             source=self.source, run_id=self.report.run_id, tasks=[],
             types=ColumnTypes.from_dlt_schema(_schema(self.pipeline)), concurrency=self.cfg.concurrency,
-            batch_rows=self.settings.batch_rows, stats=self.stats, progress=self.progress,
+            batch_rows=self.settings.batch_rows, stats=self.stats, progress=self.progress, pool=self.pool,
         )
         job.tasks = feed.take(job, max_customers, max_records)
         return job
@@ -212,7 +204,8 @@ def load_rounds(pipeline: Any, report: RunReport, plans: list[tuple[SourceRun, l
 
 def run_window(settings: Settings, source: str, start: dt.datetime, end: dt.datetime, customers: Sequence[str],
                report: RunReport, update_customer_state: bool = False,
-               conn: duckdb.DuckDBPyConnection | None = None, progress: RunProgress | None = None) -> RunReport:
+               conn: duckdb.DuckDBPyConnection | None = None, progress: RunProgress | None = None,
+               pool: ExtractPool | None = None) -> RunReport:
     """Load the fixed window `[start, end)` for `customers` (backfill). The caller holds the run lock; without
     `conn` a connection to the same warehouse is opened in this process (DuckDB shares the instance)."""
     own = conn is None
@@ -220,7 +213,7 @@ def run_window(settings: Settings, source: str, start: dt.datetime, end: dt.date
     try:
         state.ensure_tables(conn)
         pipeline = make_pipeline(settings, conn)
-        srun = SourceRun(settings, source, report, progress, conn, pipeline)
+        srun = SourceRun(settings, source, report, progress, conn, pipeline, pool)
         try:
             window = Window(utc(start), utc(end))
             load_rounds(pipeline, report, [(srun, [(c, window) for c in customers], utc(end))], settings,
@@ -265,8 +258,10 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
         return report
     conn: duckdb.DuckDBPyConnection | None = None
     progress: RunProgress | None = None
+    pool: ExtractPool | None = None
     pre_issues: list[Issue] = []
     try:
+        pool = start_pool(settings, sources)  # first: the workers fork before this process starts any thread
         conn = connect_writer(settings.warehouse, memory_limit=settings.duckdb_memory_limit)
         state.ensure_tables(conn)
         now = pendulum.now("UTC")
@@ -287,7 +282,7 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
         sruns = []
         for source, tasks, end in plans:
             try:
-                sruns.append((SourceRun(settings, source, report, progress, conn, pipeline), tasks, end))
+                sruns.append((SourceRun(settings, source, report, progress, conn, pipeline, pool), tasks, end))
             except SourceUnavailable as exc:
                 errors.append(f"{source}: {exc}")
                 pre_issues.append(Issue(source, None, "source_unavailable", str(exc)))
@@ -316,6 +311,8 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
         report.error = f"{type(exc).__name__}: {exc}"
         log.exception("run failed")
     finally:
+        if pool is not None:
+            pool.close()
         if progress is not None:
             progress.close()
         report.error = redact(report.error) if report.error else None

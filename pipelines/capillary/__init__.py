@@ -18,7 +18,7 @@ import pyarrow as pa
 from pipelines.capillary.helpers import CapillaryApi
 from pipelines.capillary.settings import CUSTOMER_TRANSFERS_TABLE, PARTIES_TABLE, TRANSFERS_TABLE
 from pipelines.columns import convert, with_required
-from pipelines.extraction import ExtractJob, fetched
+from pipelines.extraction import ExtractJob, extract_batches, fetched
 from pipelines.state import Issue
 from pipelines.windows import Window, local_to_utc
 
@@ -176,32 +176,43 @@ def capillary_source(api: CapillaryApi, job: ExtractJob) -> Any:
     return transfers_resource(api, job)
 
 
-def transfers_resource(api: CapillaryApi, job: ExtractJob) -> Any:
-    """The resource on its own, so a run can extract both APIs' resources side by side in one package."""
+def transfer_batches(api: CapillaryApi, job: ExtractJob) -> Iterator[list[tuple[str, pa.Table]]]:
+    """Fetch `job.tasks` and build the three tables, `job.batch_rows` kept transfers at a time. Runs in this process
+    or in a worker process (`pipelines/workers.py`); no dlt here."""
 
     def fetch(task: tuple[str, Window]) -> tuple[list[dict], list]:
         return api.fetch(task[0])
 
-    def emit(batch: TransferBatch) -> Iterator[Any]:
+    def build(batch: TransferBatch) -> list[tuple[str, pa.Table]]:
         tables, issues = batch.build()
         job.issues.extend(issues)
-        for name, table in tables:
-            required = [c for c, spec in HINTS[name]["columns"].items() if spec.get("nullable") is False]
-            yield dlt.mark.with_hints(with_required(table, required), dlt.mark.make_hints(table_name=name, write_disposition="merge",
-                                                                 **HINTS[name]),
-                                      create_table_variant=True)
+        return tables
+
+    batch = TransferBatch(job.run_id, api.server_timezone)
+    for customer_id, window, (records, api_issues) in fetched(job, fetch):
+        for code, message, detail in api_issues:
+            job.issues.append(Issue(SOURCE, customer_id, code, message, detail))
+        batch.add(customer_id, window, records)
+        job.succeed(customer_id, len(records))
+        if len(batch) >= job.batch_rows:
+            yield build(batch)
+            batch = TransferBatch(job.run_id, api.server_timezone)
+    yield build(batch)
+
+
+def _hinted(tables: list[tuple[str, pa.Table]]) -> Iterator[Any]:
+    for name, table in tables:
+        required = [c for c, spec in HINTS[name]["columns"].items() if spec.get("nullable") is False]
+        hints = dlt.mark.make_hints(table_name=name, write_disposition="merge", **HINTS[name])
+        yield dlt.mark.with_hints(with_required(table, required), hints, create_table_variant=True)
+
+
+def transfers_resource(api: CapillaryApi, job: ExtractJob) -> Any:
+    """The resource on its own, so a run can extract both APIs' resources side by side in one package."""
 
     @dlt.resource(name="capillary_transfers", write_disposition="merge", parallelized=True)
     def transfers() -> Iterator[Any]:
-        batch = TransferBatch(job.run_id, api.server_timezone)
-        for customer_id, window, (records, api_issues) in fetched(job, fetch):
-            for code, message, detail in api_issues:
-                job.issues.append(Issue(SOURCE, customer_id, code, message, detail))
-            batch.add(customer_id, window, records)
-            job.succeed(customer_id, len(records))
-            if len(batch) >= job.batch_rows:
-                yield from emit(batch)
-                batch = TransferBatch(job.run_id, api.server_timezone)
-        yield from emit(batch)
+        for tables in extract_batches(job, api, transfer_batches):
+            yield from _hinted(tables)
 
     return transfers

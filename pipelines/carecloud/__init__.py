@@ -11,7 +11,7 @@ from pipelines.carecloud.helpers import CareCloudApi
 from pipelines.carecloud.normalize import PointHistoryBatch
 from pipelines.carecloud.settings import POINT_HISTORY_TABLE
 from pipelines.columns import with_required
-from pipelines.extraction import ExtractJob, fetched
+from pipelines.extraction import ExtractJob, extract_batches, fetched
 from pipelines.windows import Window, local_bounds
 
 COLUMNS: dict[str, Any] = {
@@ -29,9 +29,7 @@ CHILD_COLUMNS: dict[str, Any] = {"record_key": {"data_type": "text", "nullable":
                                  "_loaded_run_id": {"data_type": "text"}}
 
 
-def _emit(batch: PointHistoryBatch, job: ExtractJob) -> Iterator[Any]:
-    tables, issues = batch.build()
-    job.issues.extend(issues)
+def _hinted(tables: list[tuple[str, Any]]) -> Iterator[Any]:
     for name, table in tables:
         # every table as a variant with its own complete hints: hints set on the resource itself would be
         # inherited by the child tables (dlt copies resource column hints into variants)
@@ -44,6 +42,31 @@ def _emit(batch: PointHistoryBatch, job: ExtractJob) -> Iterator[Any]:
         yield dlt.mark.with_hints(with_required(table, CHILD_PRIMARY_KEY), hints, create_table_variant=True)
 
 
+def point_history_batches(api: CareCloudApi, job: ExtractJob) -> Iterator[list[tuple[str, Any]]]:
+    """Fetch `job.tasks` and turn the records into Arrow tables, `job.batch_rows` records at a time. Runs in this
+    process or in a worker process (`pipelines/workers.py`); no dlt here."""
+
+    def fetch(task: tuple[str, Window]) -> list[dict]:
+        customer_id, window = task
+        time_from, time_to = local_bounds(window, api.timezone)
+        records, _ = api.fetch(customer_id, time_from, time_to)
+        return records
+
+    def build(batch: PointHistoryBatch) -> list[tuple[str, Any]]:
+        tables, issues = batch.build()
+        job.issues.extend(issues)
+        return tables
+
+    batch = PointHistoryBatch(api.timezone, job.run_id, job.types)
+    for customer_id, window, records in fetched(job, fetch):
+        batch.add(customer_id, window, records)
+        job.succeed(customer_id, len(records))
+        if len(batch) >= job.batch_rows:
+            yield build(batch)
+            batch = PointHistoryBatch(api.timezone, job.run_id, job.types)
+    yield build(batch)
+
+
 @dlt.source(name="carecloud", max_table_nesting=0)
 def carecloud_source(api: CareCloudApi, job: ExtractJob) -> Any:
     """Point history of `job.tasks` (customer, window) through `api`."""
@@ -53,21 +76,9 @@ def carecloud_source(api: CareCloudApi, job: ExtractJob) -> Any:
 def point_history_resource(api: CareCloudApi, job: ExtractJob) -> Any:
     """The resource on its own, so a run can extract both APIs' resources side by side in one package."""
 
-    def fetch(task: tuple[str, Window]) -> list[dict]:
-        customer_id, window = task
-        time_from, time_to = local_bounds(window, api.timezone)
-        records, _ = api.fetch(customer_id, time_from, time_to)
-        return records
-
     @dlt.resource(name=POINT_HISTORY_TABLE, write_disposition="merge", parallelized=True)
     def point_history() -> Iterator[Any]:
-        batch = PointHistoryBatch(api.timezone, job.run_id, job.types)
-        for customer_id, window, records in fetched(job, fetch):
-            batch.add(customer_id, window, records)
-            job.succeed(customer_id, len(records))
-            if len(batch) >= job.batch_rows:
-                yield from _emit(batch, job)
-                batch = PointHistoryBatch(api.timezone, job.run_id, job.types)
-        yield from _emit(batch, job)
+        for tables in extract_batches(job, api, point_history_batches):
+            yield from _hinted(tables)
 
     return point_history

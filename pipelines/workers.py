@@ -1,0 +1,239 @@
+"""Extraction in worker processes: the customers of a round are fetched and turned into Arrow tables by N forked
+processes, while the run's own process only feeds dlt (extract, normalize, load) and keeps the books.
+
+Why: the Python work per request and per record (HTTP handling, JSON parsing, records -> Arrow) is bound to one
+core by the GIL; the benchmark (`make bench`, docs/performance.md) showed the single-process pipeline using one
+core fully while the other sat mostly idle. A process pool with the *same* producer functions the in-process path
+uses (`point_history_batches`, `transfer_batches`) spreads that work over the machine's cores.
+
+How the processes stay one client towards the APIs:
+- the rate limiter of each credential and the login token are in shared memory created before the fork
+  (`pipelines/http.py`: `RateLimiter`, `SharedToken`), so the request budget and single-flight re-login hold
+  across processes;
+- each source's `concurrency` is split between the workers, so the requests in flight stay what is configured;
+- a worker returns, per chunk of customers: the tables, who succeeded or failed, the issues, and its request
+  counters; the run merges them into the round's `ExtractJob`, so bookkeeping, progress and the report are the
+  same as in-process.
+
+Why fork: workers inherit the imported modules (dlt, pyarrow: seconds of start-up each under spawn) and the shared
+memory. The pool is started at the beginning of a run, while the process has no other threads (forking a threaded
+process can deadlock the child). Where fork does not exist, or `extract_processes` is 1, the run extracts in its
+own process as before.
+
+Why hand-made chunking around `ProcessPoolExecutor` rather than `map`: submissions are bounded (a few chunks in
+flight), so a round still ends after `round_records` records, and memory stays flat whatever the customer count.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import resource
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import pyarrow as pa
+
+from pipelines.columns import ARROW_TYPES, BOOL, DOUBLE, TEXT, ColumnTypes, convert
+from pipelines.extraction import ExtractJob, Tables, make_api
+from pipelines.faultpoints import maybe_crash
+from pipelines.http import HttpStats, SharedToken
+from pipelines.logs import get_logger
+from pipelines.state import Issue
+from pipelines.windows import Window
+
+log = get_logger("workers")
+
+CHUNK_CUSTOMERS = 200   # customers per task sent to a worker: ~3,000 records; small enough to balance the tail
+
+
+def chunk_customers(round_records: int) -> int:
+    """Customers per worker task: 200, fewer when rounds are small (a round ends once `round_records` records were
+    fetched; the chunks already in flight when it does overshoot it, by at most a few chunks)."""
+    return max(1, min(CHUNK_CUSTOMERS, round_records // 200))
+
+
+# ---------------------------------------------------------------------------------------------- worker side
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(settings: Any, slots: dict[str, SharedToken]) -> None:
+    _WORKER.clear()
+    _WORKER.update(settings=settings, slots=slots, apis={})
+
+
+def _ping() -> int:
+    return os.getpid()
+
+
+def _api(source: str) -> tuple[Any, HttpStats]:
+    apis = _WORKER["apis"]
+    if source not in apis:
+        stats = HttpStats()
+        apis[source] = (make_api(source, _WORKER["settings"], stats, _WORKER["slots"].get(source)), stats)
+    return apis[source]
+
+
+@dataclass
+class ChunkResult:
+    tables: Tables
+    succeeded: list[str]
+    failed: dict[str, str]
+    issues: list[Issue]
+    records: int
+    counters: tuple[int, int, int, int]   # requests, retries, 429s, logins
+
+
+def _extract_chunk(source: str, produce: Callable[[Any, ExtractJob], Iterator[Tables]], run_id: str,
+                   kinds: dict[str, dict[str, str]], tasks: list[tuple[str, Window]], concurrency: int,
+                   batch_rows: int) -> ChunkResult:
+    api, stats = _api(source)
+    job = ExtractJob(source=source, run_id=run_id, tasks=tasks, types=ColumnTypes(kinds), concurrency=concurrency,
+                     batch_rows=batch_rows, stats=stats, crash_points=False)
+    try:
+        tables = [t for batch in produce(api, job) for t in batch]
+    finally:
+        counters = stats.take()
+    return ChunkResult(tables, job.succeeded, job.failed, job.issues, job.records_fetched, counters)
+
+
+# ---------------------------------------------------------------------------------------------- run side
+@dataclass
+class ExtractPool:
+    """N worker processes for one run (or one backfill), shared by both sources' resources."""
+
+    settings: Any
+    processes: int
+    chunk_customers: int = CHUNK_CUSTOMERS
+    slots: dict[str, SharedToken] = field(default_factory=dict)
+    _executor: ProcessPoolExecutor | None = None
+
+    @classmethod
+    def start(cls, settings: Any, sources: Sequence[str], processes: int) -> "ExtractPool":
+        pool = cls(settings, processes, chunk_customers(settings.round_records))
+        for source in sources:
+            pool.slots[source] = SharedToken()
+            # registers the credential's shared rate limiter before the fork (the client itself is thrown away)
+            make_api(source, settings, HttpStats(), pool.slots[source]).close()
+        pool._executor = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("fork"),
+                                             initializer=_init_worker, initargs=(settings, pool.slots))
+        # the first submit forks every worker, now, while this process has no other threads
+        pool._executor.submit(_ping).result()
+        log.info("extraction workers started", extra={"fields": {"processes": processes}})
+        return pool
+
+    def close(self) -> None:
+        if self._executor is not None:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            me = resource.getrusage(resource.RUSAGE_SELF)
+            log.info("extraction workers stopped", extra={"fields": {
+                "workers_cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2),
+                "run_process_cpu_s": round(me.ru_utime + me.ru_stime, 2)}})
+
+    def __enter__(self) -> "ExtractPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def threads_per_worker(self, concurrency: int) -> int:
+        return max(1, math.ceil(concurrency / self.processes))
+
+    def extract(self, job: ExtractJob, produce: Callable[[Any, ExtractJob], Iterator[Tables]]) -> Iterator[Tables]:
+        """`produce` over the job's customers in the workers, chunk by chunk, at most `processes + 1` chunks of this
+        job in flight; each finished chunk is merged into `job` and its tables yielded (types conformed)."""
+        assert self._executor is not None, "pool closed"
+        chunks = _chunks(job.tasks, self.chunk_customers)
+        threads = self.threads_per_worker(job.concurrency)
+        in_flight: dict[Future, list[tuple[str, Window]]] = {}
+
+        def submit() -> bool:
+            chunk = next(chunks, None)
+            if chunk is None:
+                return False
+            fut = self._executor.submit(_extract_chunk, job.source, produce, job.run_id, job.types.snapshot(),  # type: ignore[union-attr]
+                                        chunk, threads, job.batch_rows)
+            in_flight[fut] = chunk
+            return True
+
+        try:
+            for _ in range(self.processes + 1):
+                if not submit():
+                    break
+            while in_flight:
+                done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    in_flight.pop(fut)
+                    result: ChunkResult = fut.result()  # a worker's SourceUnavailable is raised here
+                    _absorb(job, result)
+                    tables = _conform(job, result.tables)
+                    submit()  # keep the workers busy while dlt writes these tables
+                    yield tables
+        finally:
+            for fut in in_flight:
+                fut.cancel()  # chunks not started; running ones finish and are dropped (their customers stay due)
+
+
+def _chunks(tasks: Iterable[tuple[str, Window]], size: int) -> Iterator[list[tuple[str, Window]]]:
+    it = iter(tasks)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def _absorb(job: ExtractJob, result: ChunkResult) -> None:
+    """A worker's outcome for its chunk, merged into the run's job as if extracted here."""
+    requests, retries, http_429, logins = result.counters
+    job.stats.add(requests=requests, retries=retries, http_429=http_429, logins=logins)
+    job.succeeded.extend(result.succeeded)
+    job.records_fetched += result.records
+    for customer_id, reason in result.failed.items():
+        job.failed[customer_id] = reason
+    job.issues.extend(result.issues)
+    if job.progress:
+        job.progress.update(job.source, customers_done=len(result.succeeded), records=result.records)
+        if result.failed:
+            job.progress.update(job.source, customers_failed=len(result.failed))
+    if job.crash_points:
+        for _ in range(len(result.succeeded) + len(result.failed)):
+            maybe_crash("extract")  # the same crash points as extracting in this process: one per customer
+
+
+_KIND_OF = {pa.float64(): DOUBLE, pa.string(): TEXT, pa.bool_(): BOOL}
+
+
+def _conform(job: ExtractJob, tables: Tables) -> Tables:
+    """One type per warehouse column across workers: a worker types a column it sees first from its own records;
+    when another worker (or an earlier batch) fixed another kind for it, the values are coerced here as the
+    in-process path would (`columns.convert`), and the drift is recorded."""
+    out: Tables = []
+    for name, table in tables:
+        for i, f in enumerate(table.schema):
+            kind = _KIND_OF.get(f.type)
+            if kind is None:
+                continue
+            want = job.types.kind_for(name, f.name, kind)
+            if want != kind:
+                problems: list = []
+                arr = convert(table.column(i).to_pylist(), want, f.name, problems)
+                table = table.set_column(i, pa.field(f.name, ARROW_TYPES[want]), arr)
+                ids = table.column("customer_id") if "customer_id" in table.column_names else None
+                for row, cname, code, value in problems:
+                    job.issues.append(Issue(job.source, ids[row].as_py() if ids is not None else None, code,
+                                            f"{name}.{cname}: {type(value).__name__} value "
+                                            f"{'coerced' if code == 'type_coerced' else 'not loadable, stored null'}",
+                                            repr(value)[:200]))
+        out.append((name, table))
+    return out
+
+
+def start_pool(settings: Any, sources: Sequence[str]) -> ExtractPool | None:
+    """The run's worker pool per `settings.extract_processes`, or None to extract in this process."""
+    if settings.extract_processes < 2:
+        return None
+    return ExtractPool.start(settings, sources, settings.extract_processes)
