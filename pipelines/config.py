@@ -214,11 +214,11 @@ def load_settings() -> Settings:
 def extract_processes(setting: Any, cpus: int | None = None) -> int:
     """Worker processes for `[loyalty] extract_processes`: a number, or "auto" = one per core (at most 4: beyond
     that the one loading process is the bottleneck). 0 or 1 = extract in the run's own process, as on a one-core
-    machine or where the OS has no fork()."""
-    import multiprocessing
+    machine or off Linux (the pool forks, and ties its workers' lives to the run with PR_SET_PDEATHSIG)."""
     import os
+    import sys
 
-    if "fork" not in multiprocessing.get_all_start_methods():
+    if not sys.platform.startswith("linux"):
         return 0
     if isinstance(setting, str) and setting.strip().lower() == "auto":
         if cpus is None:

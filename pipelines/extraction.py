@@ -8,8 +8,9 @@ core a GIL allows; the rate limiter and the login token live in shared memory (`
 
 from __future__ import annotations
 
+import queue
 import threading
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -66,6 +67,7 @@ class ExtractJob:
     stats: HttpStats
     progress: RunProgress | None = None
     pool: Any = None                         # a `workers.ExtractPool`: extract in worker processes
+    feed: Any = None                         # the source's `runner.TaskFeed` (the pool works ahead from it)
     crash_points: bool = True                # False inside a worker: crash points fire in the run's own process
     succeeded: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
@@ -88,18 +90,22 @@ class ExtractJob:
 
 def run_concurrently(items: Iterable[T], fn: Callable[[T], R], concurrency: int) -> Iterator[tuple[T, R | BaseException]]:
     """Yield (item, result or exception) as they complete, with at most ~2x `concurrency` items submitted, so
-    memory stays flat however many customers there are."""
+    memory stays flat however many customers there are. Completions arrive through a queue (a done-callback
+    each) rather than `concurrent.futures.wait`, which re-registers a waiter on every pending future per call."""
     concurrency = max(1, concurrency)
     it = iter(items)
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fetch")
-    pending: dict[Future, T] = {}
+    done: queue.SimpleQueue[tuple[T, Future]] = queue.SimpleQueue()
+    pending = 0
 
     def submit_next() -> bool:
+        nonlocal pending
         try:
             item = next(it)
         except StopIteration:
             return False
-        pending[pool.submit(fn, item)] = item
+        pool.submit(fn, item).add_done_callback(lambda fut, item=item: done.put((item, fut)))
+        pending += 1
         return True
 
     try:
@@ -107,13 +113,12 @@ def run_concurrently(items: Iterable[T], fn: Callable[[T], R], concurrency: int)
             if not submit_next():
                 break
         while pending:
-            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            for fut in done:
-                item = pending.pop(fut)
-                exc = fut.exception()
-                result: Any = exc if exc is not None else fut.result()
-                submit_next()
-                yield item, result
+            item, fut = done.get()
+            pending -= 1
+            exc = fut.exception()
+            result: Any = exc if exc is not None else fut.result()
+            submit_next()
+            yield item, result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

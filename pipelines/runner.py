@@ -132,6 +132,7 @@ class SourceRun:
             batch_rows=self.settings.batch_rows, stats=self.stats, progress=self.progress, pool=self.pool,
         )
         job.tasks = feed.take(job, max_customers, max_records)
+        job.feed = feed
         return job
 
     def commit(self, job: ExtractJob, end: dt.datetime | None, update_customer_state: bool) -> None:
@@ -151,10 +152,20 @@ class TaskFeed:
 
     def __init__(self, tasks: Iterable[tuple[str, Window]]) -> None:
         self._queue = deque(tasks)
+        # chunks a worker pool already started for the NEXT round while this one loads (`workers.ExtractPool`)
+        self.carried: dict[Any, list[tuple[str, Window]]] = {}
 
     @property
     def exhausted(self) -> bool:
-        return not self._queue
+        return not self._queue and not self.carried
+
+    def take_ahead(self, n: int) -> list[tuple[str, Window]]:
+        """Up to `n` tasks with something to fetch, for the next round (stops at an empty window, which the next
+        round's `take` records as done)."""
+        out: list[tuple[str, Window]] = []
+        while self._queue and len(out) < n and not self._queue[0][1].empty:
+            out.append(self._queue.popleft())
+        return out
 
     def take(self, job: ExtractJob, max_customers: int, max_records: int) -> Iterator[tuple[str, Window]]:
         taken = 0
@@ -186,20 +197,24 @@ def load_rounds(pipeline: Any, report: RunReport, plans: list[tuple[SourceRun, l
         schema = _schema(pipeline)
         combined = dlt.source(name=SCHEMA_NAME, max_table_nesting=0)(lambda: resources)()
         pipeline.extract(combined, schema=schema, loader_file_format="parquet")
+        extracted = time.monotonic()
         maybe_crash("normalize")
         info = pipeline.normalize()
+        normalized = time.monotonic()
         for table, n in (info.row_counts if info else {}).items():
             if not table.startswith("_dlt"):
                 report.rows_by_table[table] = report.rows_by_table.get(table, 0) + n
         maybe_crash("load")
         pipeline.load(raise_on_failed_jobs=True)
+        loaded = time.monotonic()
         maybe_crash("state")
         for srun, job, end in jobs:
             srun.commit(job, end, update_customer_state)
             log.info("round committed", extra={"fields": {
                 "round": r, "source": srun.source, "customers": len(job.succeeded) + len(job.failed),
                 "failed": len(job.failed), "records": job.records_fetched, "issues": len(job.issues),
-                "seconds": round(time.monotonic() - started, 2)}})
+                "seconds": round(time.monotonic() - started, 2), "extract_s": round(extracted - started, 2),
+                "normalize_s": round(normalized - extracted, 2), "load_s": round(loaded - normalized, 2)}})
 
 
 def run_window(settings: Settings, source: str, start: dt.datetime, end: dt.datetime, customers: Sequence[str],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 
@@ -224,9 +225,9 @@ def test_records_arriving_while_paging_are_neither_skipped_nor_doubled(sandbox_f
     page = api._page
     calls = []
 
-    def page_then_time_passes(params):
-        result = page(params)
-        calls.append(params["offset"])
+    def page_then_time_passes(query):
+        result = page(query)
+        calls.append(int(parse_qs(query)["offset"][0]))
         if len(calls) == 1:
             sb.advance(3 * 86400)  # late records of the window become visible mid-fetch
         return result

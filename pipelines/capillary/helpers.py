@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from typing import Any
+from urllib.parse import quote_plus, urlencode
 
 from pipelines.capillary.settings import NOT_FOUND_CODES, OAUTH_PATH, TRANSFER_PATH
 from pipelines.extraction import CustomerFailed, SourceUnavailable, failure_from_http, short_json as _short
@@ -31,6 +32,7 @@ class CapillaryApi:
         self.identifier_name = str(settings.extra.get("identifier_name") or "id")
         self.identifier_source = str(settings.extra.get("identifier_source") or "INSTORE")
         self.server_timezone = str(settings.extra.get("server_timezone") or "UTC")
+        self._fixed_query = urlencode({"source": self.identifier_source, "identifierName": self.identifier_name})
         creds = settings.credentials
         principal = creds.get("key") or creds.get("till_id") or ""
         limiter = shared_limiter(("capillary", f"{settings.base_url}|{principal}"), settings.rate_limit)
@@ -78,10 +80,9 @@ class CapillaryApi:
     def fetch(self, identifier: str) -> tuple[list[dict], list[tuple[str, str, str | None]]]:
         """The customer's transfers and the API's own warnings/errors as (code, message, detail) issues.
         Raises CustomerFailed for 8015 (not found) and anything not retryable."""
-        params = {"source": self.identifier_source, "identifierName": self.identifier_name,
-                  "identifierValue": identifier}
+        query = f"{self._fixed_query}&identifierValue={quote_plus(identifier)}"  # encoded once, not per request
         try:
-            _, body = self.client.request_json("GET", TRANSFER_PATH, params=params)
+            _, body = self.client.request_json("GET", TRANSFER_PATH, query=query)
         except HttpError as exc:
             if exc.status == 401:
                 raise SourceUnavailable(f"Capillary refused the credentials ({exc})") from None

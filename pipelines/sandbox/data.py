@@ -7,6 +7,8 @@ so looking a customer up needs no table. The clock never changes the data; it on
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import hashlib
 import random
 import threading
@@ -514,6 +516,7 @@ class DataGenerator:
         return [(v, r) for v, _, r in out]
 
 
+@lru_cache(maxsize=4096)  # every customer of a run sends the same bounds: strptime once, not per request
 def parse_local_param(text: str) -> str | None:
     """A `time_from`/`time_to` value in either documented format, normalised to `YYYY-MM-DD HH:MM:SS`."""
     if not isinstance(text, str) or len(text) != 19 or text[10] not in " T":
