@@ -139,7 +139,8 @@ class ExtractPool:
                                              initializer=_init_worker, initargs=(settings, pool.slots, os.getpid()))
         # the first submit forks every worker, now, while this process has no other threads
         pool._executor.submit(_ping).result()
-        log.info("extraction workers started", extra={"fields": {"processes": processes}})
+        pids = sorted(p.pid for p in pool._executor._processes.values())  # type: ignore[attr-defined]
+        log.info("extraction workers started", extra={"fields": {"processes": processes, "pids": pids}})
         return pool
 
     def close(self) -> None:
