@@ -35,8 +35,8 @@ class ChildRun:
     cpu_user_s: float
     cpu_sys_s: float
     peak_rss_mb: float                      # ru_maxrss of the child (the largest single process in its tree)
-    peak_tree_rss_mb: float                 # max over samples of the summed RSS of the child's process tree
-    rss_samples: list[tuple[float, float]]  # (seconds since start, tree RSS MB)
+    peak_tree_rss_mb: float                 # max over samples of the summed PSS of the child's process tree
+    rss_samples: list[tuple[float, float]]  # (seconds since start, tree PSS MB)
     payload: dict[str, Any] = field(default_factory=dict)   # what the child wrote to its result file
     log: str = ""
 
@@ -61,6 +61,9 @@ def downsample(samples: list[tuple[float, float]], n: int) -> list[tuple[float, 
 
 
 def _tree_rss(proc: psutil.Process) -> float:
+    """Memory of the child's whole process tree: the sum of PSS (each shared page counted once, split between the
+    processes sharing it), so forked worker processes sharing their parent's pages are not counted twice as a sum of
+    RSS would; RSS where PSS is not available."""
     total = 0
     try:
         procs = [proc] + proc.children(recursive=True)
@@ -68,10 +71,21 @@ def _tree_rss(proc: psutil.Process) -> float:
         return 0.0
     for p in procs:
         try:
-            total += p.memory_info().rss
+            info = p.memory_full_info()
+            total += getattr(info, "pss", info.rss)
         except psutil.Error:
             pass
     return total / 2**20
+
+
+def speed_probe() -> float:
+    """Milliseconds of CPU for a fixed pure-Python loop: this shared machine's speed drifts by up to ~1.6x within
+    minutes (other tenants), so every measured row carries the probe taken just before it."""
+    t = time.process_time()
+    x = 0
+    for i in range(2_000_000):
+        x += i
+    return round(1000 * (time.process_time() - t), 1)
 
 
 def run_child(argv: list[str], *, env: dict[str, str] | None = None, result_file: Path | None = None,

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import PYTHON, ROOT, ChildRun, SandboxProcess, run_child
+from bench.harness import PYTHON, ROOT, ChildRun, SandboxProcess, run_child, speed_probe
 
 DATA_ENDPOINTS = ("carecloud.point_history", "capillary.transfers")
 
@@ -45,6 +45,7 @@ def measure(sb: SandboxProcess, name: str, argv: list[str], workdir: Path, env: 
     """Run one child against the sandbox and return (child run, figures common to every variant).
     poll_s: also sample the sandbox's request counters over time (for the achieved request rate)."""
     load0 = os.getloadavg()[0]
+    probe = speed_probe()
     before, cpu0 = sb.call("stats"), sb.cpu_s()
     timeline: list[tuple[float, dict[str, dict[str, int]]]] = []
     stop = threading.Event()
@@ -79,6 +80,7 @@ def measure(sb: SandboxProcess, name: str, argv: list[str], workdir: Path, env: 
         "rss_samples": run.summary()["rss_samples"],
         # other processes on the machine compete for the 2 cores: 1-minute load average before and after
         "loadavg": [round(load0, 2), round(os.getloadavg()[0], 2)],
+        "speed_probe_ms": probe,
     }
     if poll_s:
         figures["timeline"] = timeline
@@ -153,6 +155,7 @@ def run_limit(sb: SandboxProcess, workdir: Path, truth: dict[str, int] | None, t
         "requests": ffig["requests"],
         "requests_per_s": round(ffig["requests"]["data_requests"] / (ffig["wall_s"] + lfig["wall_s"]), 1),
         "loadavg": [ffig["loadavg"][0], lfig["loadavg"][1]],
+        "speed_probe_ms": ffig.get("speed_probe_ms"),
     }
     total = with_records(total, p["point_history"], p["customer_transfers"], truth)
     shutil.rmtree(pages, ignore_errors=True)   # up to GBs at the big scale; the figures are what we keep
