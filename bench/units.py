@@ -21,8 +21,6 @@ import io
 import os
 import resource
 import sys
-import time
-from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 from bench.harness import ROOT, SandboxProcess, speed_probe

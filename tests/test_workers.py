@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import signal
 import subprocess
@@ -14,7 +13,6 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-import pytest
 
 from chaos.compare import compare
 from helpers.cli import CLI, REPO_ROOT, cli_env, query, run_cli
