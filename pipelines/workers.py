@@ -10,15 +10,16 @@ How the processes stay one client towards the APIs:
 - the rate limiter of each credential and the login token are in shared memory created before the fork
   (`pipelines/http.py`: `RateLimiter`, `SharedToken`), so the request budget and single-flight re-login hold
   across processes;
-- each source's `concurrency` is split between the workers, so the requests in flight stay what is configured;
+- each source's `concurrency` is split between the workers, so the requests in flight stay at most what is
+  configured;
 - a worker returns, per chunk of customers: the tables, who succeeded or failed, the issues, and its request
   counters; the run merges them into the round's `ExtractJob`, so bookkeeping, progress and the report are the
   same as in-process.
 
 Why fork: workers inherit the imported modules (dlt, pyarrow: seconds of start-up each under spawn) and the shared
 memory. The pool is started at the beginning of a run, while the process has no other threads (forking a threaded
-process can deadlock the child). Where fork does not exist, or `extract_processes` is 1, the run extracts in its
-own process as before.
+process can deadlock the child). Off Linux (no PR_SET_PDEATHSIG to tie the workers' lives to the run), or with
+`extract_processes` 1, the run extracts in its own process as before.
 
 Why hand-made chunking around `ProcessPoolExecutor` rather than `map`: submissions are bounded (a few chunks in
 flight), so a round still ends after `round_records` records, and memory stays flat whatever the customer count.
