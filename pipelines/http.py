@@ -282,7 +282,7 @@ class HttpClient:
         self._timeout = timeout
         self._static_headers = ["Accept: application/json", "User-Agent: loyalty-warehouse/0.1"]
         self._local = threading.local()
-        self._all: list[Any] = []
+        self._all: dict[int, Any] = {}   # thread ident -> its handle, so close() and dead threads' cleanup reach them
         self._all_lock = threading.Lock()
 
     def _handle(self) -> Any:
@@ -299,7 +299,12 @@ class HttpClient:
             curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
             self._local.curl = curl
             with self._all_lock:
-                self._all.append(curl)
+                # fetch threads come and go (a worker process starts a thread pool per chunk): close the handles of
+                # threads that ended, else each keeps its connection and buffers until the run ends
+                alive = {t.ident for t in threading.enumerate()}
+                for ident in [i for i in self._all if i not in alive]:
+                    self._all.pop(ident).close()
+                self._all[threading.get_ident()] = curl
         return curl
 
     def _drop_connection(self) -> None:
@@ -310,7 +315,7 @@ class HttpClient:
 
     def close(self) -> None:
         with self._all_lock:
-            for curl in self._all:
+            for curl in self._all.values():
                 try:
                     curl.close()
                 except pycurl.error:
