@@ -141,7 +141,14 @@ class Spawned:
             raise AssertionError(f"loyalty-etl {' '.join(self.args)} did not finish in {timeout}s:\n"
                                  + self.err.read_text(errors="replace")[-4000:])
         seconds = time.monotonic() - self.started
+        # the run's extraction workers die with it (PR_SET_PDEATHSIG), but the kernel delivers that asynchronously:
+        # a worker may still be exiting (its command line already gone) the instant the run is reaped. Give the
+        # group 2 s to finish dying; a process that really survived is still reported.
+        deadline = time.monotonic() + 2.0
         leftovers = _group_members(self.proc.pid)
+        while leftovers and time.monotonic() < deadline:
+            time.sleep(0.05)
+            leftovers = _group_members(self.proc.pid)
         if leftovers:
             # a run that died must not leave children writing to the warehouse; the job's supervisor would kill
             # them (systemd kills the control group) so the harness does too, and the test reports them
