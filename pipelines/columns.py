@@ -71,6 +71,12 @@ _CLEAN = {DOUBLE: frozenset((int, float, type(None))), TEXT: frozenset((str, typ
 Problem = tuple[int, str, str, Any]
 
 
+def problem_message(name: str, code: str, value: Any) -> str:
+    """The `sync_issues` message of one Problem (column `name`)."""
+    what = "coerced" if code == "type_coerced" else "not loadable as the column's type, stored null"
+    return f"{name}: {type(value).__name__} value {what}"
+
+
 def convert(values: list[Any], kind: str, name: str, problems: list[Problem]) -> pa.Array:
     """Values of one column to an Arrow array of `kind`; appends to `problems` for every drift."""
     if _CLEAN[kind].issuperset(set(map(type, values))):  # the common case, at C speed

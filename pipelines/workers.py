@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
-from pipelines.columns import ARROW_TYPES, BOOL, DOUBLE, TEXT, ColumnTypes, convert
+from pipelines.columns import ARROW_TYPES, BOOL, DOUBLE, TEXT, ColumnTypes, convert, problem_message
 from pipelines.extraction import ExtractJob, Tables, make_api
 from pipelines.faultpoints import maybe_crash
 from pipelines.http import HttpStats, SharedToken
@@ -302,9 +302,7 @@ def _conform(job: ExtractJob, tables: Tables) -> Tables:
                 ids = table.column("customer_id") if "customer_id" in table.column_names else None
                 for row, cname, code, value in problems:
                     job.issues.append(Issue(job.source, ids[row].as_py() if ids is not None else None, code,
-                                            f"{name}.{cname}: {type(value).__name__} value "
-                                            f"{'coerced' if code == 'type_coerced' else 'not loadable, stored null'}",
-                                            repr(value)[:200]))
+                                            problem_message(f"{name}.{cname}", code, value), repr(value)[:200]))
         out.append((name, table))
     return out
 

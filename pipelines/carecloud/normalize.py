@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from pipelines.carecloud.settings import CHILD_TABLE_PREFIX, KEY_FIELDS, POINT_HISTORY_TABLE, TEXT_FIELDS
 from pipelines.columns import (
-    BOOL, DOUBLE, TEXT, ColumnTypes, Problem, build_sparse_columns, child_name, column_name, convert,
+    BOOL, DOUBLE, TEXT, ColumnTypes, Problem, build_sparse_columns, child_name, column_name, convert, problem_message,
 )
 from pipelines.state import Issue
 from pipelines.windows import Window, local_to_utc
@@ -258,7 +258,7 @@ class PointHistoryBatch:
             if i is not None:
                 issues.append(Issue(SOURCE, cols["customer_id"][i].as_py(), code, message, _detail(keys[i], detail)))
         for i, name, code, value in problems:
-            issues.append(Issue(SOURCE, cols["customer_id"][i].as_py(), code, _problem_message(name, code, value),
+            issues.append(Issue(SOURCE, cols["customer_id"][i].as_py(), code, problem_message(name, code, value),
                                 _detail(keys[i], repr(value)[:200])))
         return out, _cap(issues)
 
@@ -322,7 +322,7 @@ class PointHistoryBatch:
             typed = _typed(table, child_cols, self.types, child_problems)
             ckeys = keys.take(parent)
             for i, cname, code, value in child_problems:
-                issues.append(Issue(SOURCE, None, code, _problem_message(f"{table}.{cname}", code, value),
+                issues.append(Issue(SOURCE, None, code, problem_message(f"{table}.{cname}", code, value),
                                     _detail(ckeys[i].as_py(), repr(value)[:200])))
             children.append((table, pa.table({"record_key": ckeys, "_idx": idx, **typed,
                                               "_loaded_run_id": pa.array([self.run_id] * len(idx), pa.string())})))
@@ -365,7 +365,7 @@ class PointHistoryBatch:
         problems: list[Problem] = []
         dynamic = build_sparse_columns(table, len(ckeys), sparse, self.types, None, problems)
         for i, name, code, value in problems:
-            issues.append(Issue(SOURCE, None, code, _problem_message(f"{table}.{name}", code, value),
+            issues.append(Issue(SOURCE, None, code, problem_message(f"{table}.{name}", code, value),
                                 _detail(ckeys[i], repr(value)[:200])))
         return table, pa.table({"record_key": pa.array(ckeys, pa.string()), "_idx": pa.array(idx, pa.int64()),
                                 **dynamic, "_loaded_run_id": pa.array([self.run_id] * len(ckeys), pa.string())})
@@ -405,11 +405,6 @@ def _us(instant: Any) -> int:
 
 def _detail(record_key: str, detail: str | None) -> str:
     return f"record_key={record_key}" + (f"; {detail}" if detail else "")
-
-
-def _problem_message(name: str, code: str, value: Any) -> str:
-    what = "coerced" if code == "type_coerced" else "not loadable as the column's type, stored null"
-    return f"{name}: {type(value).__name__} value {what}"
 
 
 def _cap(issues: list[Issue]) -> list[Issue]:
