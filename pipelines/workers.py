@@ -239,6 +239,7 @@ class ExtractPool:
                     return
                 feed.carried[start(chunk)] = chunk
 
+        merged = _Coalescer(job.batch_rows)
         self._active.add(job.source)
         try:
             fill()
@@ -248,13 +249,51 @@ class ExtractPool:
                     in_flight.pop(fut)
                     result: ChunkResult = fut.result()  # a worker's SourceUnavailable is raised here
                     _absorb(job, result)
-                    tables = _conform(job, result.tables)
+                    tables = merged.add(_conform(job, result.tables))
                     fill()  # keep the workers busy while dlt writes these tables
-                    yield tables
+                    if tables:
+                        yield tables
+            if tables := merged.flush():
+                yield tables
         finally:
             self._active.discard(job.source)
             for fut in in_flight:
                 fut.cancel()  # chunks not started; running ones finish and are dropped (their customers stay due)
+
+
+class _Coalescer:
+    """Chunks' tables joined per table name until `rows` rows, then handed to dlt as one item. dlt's extract costs
+    per item, not only per row (hints, schema inference of the Arrow table, naming: ~26 % of the run process's
+    Python time in a py-spy --gil profile with one item per chunk and table, where a chunk of 200 customers gives
+    ~2,800 point-history rows and a few dozen rows per child table)."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = max(1, rows)
+        self._parts: dict[str, list[pa.Table]] = {}
+        self._count: dict[str, int] = {}
+
+    def add(self, tables: Tables) -> Tables:
+        out: Tables = []
+        for name, table in tables:
+            self._parts.setdefault(name, []).append(table)
+            self._count[name] = self._count.get(name, 0) + table.num_rows
+            if self._count[name] >= self.rows:
+                out.extend(self._take(name))
+        return out
+
+    def flush(self) -> Tables:
+        return [t for name in list(self._parts) for t in self._take(name)]
+
+    def _take(self, name: str) -> Tables:
+        parts = self._parts.pop(name)
+        self._count.pop(name)
+        if len(parts) == 1:
+            return [(name, parts[0])]
+        try:
+            # columns one table lacks (sparse extended-data keys) are filled with nulls; types agree after _conform
+            return [(name, pa.concat_tables(parts, promote_options="default"))]
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return [(name, t) for t in parts]  # a type _conform does not govern differs: hand them over one by one
 
 
 def _chunks(tasks: Iterable[tuple[str, Window]], size: int) -> Iterator[list[tuple[str, Window]]]:

@@ -19,7 +19,7 @@ from helpers.cli import CLI, REPO_ROOT, cli_env, query, run_cli
 from pipelines.columns import ColumnTypes
 from pipelines.extraction import ExtractJob
 from pipelines.http import HttpStats
-from pipelines.workers import _conform, chunk_customers
+from pipelines.workers import _Coalescer, _conform, chunk_customers
 
 NOW = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
 UNTIL = "2026-11-20T00:00:00Z"
@@ -157,3 +157,21 @@ def test_a_column_keeps_the_type_it_got_first_across_workers() -> None:
     assert table.column("extended_data__size").to_pylist() == [2.0, None, None]
     assert [(i.customer_id, i.code) for i in job.issues] == [("b", "type_coerced"), ("c", "type_mismatch")]
     assert job.types.snapshot()["t"] == {"customer_id": "text", "extended_data__size": "double"}
+
+
+def test_chunks_tables_are_joined_per_table_until_batch_rows() -> None:
+    """The run hands dlt one item per `batch_rows` rows and table, not one per chunk: rows, their order and every
+    sparse column are kept (a column one chunk lacks is null there); a table whose types cannot be joined is handed
+    over part by part rather than lost."""
+    merged = _Coalescer(rows=4)
+    assert merged.add([("ph", pa.table({"k": ["a", "b"], "x": [1.0, 2.0]})),
+                       ("items", pa.table({"k": ["a"], "_idx": pa.array([0], pa.int64())}))]) == []
+    (name, table), = merged.add([("ph", pa.table({"k": ["c", "d"], "y": ["p", "q"]}))])
+    assert name == "ph"
+    assert table.to_pylist() == [{"k": "a", "x": 1.0, "y": None}, {"k": "b", "x": 2.0, "y": None},
+                                 {"k": "c", "x": None, "y": "p"}, {"k": "d", "x": None, "y": "q"}]
+    assert merged.add([("ph", pa.table({"k": ["e"], "x": ["text now"]}))]) == []
+    assert merged.add([("ph", pa.table({"k": ["f"], "x": [3.0]}))]) == []
+    rest = merged.flush()
+    assert [(n, t.num_rows) for n, t in rest] == [("items", 1), ("ph", 1), ("ph", 1)]  # string vs double: not joined
+    assert merged.flush() == []
