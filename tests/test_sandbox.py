@@ -426,3 +426,31 @@ def test_repeated_autumn_hour_holds_both_real_hours(sandbox_factory):
 
 def local_to_epoch_naive(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+
+
+def test_query_parsing_fast_path_agrees_with_parse_qs() -> None:
+    """The sandbox splits queries without `%` itself (cheaper than parse_qs); both readings must agree, first value
+    of a repeated parameter and `+` as a space included."""
+    from urllib.parse import parse_qs
+
+    from pipelines.sandbox.api import parse_query
+
+    queries = ["customer_id=c1&count=1000&time_from=2024-01-01+00:00:00&time_to=2024-02-01T00:00:00",
+               "a=1&b=2&a=3", "a=&b", "x=1&&y=2", "a=b=c", "t=2024-01-01+10%3A00&u=%2B1", "c+d=e+f", "k", "", "a;b=1"]
+    for q in queries:
+        assert parse_query(q) == {k: v[0] for k, v in parse_qs(q, keep_blank_values=True).items()}, q
+
+
+def test_sandbox_event_loop_is_uvloop_when_installed() -> None:
+    """The bench extra installs uvloop and the sandbox then serves on it (less CPU taken from the pipeline under
+    test); without it, asyncio's own loop."""
+    import importlib.util
+
+    from pipelines.sandbox.service import new_event_loop
+
+    loop = new_event_loop()
+    try:
+        expected = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+        assert type(loop).__module__.split(".")[0] == expected
+    finally:
+        loop.close()

@@ -430,7 +430,16 @@ def parse_query(raw: str) -> dict[str, str]:
     """First value of each parameter; `+` and %20 both decode to a space (time_from is allowReserved)."""
     if not raw:
         return {}
-    return {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+    if "%" in raw:
+        return {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+    # nothing to unquote but `+` (the queries both clients send): a plain split is ~5x cheaper than parse_qs,
+    # and the sandbox shares the benchmark machine's two cores with the pipeline under test
+    out: dict[str, str] = {}
+    for pair in raw.split("&"):
+        if pair:
+            k, _, v = pair.replace("+", " ").partition("=")
+            out.setdefault(k, v)
+    return out
 
 
 def _int_param(q: dict[str, str], name: str, default: int, minimum: int) -> int | None:

@@ -22,6 +22,17 @@ from pipelines.sandbox.truth import Truth, capillary_truth, carecloud_truth
 SOURCES = ("carecloud", "capillary")
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop where it is installed (the `bench` extra): the same protocol code with roughly half of asyncio's
+    CPU per request (`python -m bench.units` prints the sandbox's CPU per request), which matters because on this
+    2-core machine the sandbox takes its CPU from the pipeline under test; the stdlib loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class Sandbox:
     def __init__(self, config: SandboxConfig | None = None, faults: FaultConfig | None = None,
                  options: ServerOptions | None = None) -> None:
@@ -46,7 +57,7 @@ class Sandbox:
         error: list[BaseException] = []
 
         def run() -> None:
-            loop = asyncio.new_event_loop()
+            loop = new_event_loop()
             asyncio.set_event_loop(loop)
             self._loop = loop
             try:
@@ -87,7 +98,8 @@ class Sandbox:
             async with self._server:
                 await self._server.serve_forever()
 
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(main())
 
     def stop(self) -> None:
         if self._thread is None or self._loop is None:
