@@ -115,7 +115,7 @@ class Settings:
     chunk_customers: int = 20_000     # customers per source per round (load + state commit; bounds a crash's loss)
     round_records: int = 200_000      # a round also ends after this many fetched records (bounds memory)
     export_schema_path: str = "schemas"  # dlt schema YAML export, only for a warehouse under ./warehouse/
-    duckdb_memory_limit: str = "512MB"   # the run's DuckDB buffer pool; larger merges spill to disk
+    duckdb_memory_limit: str = "256MB"   # the run's DuckDB buffer pool; larger merges spill to disk (docs/performance.md)
     extract_processes: int = 0        # worker processes that fetch and normalize (0 = in the run's own process)
 
     @property
@@ -206,7 +206,7 @@ def load_settings() -> Settings:
         chunk_customers=int(_get("loyalty.chunk_customers", 20_000)),
         round_records=int(_get("loyalty.round_records", 200_000)),
         export_schema_path=str(_get("loyalty.export_schema_path", "schemas")),
-        duckdb_memory_limit=str(_get("loyalty.duckdb_memory_limit", "512MB")),
+        duckdb_memory_limit=str(_get("loyalty.duckdb_memory_limit", "256MB")),
         extract_processes=extract_processes(_get("loyalty.extract_processes", "auto")),
     )
 

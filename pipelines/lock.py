@@ -60,7 +60,7 @@ class RunLock:
         self.release()
 
 
-def connect_writer(warehouse: Path, wait_s: float = 30.0, memory_limit: str | None = "512MB") -> duckdb.DuckDBPyConnection:
+def connect_writer(warehouse: Path, wait_s: float = 30.0, memory_limit: str | None = "256MB") -> duckdb.DuckDBPyConnection:
     """Open the warehouse for writing, retrying while a reader in another process holds it (readers open, query
     and close per request, so they let go within moments)."""
     warehouse.parent.mkdir(parents=True, exist_ok=True)
