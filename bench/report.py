@@ -13,6 +13,16 @@ def _rps(v: dict[str, Any] | None) -> float | None:
     return v.get("records_per_s") if v else None
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median records/s (the lower of the two middle ones for an even count), with every run's
+    records/s, CPU probe and wall time kept beside it."""
+    ordered = sorted(runs, key=lambda r: r["records_per_s"])
+    median = dict(ordered[(len(ordered) - 1) // 2])
+    median["repeats"] = [{"records_per_s": r["records_per_s"], "wall_s": r["wall_s"], "cpu_s": r["cpu_s"],
+                          "speed_probe_ms": r.get("speed_probe_ms")} for r in runs]
+    return median
+
+
 def ratios(variants: dict[str, Any]) -> dict[str, float | None]:
     a, b = _rps(variants.get("a")), _rps(variants.get("b"))
     c = variants.get("c") or {}
@@ -108,6 +118,14 @@ def render(results: dict[str, Any]) -> str:
         lines += ["", f"Ratios (records/s): **b/a = {_f(r.get('b_over_a'), 2)}**, **c/b = {_f(r.get('c_over_b'), 2)}** "
                       f"(c = fetch + DuckDB), DuckDB part alone / b = {_f(r.get('c_duckdb_over_b'), 2)}, "
                       f"c/a = {_f(r.get('c_over_a'), 2)}", ""]
+        for key, label in (("b", "(b)"), ("a", "(a)")):
+            reps = (v.get(key) or {}).get("repeats") or []
+            if len(reps) > 1:
+                lines.append(f"{label} ran {len(reps)} times, alternating with the other; its row is the median run. "
+                             "records/s (CPU probe ms) in order: " + ", ".join(
+                                 f"{_f(x['records_per_s'], 0)} ({_f(x.get('speed_probe_ms'), 0)})" for x in reps))
+        if thr.get("pair_ratios"):
+            lines += [f"b/a of each adjacent pair: {', '.join(_f(x, 2) for x in thr['pair_ratios'])}", ""]
     mem = results.get("memory")
     if mem:
         lines += ["### Memory: (b) at two sizes, RSS sampled over the run", "",

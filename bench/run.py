@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="run only these scenarios")
     ap.add_argument("--variants", default="abcp", help="which of a, b, c and p (= a with parquet loader files) "
                                                          "the throughput run measures (default abcp)")
+    ap.add_argument("--repeats", type=int, help="how many times (a) and (b) run, alternating; the ratio is "
+                                                "taken between their medians (default 3; quick 1)")
     ap.add_argument("--profile", action="store_true", help="record py-spy profiles of (b) in the throughput run")
     ap.add_argument("--out", type=Path, help="results file (default bench/results.json; quick: bench/out/)")
     args = ap.parse_args(argv)
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     naive_share = args.naive_share or (0.5 if quick else 0.1)
     big = args.big_customers if args.big_customers is not None else (3000 if quick else 100000)
     rate_customers = args.rate_customers or (200 if quick else 1500)
+    repeats = max(1, args.repeats or (1 if quick else 3))
     scenarios = set(args.only or ["throughput", "nightly", "memory", "ratelimit"])
     results_path = args.out or (ROOT / "bench" / "out" / "results-quick.json" if quick else ROOT / "bench" / "results.json")
     out = ROOT / "bench" / "out" / ("quick" if quick else "full")
@@ -161,29 +164,49 @@ def main(argv: list[str] | None = None) -> int:
             if "throughput" in scenarios and "c" in args.variants:
                 _log("(c) fetch pages once + DuckDB read_json")
                 thr["variants"]["c"] = run_limit(sb, out / "c", truth)
-            if have_b and ("b" in args.variants or "nightly" in scenarios):
-                _log("(b) loyalty-etl run --no-models")
-                thr["variants"]["b"] = run_pipeline(sb, out / "b", truth, until=_until(sb))
-                if args.profile:
-                    # a separate run: py-spy's own CPU and memory would pollute the measured one
-                    _log("(b) again under py-spy")
-                    prof = run_pipeline(sb, out / "b-profile", truth, name="pipeline", until=_until(sb),
-                                        profile="py-spy")
-                    from bench.profile import summarise
+            # (a) and (b) alternate, `repeats` times each, and the ratio is taken between their medians: this VM's
+            # speed drifts by up to ~2x within minutes (the CPU probe column), so one (a) and one (b) minutes apart
+            # give a ratio that is partly the machine's drift; adjacent pairs also give a ratio each
+            n_a = max(1, int(round(customers * naive_share)))
+            truth_a = (sb.call("truth_counts", limit=n_a) if n_a < customers else truth) \
+                if "throughput" in scenarios and "a" in args.variants else None
+            runs_b: list[dict[str, Any]] = []
+            runs_a: list[dict[str, Any]] = []
+            want_b = have_b and ("b" in args.variants or "nightly" in scenarios)
+            want_a = "throughput" in scenarios and "a" in args.variants
+            rounds = repeats if want_a and want_b else 1
+            for i in range(rounds):
+                last = i == rounds - 1
+                if want_b:
+                    _log(f"(b) loyalty-etl run --no-models [{i + 1}/{rounds}]")
+                    # the last (b) lands in out/b: the nightly runs continue on its warehouse
+                    runs_b.append(run_pipeline(sb, out / ("b" if last else f"b-{i + 1}"), truth, until=_until(sb)))
+                if want_a:
+                    _log(f"(a) dlt rest_api, {n_a:,} customers [{i + 1}/{rounds}]")
+                    fig_a = run_naive(sb, out / ("a" if last else f"a-{i + 1}"), n_a if n_a < customers else None,
+                                      truth_a)
+                    fig_a["truth"] = truth_a
+                    runs_a.append(fig_a)
+            if runs_b:
+                thr["variants"]["b"] = report.median_run(runs_b)
+            if runs_a:
+                thr["variants"]["a"] = report.median_run(runs_a)
+            if runs_a and runs_b:
+                thr["pair_ratios"] = [round(b["records_per_s"] / a["records_per_s"], 2) for b, a in zip(runs_b, runs_a)]
+            if want_b and args.profile:
+                # a separate run: py-spy's own CPU and memory would pollute the measured one
+                _log("(b) again under py-spy")
+                prof = run_pipeline(sb, out / "b-profile", truth, name="pipeline", until=_until(sb),
+                                    profile="py-spy")
+                from bench.profile import summarise
 
-                    speedscope = out / "b-profile" / "pipeline.speedscope.json"
-                    results["profile_b"] = {"file": str(speedscope.relative_to(ROOT)), "wall_s": prof["wall_s"],
-                                            **summarise(speedscope, 25)}
-            if "throughput" in scenarios and "a" in args.variants:
-                n_a = max(1, int(round(customers * naive_share)))
-                truth_a = sb.call("truth_counts", limit=n_a) if n_a < customers else truth
-                _log(f"(a) dlt rest_api, {n_a:,} customers")
-                thr["variants"]["a"] = run_naive(sb, out / "a", n_a if n_a < customers else None, truth_a)
-                thr["variants"]["a"]["truth"] = truth_a
-                if "p" in args.variants:
-                    _log(f"(a') dlt rest_api + parquet loader files, {n_a:,} customers")
-                    thr["variants"]["a_parquet"] = run_naive(sb, out / "a_parquet", n_a if n_a < customers else None,
-                                                             truth_a, loader_file_format="parquet")
+                speedscope = out / "b-profile" / "pipeline.speedscope.json"
+                results["profile_b"] = {"file": str(speedscope.relative_to(ROOT)), "wall_s": prof["wall_s"],
+                                        **summarise(speedscope, 25)}
+            if want_a and "p" in args.variants:
+                _log(f"(a') dlt rest_api + parquet loader files, {n_a:,} customers")
+                thr["variants"]["a_parquet"] = run_naive(sb, out / "a_parquet", n_a if n_a < customers else None,
+                                                         truth_a, loader_file_format="parquet")
             if have_b and "nightly" in scenarios:
                 results.setdefault("nightly", []).append(nightly(sb, out / "b", customers, with_truth=True))
             thr["ratios"] = report.ratios(thr["variants"])

@@ -72,6 +72,7 @@ def measure(sb: SandboxProcess, name: str, argv: list[str], workdir: Path, env: 
     figures = {
         "wall_s": round(run.wall_s, 3),
         "cpu_s": round(run.cpu_s, 3),
+        "cpu_sys_s": round(run.cpu_sys_s, 3),   # kernel time: loopback TCP, futexes, page faults
         "peak_rss_mb": round(run.peak_rss_mb, 1),
         "peak_tree_rss_mb": round(run.peak_tree_rss_mb, 1),
         "sandbox_cpu_s": round(cpu1 - cpu0, 3),
@@ -223,6 +224,7 @@ def run_pipeline(sb: SandboxProcess, workdir: Path, truth: dict[str, int] | None
         if not spy.exists():
             raise RuntimeError("--profile needs py-spy (in the `bench` extra): .venv/bin/pip install py-spy")
         argv = [str(spy), "record", "--subprocesses", "--format", "speedscope", "-r", "25",
+                *os.environ.get("BENCH_PYSPY_FLAGS", "").split(),
                 "-o", str(workdir / f"{name}.speedscope.json"), "--"] + argv
     run, fig = measure(sb, name, argv, workdir, env=pipeline_env(env, rate_limit, concurrency), sample_s=sample_s,
                        poll_s=poll_s)
