@@ -8,7 +8,7 @@ import json
 import duckdb
 
 from bench.harness import SandboxProcess
-from bench.report import ratios, targets
+from bench.report import median_run, ratios, targets
 from bench.variants import run_limit, run_naive
 
 NOW = "2026-11-20T00:00:00+00:00"
@@ -81,3 +81,15 @@ def test_targets_follow_the_issue_thresholds():
     # the pipeline's memory is its whole process tree (run process + extraction workers), not its largest process
     results["memory"]["big"].update(peak_rss_mb=400, peak_tree_rss_mb=1100)
     assert not targets(results)["memory_under_1gb_and_flat"]["ok"]
+
+
+def test_repeated_runs_are_summarised_by_their_median():
+    """(a) and (b) run several times, alternating; each is represented by its median run (the lower middle one for
+    an even count), every run's figures kept beside it."""
+    runs = [{"records_per_s": r, "wall_s": 1.0, "cpu_s": 1.0, "speed_probe_ms": p, "tag": t}
+            for r, p, t in ((11077, 155, "x"), (6763, 184, "y"), (10417, 203, "z"))]
+    m = median_run(runs)
+    assert m["tag"] == "z" and m["records_per_s"] == 10417
+    assert [x["records_per_s"] for x in m["repeats"]] == [11077, 6763, 10417]
+    assert median_run(runs[:2])["tag"] == "y"
+    assert "repeats" not in runs[2]  # the runs themselves are left alone
