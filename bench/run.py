@@ -167,13 +167,14 @@ def main(argv: list[str] | None = None) -> int:
             # (a) and (b) alternate, `repeats` times each, and the ratio is taken between their medians: this VM's
             # speed drifts by up to ~2x within minutes (the CPU probe column), so one (a) and one (b) minutes apart
             # give a ratio that is partly the machine's drift; adjacent pairs also give a ratio each
-            n_a = max(1, int(round(customers * naive_share)))
-            truth_a = (sb.call("truth_counts", limit=n_a) if n_a < customers else truth) \
-                if "throughput" in scenarios and "a" in args.variants else None
-            runs_b: list[dict[str, Any]] = []
-            runs_a: list[dict[str, Any]] = []
             want_b = have_b and ("b" in args.variants or "nightly" in scenarios)
             want_a = "throughput" in scenarios and "a" in args.variants
+            n_a = max(1, int(round(customers * naive_share)))
+            truth_a = None
+            if want_a:
+                truth_a = sb.call("truth_counts", limit=n_a) if n_a < customers else truth
+            runs_b: list[dict[str, Any]] = []
+            runs_a: list[dict[str, Any]] = []
             rounds = repeats if want_a and want_b else 1
             for i in range(rounds):
                 last = i == rounds - 1

@@ -23,9 +23,9 @@ SOURCES = ("carecloud", "capillary")
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's loop where it is installed (the `bench` extra): the same protocol code with roughly half of asyncio's
-    CPU per request (`python -m bench.units` prints the sandbox's CPU per request), which matters because on this
-    2-core machine the sandbox takes its CPU from the pipeline under test; the stdlib loop otherwise."""
+    """uvloop's loop where it is installed (the `bench` extra), asyncio's own otherwise: the same protocol code with
+    less CPU per request (measured 133-172 against 145-223 us, docs/performance.md), which matters because on this
+    2-core machine the sandbox takes its CPU from the pipeline under test."""
     try:
         import uvloop
     except ImportError:
