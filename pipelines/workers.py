@@ -158,8 +158,7 @@ class ExtractPool:
             pool.slots[source] = SharedToken()
             # registers the credential's shared rate limiter before the fork (the client itself is thrown away)
             make_api(source, settings, HttpStats(), pool.slots[source]).close()
-        workers = processes
-        pool._executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
+        pool._executor = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("fork"),
                                              initializer=_init_worker, initargs=(settings, pool.slots, os.getpid()))
         # the first submit forks every worker, now, while this process has no other threads. Objects frozen out of
         # the garbage collector are never traversed by the workers' collections, so their pages stay shared with
@@ -170,7 +169,7 @@ class ExtractPool:
         finally:
             gc.unfreeze()
         pids = sorted(p.pid for p in pool._executor._processes.values())  # type: ignore[attr-defined]
-        log.info("extraction workers started", extra={"fields": {"processes": workers, "pids": pids}})
+        log.info("extraction workers started", extra={"fields": {"processes": processes, "pids": pids}})
         return pool
 
     def close(self) -> None:

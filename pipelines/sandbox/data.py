@@ -7,8 +7,6 @@ so looking a customer up needs no table. The clock never changes the data; it on
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import hashlib
 import random
 import threading
@@ -16,6 +14,7 @@ from bisect import bisect_right
 from array import array
 from collections import OrderedDict
 from datetime import date, datetime, timedelta, timezone
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 import orjson
