@@ -223,8 +223,9 @@ def run_pipeline(sb: SandboxProcess, workdir: Path, truth: dict[str, int] | None
         spy = Path(PYTHON).parent / "py-spy"
         if not spy.exists():
             raise RuntimeError("--profile needs py-spy (in the `bench` extra): .venv/bin/pip install py-spy")
-        argv = [str(spy), "record", "--subprocesses", "--format", "speedscope", "-r", "25",
-                *os.environ.get("BENCH_PYSPY_FLAGS", "").split(),
+        extra = os.environ.get("BENCH_PYSPY_FLAGS", "").split()
+        rate = [] if {"-r", "--rate"} & set(extra) else ["-r", "25"]  # py-spy refuses a second --rate
+        argv = [str(spy), "record", "--subprocesses", "--format", "speedscope", *rate, *extra,
                 "-o", str(workdir / f"{name}.speedscope.json"), "--"] + argv
     run, fig = measure(sb, name, argv, workdir, env=pipeline_env(env, rate_limit, concurrency), sample_s=sample_s,
                        poll_s=poll_s)

@@ -66,10 +66,12 @@ def make_pipeline(settings: Settings, conn: duckdb.DuckDBPyConnection) -> Any:
     records that were fetched but never committed to `_customer_sync_state`, so loading them is harmless."""
     import dlt
 
+    from pipelines.destination import warehouse_destination
+
     pipeline = dlt.pipeline(
         pipeline_name=PIPELINE_NAME,
         pipelines_dir=str(settings.pipelines_dir),
-        destination=dlt.destinations.duckdb(conn),
+        destination=warehouse_destination(conn, DATASET),
         dataset_name=DATASET,
         export_schema_path=_export_path(settings),
     )

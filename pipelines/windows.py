@@ -36,16 +36,25 @@ class Window:
     def __post_init__(self) -> None:
         if self.start.tzinfo is None or self.end.tzinfo is None:
             raise ValueError("window bounds must be timezone-aware instants")
+        # `contains` runs once per record: comparing pendulum DateTimes goes through Python code (~2.5 us a
+        # comparison), plain datetimes in UTC compare in C (~0.1 us)
+        object.__setattr__(self, "_bounds", (_plain_utc(self.start), _plain_utc(self.end)))
 
     @property
     def empty(self) -> bool:
         return self.end <= self.start
 
     def contains(self, instant: dt.datetime) -> bool:
-        return self.start <= instant < self.end
+        start, end = self._bounds  # type: ignore[attr-defined]
+        return start <= instant < end
 
     def __str__(self) -> str:
         return f"[{self.start.isoformat()}, {self.end.isoformat()})"
+
+
+def _plain_utc(instant: dt.datetime) -> dt.datetime:
+    """The same instant as a stdlib datetime in UTC (exact to the microsecond)."""
+    return dt.datetime.fromisoformat(instant.isoformat()).astimezone(dt.timezone.utc)
 
 
 def utc(value: dt.datetime | str) -> pendulum.DateTime:

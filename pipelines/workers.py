@@ -154,6 +154,10 @@ class ExtractPool:
         import pipelines.capillary  # noqa: F401
         import pipelines.carecloud  # noqa: F401
 
+        # pyarrow imports pandas (when installed) on the first `pa.array` of Python objects: ~0.35 s of CPU and
+        # ~40 MB that each worker paid on its own first batch (py-spy profile of a (b) run) unless done here
+        pa.array([0])
+
         for source in sources:
             pool.slots[source] = SharedToken()
             # registers the credential's shared rate limiter before the fork (the client itself is thrown away)

@@ -63,6 +63,8 @@ def test_incremental_runs_match_truth(sandbox_factory, sandbox_env, tmp_path: Pa
     assert issues == len(invalid)
     first = _rows(wh)
     assert first["carecloud_point_history"] == len(loaded)
+    # dlt's staging tables lived in an in-memory database (pipelines/destination.py), not in the warehouse file
+    assert query(wh, "select schema_name from information_schema.schemata where schema_name like '%staging%'") == []
     state = query(wh, "select count(*), min(last_success_end), max(last_success_end) "
                       "from loyalty_raw._customer_sync_state where source = 'carecloud'")[0]
     assert state[0] == 40 and state[1] == state[2] == NOW

@@ -1,0 +1,76 @@
+"""The dlt DuckDB destination of a run, with dlt's staging dataset in memory instead of in the warehouse file.
+
+Why: a merge load first copies every Parquet file into a staging table, then MERGEs staging into the final table.
+dlt keeps the staging dataset (`loyalty_raw_staging`) as a schema of the warehouse itself, so every staged row
+was written to the WAL, checkpointed into the file with the rest, and deleted again by the next load: for a round
+of 211,440 point-history records the copy into staging cost 1.27 CPU s against 0.37 s into an in-memory database,
+and the file grew by the staging copies (63 MB against 31 MB; `/tmp` experiment of session 4, docs/performance.md).
+The staged rows are worth nothing once their load committed: a crashed load is redone from the load package's
+files, which dlt keeps until the package is loaded.
+
+How: the run's connection attaches an in-memory database (`STAGING_CATALOG`) and dlt's SQL client names the staging
+dataset inside it (`"dlt_staging_memory"."loyalty_raw_staging"."<table>"`); everything else is dlt's own duckdb
+destination. dlt has no setting for the staging dataset's catalog, hence the two small subclasses. Memory: the
+staged rows of one round (`round_records`) count against `duckdb_memory_limit`, beyond which DuckDB spills to its
+temp directory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+from dlt.destinations.impl.duckdb.duck import DuckDbClient
+from dlt.destinations.impl.duckdb.factory import duckdb as DuckDbDestination
+from dlt.destinations.impl.duckdb.sql_client import DuckDbSqlClient
+
+STAGING_CATALOG = "dlt_staging_memory"  # not a schema name anywhere: dbt models live in loyalty_staging
+
+
+class _InMemoryStagingSqlClient(DuckDbSqlClient):
+    main_dataset: str
+
+    def catalog_name(self, quote: bool = True, casefold: bool = True) -> str | None:
+        if not self.is_staging_dataset_active:
+            return super().catalog_name(quote, casefold)
+        return self.capabilities.escape_identifier(STAGING_CATALOG) if quote else STAGING_CATALOG
+
+    # dlt points a connection's `search_path` at the active dataset; a search path in another catalog would also
+    # make that catalog the default one, and the warehouse's own two-part names ("loyalty_raw"."table") would
+    # then resolve in memory. Every name dlt writes is qualified, so the search path stays on the warehouse.
+    def open_connection(self) -> duckdb.DuckDBPyConnection:
+        with self.with_alternative_dataset_name(self.main_dataset):
+            return super().open_connection()
+
+    def use_dataset(self) -> None:
+        with self.with_alternative_dataset_name(self.main_dataset):
+            super().use_dataset()
+
+
+class _InMemoryStagingClient(DuckDbClient):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # the client builds its own DuckDbSqlClient: the same object gets the methods above
+        self.sql_client.__class__ = _InMemoryStagingSqlClient
+        self.sql_client.main_dataset = self.sql_client.dataset_name
+
+
+class InMemoryStagingDuckDb(DuckDbDestination):  # type: ignore[misc]
+    @property
+    def client_class(self) -> type[DuckDbClient]:
+        return _InMemoryStagingClient
+
+    @property
+    def destination_type(self) -> str:
+        # the pipeline's state records the destination type: this is still dlt's duckdb destination
+        return DuckDbDestination().destination_type
+
+
+def warehouse_destination(conn: duckdb.DuckDBPyConnection, dataset: str) -> InMemoryStagingDuckDb:
+    """dlt's duckdb destination on `conn`, staging in an in-memory database attached to it. The staging schema
+    that warehouses made by earlier versions keep in the file (`<dataset>_staging`, the last load's rows) is
+    dropped: nothing reads it any more."""
+    conn.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {STAGING_CATALOG}")
+    (catalog,) = conn.execute("SELECT current_database()").fetchone()  # type: ignore[misc]
+    conn.execute(f'DROP SCHEMA IF EXISTS "{catalog}"."{dataset}_staging" CASCADE')
+    return InMemoryStagingDuckDb(conn)
