@@ -154,8 +154,8 @@ class ExtractPool:
         import pipelines.capillary  # noqa: F401
         import pipelines.carecloud  # noqa: F401
 
-        # pyarrow imports pandas (when installed) on the first `pa.array` of Python objects: ~0.35 s of CPU and
-        # ~40 MB that each worker paid on its own first batch (py-spy profile of a (b) run) unless done here
+        # pyarrow imports pandas (when installed) on the first `pa.array` of Python objects: ~0.35 s of CPU (py-spy
+        # profile of a (b) run) and +54 MB RSS that each worker paid on its own first batch unless done here
         pa.array([0])
 
         for source in sources:
