@@ -6,7 +6,10 @@
   both including the orjson parse, same requests back to back;
 - fetch: CPU per customer of `CareCloudApi.fetch` / `CapillaryApi.fetch` (the transport plus retries, auth, limiter);
 - normalize: CPU per CareCloud record of `PointHistoryBatch.add` and `.build` (records -> Arrow);
-- sandbox: its CPU per request (it shares this machine's two cores with the pipeline in `make bench`).
+- sandbox: its CPU per request (it shares this machine's two cores with the pipeline in `make bench`);
+- threads: user and kernel CPU per customer of fetch + normalize (`point_history_batches`, `transfer_batches`) with
+  1 and with 8 fetch threads (what a worker process runs at the default concurrency): the kernel part is the price
+  of the GIL hand-overs between threads.
 
 Every figure is printed beside a CPU speed probe (this machine's speed drifts), so compare figures within one run.
 """
@@ -29,8 +32,12 @@ NOW = "2026-11-20T00:00:00+00:00"
 
 
 def _cpu() -> float:
+    return sum(_user_sys())
+
+
+def _user_sys() -> tuple[float, float]:
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    return r.ru_utime, r.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +125,28 @@ def main(argv: list[str] | None = None) -> int:
         c2 = _cpu()
         print(f"normalize, CPU per CareCloud record: add {(c1 - c0) / total * 1e6:.1f} us, "
               f"build {(c2 - c1) / total * 1e6:.1f} us; CPU probe {speed_probe():.0f} ms")
+
+        from pipelines.capillary import transfer_batches
+        from pipelines.carecloud import point_history_batches
+        from pipelines.extraction import ExtractJob
+
+        def threaded(api: object, produce: object, customers: list[str], threads: int) -> tuple[float, float]:
+            """User and kernel CPU per customer, chunks of 200 customers as a worker gets them."""
+            tasks = [(c, window) for c in customers]
+            u0, s0 = _user_sys()
+            for i in range(0, len(tasks), 200):
+                job = ExtractJob(source="units", run_id="units", tasks=tasks[i:i + 200], types=ColumnTypes(),
+                                 concurrency=threads, batch_rows=10_000, stats=HttpStats(), crash_points=False)
+                for _ in produce(api, job):  # type: ignore[operator]
+                    pass
+            u1, s1 = _user_sys()
+            return (u1 - u0) / len(customers) * 1e6, (s1 - s0) / len(customers) * 1e6
+
+        for threads in (1, 8):
+            cu, cs = threaded(cc, point_history_batches, ids, threads)
+            pu, ps = threaded(cap, transfer_batches, cap_ids, threads)
+            print(f"fetch + normalize with {threads} thread(s), CPU per customer (user + kernel): "
+                  f"CareCloud {cu:.0f} + {cs:.0f} us, Capillary {pu:.0f} + {ps:.0f} us; CPU probe {speed_probe():.0f} ms")
     return 0
 
 
