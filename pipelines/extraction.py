@@ -2,30 +2,26 @@
 failures and issues out), the bounded fan-out that keeps many customers in flight on a thread pool, and the switch
 between extracting in this process and in worker processes (`extract_batches`, `pipelines/workers.py`).
 
-Within a process, threads: the work per customer is mostly waiting on HTTP (the GIL is released). Across
+Within a process, one thread: the work per customer is mostly waiting on HTTP, and libcurl's multi interface keeps
+many customers' requests in flight on the thread that also normalizes (`pipelines/multiplex.py`). Across
 processes: the Python work per request and per record (HTTP handling, JSON, normalization) needs more than the one
 core a GIL allows; the rate limiter and the login token live in shared memory (`pipelines/http.py`)."""
 
 from __future__ import annotations
 
-import queue
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 
 from pipelines.columns import ColumnTypes
 from pipelines.faultpoints import maybe_crash
-from pipelines.http import HttpError, HttpStats
+from pipelines.http import HttpError, HttpStats, Steps
+from pipelines.multiplex import run_multiplexed
 from pipelines.progress import RunProgress
 from pipelines.state import Issue
 from pipelines.windows import Window
-
-T = TypeVar("T")
-R = TypeVar("R")
-
 
 class CustomerFailed(Exception):
     """This customer could not be loaded this time (recorded; the run goes on; the next run retries it)."""
@@ -88,46 +84,12 @@ class ExtractJob:
             self.progress.update(self.source, customers_failed=1)
 
 
-def run_concurrently(items: Iterable[T], fn: Callable[[T], R], concurrency: int) -> Iterator[tuple[T, R | BaseException]]:
-    """Yield (item, result or exception) as they complete, with at most ~2x `concurrency` items submitted, so
-    memory stays flat however many customers there are. Completions arrive through a queue (a done-callback
-    each) rather than `concurrent.futures.wait`, which re-registers a waiter on every pending future per call."""
-    concurrency = max(1, concurrency)
-    it = iter(items)
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fetch")
-    done: queue.SimpleQueue[tuple[T, Future]] = queue.SimpleQueue()
-    pending = 0
-
-    def submit_next() -> bool:
-        nonlocal pending
-        try:
-            item = next(it)
-        except StopIteration:
-            return False
-        pool.submit(fn, item).add_done_callback(lambda fut, item=item: done.put((item, fut)))
-        pending += 1
-        return True
-
-    try:
-        for _ in range(concurrency * 2):
-            if not submit_next():
-                break
-        while pending:
-            item, fut = done.get()
-            pending -= 1
-            exc = fut.exception()
-            result: Any = exc if exc is not None else fut.result()
-            submit_next()
-            yield item, result
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def fetched(job: ExtractJob, fetch: Callable[[tuple[str, Window]], R]) -> Iterator[tuple[str, Window, R]]:
-    """Fetch every task of `job` concurrently and yield (customer, window, result) for those that worked. A failed
-    customer is recorded on the job and the run goes on; a source-wide failure (login refused) stops it. The caller
-    adds the records to its batch, then calls `job.succeed`."""
-    for (customer_id, window), result in run_concurrently(job.tasks, fetch, job.concurrency):
+def fetched(job: ExtractJob, fetch_steps: Callable[[tuple[str, Window]], Steps]) -> Iterator[tuple[str, Window, Any]]:
+    """Fetch every task of `job`, `job.concurrency` customers in flight on this thread (`pipelines/multiplex.py`),
+    and yield (customer, window, result) for those that worked. A failed customer is recorded on the job and the
+    run goes on; a source-wide failure (login refused) stops it. The caller adds the records to its batch, then
+    calls `job.succeed`."""
+    for (customer_id, window), result in run_multiplexed(job.tasks, fetch_steps, job.concurrency):
         if isinstance(result, SourceUnavailable):
             raise result
         if isinstance(result, CustomerFailed):

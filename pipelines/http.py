@@ -8,8 +8,10 @@ every retry and 429 is counted into the run report and live progress, a 401 must
 all threads in flight (not one per thread), and a truncated body or undecodable JSON with a 200 status must be
 retried like a 503. None of those hooks exist there.
 
-Connections: one keep-alive libcurl handle (pycurl) per thread; a short body is libcurl's error 18, a dropped
-connection 52/56, all retried. Measured on loopback against the sandbox, per request including the JSON parse:
+Connections: libcurl (pycurl) keep-alive handles: one per thread for blocking calls (`HttpClient.request_json`),
+and, on the extraction hot path, one per request in flight under libcurl's multi interface, all on one thread
+(`pipelines/multiplex.py` runs the same request steps). A short body is libcurl's error 18, a dropped connection
+52/56, all retried. Measured on loopback against the sandbox, per request including the JSON parse:
 urllib3's pool ~490 us of CPU, a bare stdlib `http.client` connection ~300 us, pycurl ~165 us (docs/performance.md);
 at one request per customer this is the largest cost per record after the parse. urllib3 is still used for parsing
 `Retry-After`.
@@ -26,7 +28,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Generator
 from urllib.parse import urlencode
 
 import certifi
@@ -74,20 +76,23 @@ class RateLimiter:
         self._state = ctx.RawArray("d", [self.capacity, time.monotonic()])  # tokens, last refill (CLOCK_MONOTONIC)
         self._lock = ctx.Lock()
 
-    def acquire(self) -> None:
+    def try_acquire(self) -> float:
+        """Take a token if there is one: 0.0; else the seconds until there will be (nothing taken)."""
         if self.rate <= 0:
-            return
+            return 0.0
         state = self._state
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                tokens = min(self.capacity, state[0] + (now - state[1]) * self.rate)
-                state[1] = now
-                if tokens >= 1.0:
-                    state[0] = tokens - 1.0
-                    return
-                state[0] = tokens
-                wait = (1.0 - tokens) / self.rate
+        with self._lock:
+            now = time.monotonic()
+            tokens = min(self.capacity, state[0] + (now - state[1]) * self.rate)
+            state[1] = now
+            if tokens >= 1.0:
+                state[0] = tokens - 1.0
+                return 0.0
+            state[0] = tokens
+            return (1.0 - tokens) / self.rate
+
+    def acquire(self) -> None:
+        while (wait := self.try_acquire()) > 0:
             time.sleep(wait)
 
 
@@ -259,13 +264,96 @@ class _ConnectionFailed(Exception):
     """Refused, reset, dropped, timed out, or a body shorter than its Content-Length: transient."""
 
 
+# ---------------------------------------------------------------------------------------------- request steps
+# A request (with its retries, backoff, 401 re-login and limiter) is written ONCE, as a generator of steps
+# (`HttpClient.request_steps`), and run by one of two drivers: `HttpClient.drive` blocks on each step in the calling
+# thread (logins, tests, one-off calls), `pipelines/multiplex.py` keeps many customers' requests in flight on ONE
+# thread with libcurl's multi interface (the extraction hot path: no thread per request in flight, so no GIL
+# hand-overs; docs/performance.md). A step is one of:
+#   Send     the driver performs it and sends back a `_Response`, or throws `_ConnectionFailed` into the generator;
+#   Pause    the driver resumes the generator after that many seconds (backoff before a retry);
+#   RateLimiter  the driver resumes it once a token was taken (`try_acquire`).
+# The generator's return value is the request's result; an exception it raises is the request's failure.
+class Send:
+    __slots__ = ("method", "url", "body", "headers", "timeout")
+
+    def __init__(self, method: str, url: str, body: bytes | None, headers: list[str], timeout: float) -> None:
+        self.method, self.url, self.body, self.headers, self.timeout = method, url, body, headers, timeout
+
+
+class Pause(float):
+    """Seconds to wait before the generator goes on."""
+
+
+Steps = Generator[Any, Any, Any]
+
+
+def new_handle(timeout: float) -> Any:
+    """A libcurl easy handle set up as every request of this project wants it."""
+    curl = pycurl.Curl()
+    curl.setopt(pycurl.NOSIGNAL, 1)  # threads: no SIGALRM-based timeouts
+    curl.setopt(pycurl.CAINFO, certifi.where())
+    curl.setopt(pycurl.ACCEPT_ENCODING, "")  # gzip/deflate when the server offers it (not the sandbox)
+    curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+    curl.timeout = None
+    _set_timeout(curl, timeout)
+    return curl
+
+
+def _set_timeout(curl: Any, timeout: float) -> None:
+    if curl.timeout != timeout:
+        curl.setopt(pycurl.CONNECTTIMEOUT, max(1, int(timeout)))
+        # a read timeout like the stdlib's socket timeout: give up when nothing arrives for `timeout` seconds
+        curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
+        curl.setopt(pycurl.LOW_SPEED_TIME, max(1, int(timeout)))
+        curl.timeout = timeout
+
+
+def prepare(curl: Any, op: Send) -> None:
+    """Point `curl` at the request `op`; `curl.buf` collects the body, `curl.found` the two headers that matter."""
+    _set_timeout(curl, op.timeout)
+    buf = curl.buf = io.BytesIO()
+    found: dict[str, str] = {}
+    curl.found = found
+
+    def header_line(line: bytes) -> None:
+        # only two headers matter; the status line and the rest are skipped without decoding
+        if line[:1] in b"RrCc":
+            name, _, value = line.partition(b":")
+            key = name.strip().lower()
+            if key in (b"retry-after", b"connection"):
+                found[key.decode()] = value.strip().decode("latin-1")
+
+    curl.setopt(pycurl.URL, op.url)
+    curl.setopt(pycurl.HTTPHEADER, op.headers)
+    curl.setopt(pycurl.WRITEDATA, buf)
+    curl.setopt(pycurl.HEADERFUNCTION, header_line)
+    if op.method == "GET":
+        curl.setopt(pycurl.HTTPGET, 1)
+    elif op.method == "POST":
+        curl.setopt(pycurl.POSTFIELDS, op.body or b"")
+    else:
+        raise ValueError(f"unsupported method {op.method}")  # the APIs need GET and POST only
+
+
+def response(curl: Any) -> _Response:
+    """The answer of a transfer `curl` finished (after `prepare`)."""
+    found = curl.found
+    return _Response(curl.getinfo(pycurl.RESPONSE_CODE), curl.buf.getvalue(), found.get("retry-after"),
+                     found.get("connection", "").lower() == "close")
+
+
+def connection_failed(code: int | None) -> _ConnectionFailed:
+    return _ConnectionFailed(f"curl error {code}: {_CURL_NAMES.get(code, 'transfer failed')}")
+
+
 class HttpClient:
     """JSON over keep-alive HTTP for one API base URL. Thread-safe: each thread keeps its own connection.
 
-    Transport: libcurl through pycurl, one easy handle (one keep-alive connection) per thread. Measured against the
-    sandbox on loopback (docs/performance.md), a request costs ~100 us of CPU less than with the stdlib's
-    `http.client` (whose header parsing goes through the `email` package), and libcurl does its I/O with the GIL
-    released, so the fetch threads of a worker process do not queue on the GIL while they wait.
+    Transport: libcurl through pycurl. Measured against the sandbox on loopback (docs/performance.md), a request
+    costs ~100 us of CPU less than with the stdlib's `http.client` (whose header parsing goes through the `email`
+    package). `request_json` blocks on one keep-alive easy handle per thread; the extraction hot path runs the same
+    `request_steps` for many customers at once through `pipelines/multiplex.py`.
     """
 
     def __init__(self, base_url: str, *, limiter: RateLimiter, auth: Auth | None = None, max_attempts: int = 6,
@@ -279,7 +367,7 @@ class HttpClient:
         self.backoff_max = backoff_max
         self.stats = stats or HttpStats()
         self.name = name
-        self._timeout = timeout
+        self.timeout = timeout
         self._static_headers = ["Accept: application/json", "User-Agent: loyalty-warehouse/0.1"]
         self._local = threading.local()
         self._all: dict[int, Any] = {}   # thread ident -> its handle, so close() and dead threads' cleanup reach them
@@ -288,19 +376,10 @@ class HttpClient:
     def _handle(self) -> Any:
         curl = getattr(self._local, "curl", None)
         if curl is None:
-            curl = pycurl.Curl()
-            curl.setopt(pycurl.NOSIGNAL, 1)  # threads: no SIGALRM-based timeouts
-            curl.setopt(pycurl.CONNECTTIMEOUT, max(1, int(self._timeout)))
-            # a read timeout like the stdlib's socket timeout: give up when nothing arrives for `timeout` seconds
-            curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
-            curl.setopt(pycurl.LOW_SPEED_TIME, max(1, int(self._timeout)))
-            curl.setopt(pycurl.CAINFO, certifi.where())
-            curl.setopt(pycurl.ACCEPT_ENCODING, "")  # gzip/deflate when the server offers it (not the sandbox)
-            curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
-            self._local.curl = curl
+            curl = self._local.curl = new_handle(self.timeout)
             with self._all_lock:
-                # fetch threads come and go (a worker process starts a thread pool per chunk): close the handles of
-                # threads that ended, else each keeps its connection and buffers until the run ends
+                # threads come and go: close the handles of threads that ended, else each keeps its connection and
+                # buffers until the run ends
                 alive = {t.ident for t in threading.enumerate()}
                 for ident in [i for i in self._all if i not in alive]:
                     self._all.pop(ident).close()
@@ -322,37 +401,41 @@ class HttpClient:
                     pass
             self._all.clear()
 
-    def _send(self, method: str, url: str, body: bytes | None, headers: list[str]) -> _Response:
+    def _send(self, op: Send) -> _Response:
+        """Perform `op` on this thread's handle, blocking."""
         curl = self._handle()
-        buf = io.BytesIO()
-        found: dict[str, str] = {}
-
-        def header_line(line: bytes) -> None:
-            # only two headers matter; the status line and the rest are skipped without decoding
-            if line[:1] in b"RrCc":
-                name, _, value = line.partition(b":")
-                key = name.strip().lower()
-                if key in (b"retry-after", b"connection"):
-                    found[key.decode()] = value.strip().decode("latin-1")
-
-        curl.setopt(pycurl.URL, url)
-        curl.setopt(pycurl.HTTPHEADER, headers)
-        curl.setopt(pycurl.WRITEDATA, buf)
-        curl.setopt(pycurl.HEADERFUNCTION, header_line)
-        if method == "GET":
-            curl.setopt(pycurl.HTTPGET, 1)
-        elif method == "POST":
-            curl.setopt(pycurl.POSTFIELDS, body or b"")
-        else:
-            raise ValueError(f"unsupported method {method}")  # the APIs need GET and POST only
+        prepare(curl, op)
         try:
             curl.perform()
         except pycurl.error as exc:
-            raise _ConnectionFailed(_curl_error_name(exc)) from None
-        return _Response(curl.getinfo(pycurl.RESPONSE_CODE), buf.getvalue(), found.get("retry-after"),
-                         found.get("connection", "").lower() == "close")
+            self._drop_connection()
+            raise connection_failed(exc.args[0] if exc.args else None) from None
+        answer = response(curl)
+        if answer.will_close:
+            self._drop_connection()
+        return answer
 
-    def _sleep_before_retry(self, attempt: int, retry_after: str | None) -> None:
+    def drive(self, steps: Steps) -> Any:
+        """Run a generator of request steps to its end in this thread, blocking on each; return its result."""
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = steps.throw(error) if error is not None else steps.send(value)
+            except StopIteration as stop:
+                return stop.value
+            value = error = None
+            if type(op) is Send:
+                try:
+                    value = self._send(op)
+                except _ConnectionFailed as exc:
+                    error = exc
+            elif type(op) is Pause:
+                time.sleep(op)
+            else:
+                op.acquire()
+
+    def _retry_delay(self, attempt: int, retry_after: str | None) -> Pause:
         delay = None
         if retry_after:
             try:
@@ -363,15 +446,21 @@ class HttpClient:
             # vendor guidance (CareCloud best practices): 1 s, 2 s, 4 s, ... with +-20 % jitter, capped
             delay = min(self.backoff_max, self.backoff_base * (2 ** (attempt - 1)))
             delay *= random.uniform(0.8, 1.2)
-        time.sleep(min(max(delay, 0.0), MAX_RETRY_AFTER_S))
+        return Pause(min(max(delay, 0.0), MAX_RETRY_AFTER_S))
 
     def request_json(self, method: str, path: str, params: dict[str, Any] | None = None,
                      json_body: Any = None, use_auth: bool = True,
                      accept_status: frozenset[int] = frozenset({200, 201}), query: str | None = None) -> tuple[int, Any]:
-        """Send one request, retrying what is transient. Returns (status, parsed JSON body) for a status in
-        `accept_status`; raises `HttpError` for anything else (with `.status` and `.body` of the last answer).
+        """Send one request, retrying what is transient, blocking. Returns (status, parsed JSON body) for a status
+        in `accept_status`; raises `HttpError` for anything else (with `.status` and `.body` of the last answer).
         `query`: an already encoded query string (callers that send the same parameters to every customer encode
         the fixed part once)."""
+        return self.drive(self.request_steps(method, path, params, json_body, use_auth, accept_status, query))
+
+    def request_steps(self, method: str, path: str, params: dict[str, Any] | None = None,
+                      json_body: Any = None, use_auth: bool = True,
+                      accept_status: frozenset[int] = frozenset({200, 201}), query: str | None = None) -> Steps:
+        """`request_json` as a generator of steps (see `Send`), for `drive` or `pipelines/multiplex.py`."""
         url = self.base_url + path
         if params:
             url += "?" + urlencode(params, safe=":")
@@ -384,25 +473,22 @@ class HttpClient:
         for attempt in range(1, self.max_attempts + 1):
             if attempt > 1:
                 self.stats.add(retries=1)
-            self.limiter.acquire()
+            yield self.limiter
             generation, auth_headers = self.auth.headers() if use_auth else (0, {})
             headers = self._static_headers + [f"{k}: {v}" for k, v in auth_headers.items()]
             if body is not None:
                 headers.append("Content-Type: application/json")
             try:
-                response = self._send(method, url, body, headers)
-                if response.will_close:
-                    self._drop_connection()
+                answer: _Response = yield Send(method, url, body, headers, self.timeout)
             except _ConnectionFailed as exc:
-                self._drop_connection()
                 self.stats.add(requests=1)
                 last_error, last_status = str(exc), None
                 log.info("connection error, retrying", extra={"fields": {"api": self.name, "path": path,
                                                                           "attempt": attempt, "error": last_error}})
                 if attempt < self.max_attempts:
-                    self._sleep_before_retry(attempt, None)
+                    yield self._retry_delay(attempt, None)
                 continue
-            status, data = response.status, response.data
+            status, data = answer.status, answer.data
             self.stats.add(requests=1, http_429=1 if status == 429 else 0)
             last_status = status
             try:
@@ -411,7 +497,7 @@ class HttpClient:
                 # a truncated or garbled body: transient whatever the status says
                 last_error, last_body = f"HTTP {status} with an undecodable body ({len(data)} bytes)", None
                 if attempt < self.max_attempts:
-                    self._sleep_before_retry(attempt, None)
+                    yield self._retry_delay(attempt, None)
                 continue
             last_body = parsed
             if status in accept_status:
@@ -422,7 +508,7 @@ class HttpClient:
             if status in RETRY_STATUSES:
                 last_error = f"HTTP {status}"
                 if attempt < self.max_attempts:
-                    self._sleep_before_retry(attempt, response.retry_after)
+                    yield self._retry_delay(attempt, answer.retry_after)
                 continue
             raise HttpError(f"{self.name} {method} {path}: HTTP {status}", status=status, body=parsed)
         raise HttpError(f"{self.name} {method} {path}: gave up after {self.max_attempts} attempts ({last_error})",
@@ -432,8 +518,3 @@ class HttpClient:
 _CURL_NAMES = {6: "could not resolve host", 7: "connection refused", 18: "body shorter than Content-Length",
                28: "timed out", 35: "TLS handshake failed", 52: "empty reply (connection dropped)",
                55: "send failed", 56: "connection reset while receiving"}
-
-
-def _curl_error_name(exc: pycurl.error) -> str:
-    code = exc.args[0] if exc.args else None
-    return f"curl error {code}: {_CURL_NAMES.get(code, 'transfer failed')}"

@@ -227,8 +227,8 @@ def test_records_arriving_while_paging_are_neither_skipped_nor_doubled(sandbox_f
     page = api._page
     calls = []
 
-    def page_then_time_passes(query):
-        result = page(query)
+    def page_then_time_passes(query):  # a page is a generator of request steps (pipelines/http.py)
+        result = yield from page(query)
         calls.append(int(parse_qs(query)["offset"][0]))
         if len(calls) == 1:
             sb.advance(3 * 86400)  # late records of the window become visible mid-fetch

@@ -19,6 +19,7 @@ from pipelines.capillary.helpers import CapillaryApi
 from pipelines.capillary.settings import CUSTOMER_TRANSFERS_TABLE, PARTIES_TABLE, TRANSFERS_TABLE
 from pipelines.columns import convert, with_required
 from pipelines.extraction import ExtractJob, extract_batches, fetched
+from pipelines.http import Steps
 from pipelines.state import Issue
 from pipelines.windows import Window, local_to_utc
 
@@ -180,8 +181,8 @@ def transfer_batches(api: CapillaryApi, job: ExtractJob) -> Iterator[list[tuple[
     """Fetch `job.tasks` and build the three tables, `job.batch_rows` kept transfers at a time. Runs in this process
     or in a worker process (`pipelines/workers.py`); no dlt here."""
 
-    def fetch(task: tuple[str, Window]) -> tuple[list[dict], list]:
-        return api.fetch(task[0])
+    def fetch(task: tuple[str, Window]) -> Steps:
+        return api.fetch_steps(task[0])
 
     def build(batch: TransferBatch) -> list[tuple[str, pa.Table]]:
         tables, issues = batch.build()

@@ -11,7 +11,8 @@ from urllib.parse import quote_plus, urlencode
 from pipelines.capillary.settings import NOT_FOUND_CODES, OAUTH_PATH, TRANSFER_PATH
 from pipelines.extraction import CustomerFailed, SourceUnavailable, failure_from_http, short_json as _short
 from pipelines.config import ConfigError, SourceSettings
-from pipelines.http import Auth, HttpClient, HttpError, HttpStats, SharedToken, StaticAuth, TokenAuth, shared_limiter
+from pipelines.http import (Auth, HttpClient, HttpError, HttpStats, SharedToken, StaticAuth, Steps, TokenAuth,
+                            shared_limiter)
 from pipelines.logs import register_secret
 
 
@@ -79,10 +80,15 @@ class CapillaryApi:
 
     def fetch(self, identifier: str) -> tuple[list[dict], list[tuple[str, str, str | None]]]:
         """The customer's transfers and the API's own warnings/errors as (code, message, detail) issues.
-        Raises CustomerFailed for 8015 (not found) and anything not retryable."""
+        Raises CustomerFailed for 8015 (not found) and anything not retryable. Blocking; the extraction runs
+        `fetch_steps` for many customers at once (`pipelines/multiplex.py`)."""
+        return self.client.drive(self.fetch_steps(identifier))
+
+    def fetch_steps(self, identifier: str) -> Steps:
+        """`fetch` as a generator of request steps."""
         query = f"{self._fixed_query}&identifierValue={quote_plus(identifier)}"  # encoded once, not per request
         try:
-            _, body = self.client.request_json("GET", TRANSFER_PATH, query=query)
+            _, body = yield from self.client.request_steps("GET", TRANSFER_PATH, query=query)
         except HttpError as exc:
             if exc.status == 401:
                 raise SourceUnavailable(f"Capillary refused the credentials ({exc})") from None

@@ -12,6 +12,7 @@ from pipelines.carecloud.normalize import PointHistoryBatch
 from pipelines.carecloud.settings import POINT_HISTORY_TABLE
 from pipelines.columns import with_required
 from pipelines.extraction import ExtractJob, extract_batches, fetched
+from pipelines.http import Steps
 from pipelines.windows import Window, local_bounds
 
 COLUMNS: dict[str, Any] = {
@@ -53,10 +54,10 @@ def point_history_batches(api: CareCloudApi, job: ExtractJob) -> Iterator[list[t
     """Fetch `job.tasks` and turn the records into Arrow tables, `job.batch_rows` records at a time. Runs in this
     process or in a worker process (`pipelines/workers.py`); no dlt here."""
 
-    def fetch(task: tuple[str, Window]) -> list[dict]:
+    def fetch(task: tuple[str, Window]) -> Steps:
         customer_id, window = task
         time_from, time_to = local_bounds(window, api.timezone)
-        records, _ = api.fetch(customer_id, time_from, time_to)
+        records, _ = yield from api.fetch_steps(customer_id, time_from, time_to)
         return records
 
     def build(batch: PointHistoryBatch) -> list[tuple[str, Any]]:

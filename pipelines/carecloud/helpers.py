@@ -10,7 +10,7 @@ from urllib.parse import quote_plus, urlencode
 from pipelines.carecloud.settings import LOGIN_PATH, MAX_PAGING_ATTEMPTS, POINT_HISTORY_PATH, SORT_FIELD
 from pipelines.config import SourceSettings
 from pipelines.extraction import CustomerFailed, SourceUnavailable, failure_from_http, short_json as _short
-from pipelines.http import HttpClient, HttpError, HttpStats, SharedToken, TokenAuth, shared_limiter
+from pipelines.http import HttpClient, HttpError, HttpStats, SharedToken, Steps, TokenAuth, shared_limiter
 from pipelines.logs import register_secret
 from pipelines.windows import local_to_utc
 
@@ -67,7 +67,12 @@ class CareCloudApi:
         self.auth.headers()
 
     def fetch(self, customer_id: str, time_from: str, time_to: str) -> tuple[list[dict], int]:
-        """Every record of the customer between the two local wall-clock strings, and the number of fetches.
+        """Every record of the customer between the two local wall-clock strings, and the number of fetches
+        (blocking; the extraction runs `fetch_steps` for many customers at once, `pipelines/multiplex.py`)."""
+        return self.client.drive(self.fetch_steps(customer_id, time_from, time_to))
+
+    def fetch_steps(self, customer_id: str, time_from: str, time_to: str) -> Steps:
+        """`fetch` as a generator of request steps.
 
         Offset paging is only safe while the result set stands still: if `total_items` changes between pages or the
         records fetched do not add up to it (a late record slid in and shifted the offsets), the whole
@@ -80,7 +85,7 @@ class CareCloudApi:
             totals: set[int | None] = set()
             offset = 0
             while True:
-                page, total = self._page(f"{base}&offset={offset}")
+                page, total = yield from self._page(f"{base}&offset={offset}")
                 totals.add(total)
                 records.extend(page)
                 offset += len(page)
@@ -97,9 +102,10 @@ class CareCloudApi:
     def _window_query(time_from: str, time_to: str) -> str:
         return urlencode({"time_from": time_from, "time_to": time_to}, safe=":")
 
-    def _page(self, query: str) -> tuple[list[dict], int | None]:
+    def _page(self, query: str) -> Steps:
+        """Steps of one page: returns (records, total_items or None)."""
         try:
-            _, body = self.client.request_json("GET", POINT_HISTORY_PATH, query=query)
+            _, body = yield from self.client.request_steps("GET", POINT_HISTORY_PATH, query=query)
         except HttpError as exc:
             if exc.status == 400:
                 reasons = {p.get("reason") for p in _invalid_params(exc.body)}
