@@ -113,7 +113,7 @@ class Settings:
     alert_webhook: str
     batch_rows: int = 10_000          # rows per Arrow table handed to dlt (spans many customers)
     chunk_customers: int = 20_000     # customers per source per round (load + state commit; bounds a crash's loss)
-    round_records: int = 200_000      # a round also ends after this many fetched records (bounds memory)
+    round_records: int = 400_000      # a round also ends after this many fetched records (bounds memory)
     export_schema_path: str = "schemas"  # dlt schema YAML export, only for a warehouse under ./warehouse/
     duckdb_memory_limit: str = "256MB"   # the run's DuckDB buffer pool; larger merges spill to disk (docs/performance.md)
     extract_processes: int = 0        # worker processes that fetch and normalize (0 = in the run's own process)
@@ -204,7 +204,7 @@ def load_settings() -> Settings:
         alert_webhook=str(_get("loyalty.alert_webhook", "")),
         batch_rows=int(_get("loyalty.batch_rows", 10_000)),
         chunk_customers=int(_get("loyalty.chunk_customers", 20_000)),
-        round_records=int(_get("loyalty.round_records", 200_000)),
+        round_records=int(_get("loyalty.round_records", 400_000)),
         export_schema_path=str(_get("loyalty.export_schema_path", "schemas")),
         duckdb_memory_limit=str(_get("loyalty.duckdb_memory_limit", "256MB")),
         extract_processes=extract_processes(_get("loyalty.extract_processes", "auto")),

@@ -193,7 +193,8 @@ class ExtractPool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def threads_per_worker(self, concurrency: int) -> int:
+    def in_flight_per_worker(self, concurrency: int) -> int:
+        """A worker's share of the source's customers in flight (on one thread, `pipelines/multiplex.py`)."""
         return max(1, math.ceil(concurrency / self.processes))
 
     def extract(self, job: ExtractJob, produce: Callable[[Any, ExtractJob], Iterator[Tables]]) -> Iterator[Tables]:
@@ -208,7 +209,7 @@ class ExtractPool:
         assert self._executor is not None, "pool closed"
         size = chunk_size(self.chunk_customers, self.settings.source(job.source).rate_limit)
         chunks = _chunks(job.tasks, size)
-        threads = self.threads_per_worker(job.concurrency)
+        per_worker = self.in_flight_per_worker(job.concurrency)
         feed = job.feed
         in_flight: dict[Future, list[tuple[str, Window]]] = {}
         if feed is not None and feed.carried:
@@ -217,7 +218,7 @@ class ExtractPool:
 
         def start(chunk: list[tuple[str, Window]]) -> Future:
             return self._executor.submit(_extract_chunk, job.source, produce, job.run_id,  # type: ignore[union-attr]
-                                         job.types.snapshot(), chunk, threads, job.batch_rows)
+                                         job.types.snapshot(), chunk, per_worker, job.batch_rows)
 
         def submit() -> bool:
             chunk = next(chunks, None)
