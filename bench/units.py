@@ -7,9 +7,10 @@
 - fetch: CPU per customer of `CareCloudApi.fetch` / `CapillaryApi.fetch` (the transport plus retries, auth, limiter);
 - normalize: CPU per CareCloud record of `PointHistoryBatch.add` and `.build` (records -> Arrow);
 - sandbox: its CPU per request (it shares this machine's two cores with the pipeline in `make bench`);
-- threads: user and kernel CPU per customer of fetch + normalize (`point_history_batches`, `transfer_batches`) with
-  1 and with 8 fetch threads (what a worker process runs at the default concurrency): the kernel part is the price
-  of the GIL hand-overs between threads.
+- in flight: user and kernel CPU per customer of fetch + normalize (`point_history_batches`, `transfer_batches`)
+  with 1 and with 8 customers in flight (what a worker process runs at the default concurrency), all on one thread
+  through libcurl's multi interface (`pipelines/multiplex.py`; until session 5 these were 8 fetch threads, whose
+  GIL hand-overs cost ~80-110 us of kernel CPU per customer).
 
 Every figure is printed beside a CPU speed probe (this machine's speed drifts), so compare figures within one run.
 """
@@ -130,22 +131,22 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.carecloud import point_history_batches
         from pipelines.extraction import ExtractJob
 
-        def threaded(api: object, produce: object, customers: list[str], threads: int) -> tuple[float, float]:
+        def in_flight(api: object, produce: object, customers: list[str], concurrency: int) -> tuple[float, float]:
             """User and kernel CPU per customer, chunks of 200 customers as a worker gets them."""
             tasks = [(c, window) for c in customers]
             u0, s0 = _user_sys()
             for i in range(0, len(tasks), 200):
                 job = ExtractJob(source="units", run_id="units", tasks=tasks[i:i + 200], types=ColumnTypes(),
-                                 concurrency=threads, batch_rows=10_000, stats=HttpStats(), crash_points=False)
+                                 concurrency=concurrency, batch_rows=10_000, stats=HttpStats(), crash_points=False)
                 for _ in produce(api, job):  # type: ignore[operator]
                     pass
             u1, s1 = _user_sys()
             return (u1 - u0) / len(customers) * 1e6, (s1 - s0) / len(customers) * 1e6
 
-        for threads in (1, 8):
-            cu, cs = threaded(cc, point_history_batches, ids, threads)
-            pu, ps = threaded(cap, transfer_batches, cap_ids, threads)
-            print(f"fetch + normalize with {threads} thread(s), CPU per customer (user + kernel): "
+        for concurrency in (1, 8):
+            cu, cs = in_flight(cc, point_history_batches, ids, concurrency)
+            pu, ps = in_flight(cap, transfer_batches, cap_ids, concurrency)
+            print(f"fetch + normalize with {concurrency} customer(s) in flight, CPU per customer (user + kernel): "
                   f"CareCloud {cu:.0f} + {cs:.0f} us, Capillary {pu:.0f} + {ps:.0f} us; CPU probe {speed_probe():.0f} ms")
     return 0
 
