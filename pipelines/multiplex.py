@@ -160,7 +160,14 @@ def run_multiplexed(items: Iterable[T], steps_of: Callable[[T], Steps], concurre
             if timers:
                 timeout = min(timeout, max(0.0, timers[0][0] - time.monotonic()))
             if running:
-                multi.select(timeout)
+                wanted = multi.timeout()  # ms until libcurl's own next timeout (connect, low speed); -1 = none
+                if wanted >= 0:
+                    timeout = min(timeout, wanted / 1000)
+                started = time.monotonic()
+                # select returns at once when libcurl has no socket to wait on yet (a resolver between states):
+                # nap briefly instead of spinning through perform()
+                if multi.select(timeout) <= 0 and time.monotonic() - started < timeout / 2:
+                    time.sleep(min(timeout, 0.005))
             elif timeout > 0:
                 time.sleep(timeout)
     finally:
