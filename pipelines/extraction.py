@@ -1,5 +1,5 @@
 """What both sources share while extracting: the job of one chunk of customers (their windows in, successes,
-failures and issues out), the bounded fan-out that keeps many customers in flight on a thread pool, and the switch
+failures and issues out), `fetched`, which keeps `concurrency` customers in flight on one thread, and the switch
 between extracting in this process and in worker processes (`extract_batches`, `pipelines/workers.py`).
 
 Within a process, one thread: the work per customer is mostly waiting on HTTP, and libcurl's multi interface keeps
@@ -22,6 +22,7 @@ from pipelines.multiplex import run_multiplexed
 from pipelines.progress import RunProgress
 from pipelines.state import Issue
 from pipelines.windows import Window
+
 
 class CustomerFailed(Exception):
     """This customer could not be loaded this time (recorded; the run goes on; the next run retries it)."""

@@ -81,11 +81,17 @@ def run_multiplexed(items: Iterable[T], steps_of: Callable[[T], Steps], concurre
             if kind is Pause:
                 heapq.heappush(timers, (time.monotonic() + op, next(seq), task))
                 return
-            wait = op.try_acquire()  # a RateLimiter
-            if wait > 0:
-                task.limiter = op
-                heapq.heappush(timers, (time.monotonic() + wait, next(seq), task))
+            if not token_or_wait(task, op):  # a RateLimiter
                 return
+
+    def token_or_wait(task: _Task, limiter: Any) -> bool:
+        """Take a token for `task`, or park it on a timer until the limiter will have one."""
+        wait = limiter.try_acquire()
+        if wait <= 0:
+            return True
+        task.limiter = limiter
+        heapq.heappush(timers, (time.monotonic() + wait, next(seq), task))
+        return False
 
     def start_more() -> None:
         nonlocal active, exhausted
@@ -108,13 +114,8 @@ def run_multiplexed(items: Iterable[T], steps_of: Callable[[T], Steps], concurre
         while timers and timers[0][0] <= now:
             _, _, task = heapq.heappop(timers)
             limiter, task.limiter = task.limiter, None
-            if limiter is not None:
-                wait = limiter.try_acquire()
-                if wait > 0:
-                    task.limiter = limiter
-                    heapq.heappush(timers, (now + wait, next(seq), task))
-                    continue
-            advance(task)
+            if limiter is None or token_or_wait(task, limiter):
+                advance(task)
 
     def reap() -> None:
         while True:
@@ -122,10 +123,11 @@ def run_multiplexed(items: Iterable[T], steps_of: Callable[[T], Steps], concurre
             for curl in ok:
                 multi.remove_handle(curl)
                 task = running.pop(curl)
-                idle.append(curl)
                 answer = response(curl)
                 if answer.will_close:
-                    idle.pop().close()  # libcurl closes such a connection itself; a fresh handle is cheap
+                    curl.close()  # libcurl closes such a connection itself; a fresh handle is cheap
+                else:
+                    idle.append(curl)
                 advance(task, answer)
             for curl, code, _message in failed:
                 multi.remove_handle(curl)
