@@ -79,8 +79,8 @@ def _tree_rss(proc: psutil.Process) -> float:
 
 
 def speed_probe() -> float:
-    """Milliseconds of CPU for a fixed pure-Python loop: this shared machine's speed drifts by up to ~1.6x within
-    minutes (other tenants), so every measured row carries the probe taken just before it."""
+    """Milliseconds of CPU for a fixed pure-Python loop: a shared machine's speed drifts within minutes
+    (other tenants; docs/performance.md), so every measured row carries the probe taken just before it."""
     t = time.process_time()
     x = 0
     for i in range(2_000_000):

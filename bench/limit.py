@@ -166,7 +166,7 @@ def load(pages: Path, db: Path, timezone: str) -> dict[str, Any]:
     phases["read_point_history_s"] = time.perf_counter() - t
 
     # record_key: a content hash of the record as sent plus its occurrence number among identical records (no
-    # vendor id exists). md5, not the pipeline's sha256: DuckDB's sha256 costs 3x more and the hash function
+    # vendor id exists). md5, not the pipeline's sha256: DuckDB's sha256 costs more and the hash function
     # changes nothing in the tables' shape or size.
     t = time.perf_counter()
     fields = ["customer_id", "point_amount", "point_operation_type", "point_operation_note", "point_type_id",

@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             if "throughput" in scenarios and "c" in args.variants:
                 _log("(c) fetch pages once + DuckDB read_json")
                 thr["variants"]["c"] = run_limit(sb, out / "c", truth)
-            # (a) and (b) alternate, `repeats` times each, and the ratio is taken between their medians: this VM's
-            # speed drifts by up to ~2x within minutes (the CPU probe column), so one (a) and one (b) minutes apart
+            # (a) and (b) alternate, `repeats` times each, and the ratio is taken between their medians: a shared VM's
+            # speed drifts within minutes (the CPU probe column), so one (a) and one (b) minutes apart
             # give a ratio that is partly the machine's drift; adjacent pairs also give a ratio each
             want_b = have_b and ("b" in args.variants or "nightly" in scenarios)
             want_a = "throughput" in scenarios and "a" in args.variants

@@ -9,8 +9,8 @@
 - sandbox: its CPU per request (it shares this machine's two cores with the pipeline in `make bench`);
 - in flight: user and kernel CPU per customer of fetch + normalize (`point_history_batches`, `transfer_batches`)
   with 1 and with 8 customers in flight (what a worker process runs at the default concurrency), all on one thread
-  through libcurl's multi interface (`pipelines/multiplex.py`; until session 5 these were 8 fetch threads, whose
-  GIL hand-overs cost ~80-110 us of kernel CPU per customer).
+  through libcurl's multi interface (`pipelines/multiplex.py`; these were once fetch threads, whose GIL hand-overs
+  cost kernel CPU per customer: docs/decisions/session-5-multiplex.md).
 
 Every figure is printed beside a CPU speed probe (this machine's speed drifts), so compare figures within one run.
 """

@@ -2,9 +2,9 @@
 
 Why: a merge load first copies every Parquet file into a staging table, then MERGEs staging into the final table.
 dlt keeps the staging dataset (`loyalty_raw_staging`) as a schema of the warehouse itself, so every staged row
-was written to the WAL, checkpointed into the file with the rest, and deleted again by the next load: for a round
-of 211,440 point-history records the copy into staging cost 1.27 CPU s against 0.37 s into an in-memory database,
-and the file grew by the staging copies (63 MB against 31 MB; `/tmp` experiment of session 4, docs/performance.md).
+was written to the WAL, checkpointed into the file with the rest, and deleted again by the next load: the copy
+into staging cost several times the CPU of a copy into an in-memory database, and the file grew by the staging
+copies (docs/decisions/session-4-staging-in-memory.md, docs/decisions/design-figures.md).
 The staged rows are worth nothing once their load committed: a crashed load is redone from the load package's
 files, which dlt keeps until the package is loaded.
 

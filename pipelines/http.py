@@ -11,10 +11,9 @@ retried like a 503. None of those hooks exist there.
 Connections: libcurl (pycurl) keep-alive handles: one per thread for blocking calls (`HttpClient.request_json`),
 and, on the extraction hot path, one per request in flight under libcurl's multi interface, all on one thread
 (`pipelines/multiplex.py` runs the same request steps). A short body is libcurl's error 18, a dropped connection
-52/56, all retried. Measured on loopback against the sandbox, per request including the JSON parse:
-urllib3's pool ~490 us of CPU, a bare stdlib `http.client` connection ~300 us, pycurl ~165 us (docs/performance.md);
-at one request per customer this is the largest cost per record after the parse. urllib3 is still used for parsing
-`Retry-After`.
+52/56, all retried. libcurl costs the least CPU per request of the transports measured (urllib3's pool, a bare
+stdlib `http.client` connection, pycurl; docs/decisions/design-figures.md), and at one request per customer the
+request is the largest cost per record after the parse. urllib3 is still used for parsing `Retry-After`.
 
 Processes: the limiter and the login token live in shared memory (`multiprocessing` fork context), so worker
 processes forked by `pipelines/workers.py` share one request budget and one login with the run.
@@ -269,7 +268,7 @@ class _ConnectionFailed(Exception):
 # (`HttpClient.request_steps`), and run by one of two drivers: `HttpClient.drive` blocks on each step in the calling
 # thread (logins, tests, one-off calls), `pipelines/multiplex.py` keeps many customers' requests in flight on ONE
 # thread with libcurl's multi interface (the extraction hot path: no thread per request in flight, so no GIL
-# hand-overs; docs/performance.md). A step is one of:
+# hand-overs; docs/decisions/session-5-multiplex.md). A step is one of:
 #   Send     the driver performs it and sends back a `_Response`, or throws `_ConnectionFailed` into the generator;
 #   Pause    the driver resumes the generator after that many seconds (backoff before a retry);
 #   RateLimiter  the driver resumes it once a token was taken (`try_acquire`).
@@ -350,9 +349,8 @@ def connection_failed(code: int | None) -> _ConnectionFailed:
 class HttpClient:
     """JSON over keep-alive HTTP for one API base URL. Thread-safe: each thread keeps its own connection.
 
-    Transport: libcurl through pycurl. Measured against the sandbox on loopback (docs/performance.md), a request
-    costs ~100 us of CPU less than with the stdlib's `http.client` (whose header parsing goes through the `email`
-    package). `request_json` blocks on one keep-alive easy handle per thread; the extraction hot path runs the same
+    Transport: libcurl through pycurl: less CPU per request than the stdlib's `http.client`, whose header parsing
+    goes through the `email` package (docs/decisions/design-figures.md). `request_json` blocks on one keep-alive easy handle per thread; the extraction hot path runs the same
     `request_steps` for many customers at once through `pipelines/multiplex.py`.
     """
 

@@ -2,15 +2,15 @@
 `pipelines/http.py` (`HttpClient.request_steps` and the sources' `fetch_steps` built on it).
 
 Why not a thread per customer in flight (what this replaced): each finished request woke a fetch thread, which took
-the GIL from the thread normalizing records and handed it back; with 8 threads per worker process that cost ~80 us
-of kernel CPU per request on this 2-core machine (futexes, context switches; `python -m bench.units`), a fifth of
-the pipeline's CPU, and thread-pool futures cost more user CPU on top. Here the only thread is the one that also
+the GIL from the thread normalizing records and handed it back: kernel CPU per request (futexes, context
+switches; `python -m bench.units`, docs/decisions/session-5-multiplex.md), and thread-pool futures cost more user
+CPU on top. Here the only thread is the one that also
 turns records into Arrow; libcurl does the socket I/O of every transfer in flight inside `perform()`.
 
 Why by hand rather than asyncio + an HTTP library: the retries, backoff, 401 re-login and the rate limiter shared
 across processes are written once as generators and run unchanged by the blocking driver (`HttpClient.drive`) and
 by this one; an asyncio client would need its own copy of all of them, and aiohttp/httpx cost several times
-libcurl's CPU per request (docs/performance.md). pycurl's `CurlMulti` has no scheduler of its own: the timers below
+libcurl's CPU per request (docs/decisions/design-figures.md). pycurl's `CurlMulti` has no scheduler of its own: the timers below
 (backoff pauses, limiter waits) are the small part this module adds.
 
 Blocking inside a step (a login after a 401 or at expiry, single-flight across processes) pauses this thread's

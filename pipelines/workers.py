@@ -2,7 +2,7 @@
 processes, while the run's own process only feeds dlt (extract, normalize, load) and keeps the books.
 
 Why: the Python work per request and per record (HTTP handling, JSON parsing, records -> Arrow) is bound to one
-core by the GIL; the benchmark (`make bench`, docs/performance.md) showed the single-process pipeline using one
+core by the GIL; the benchmark (`make bench`, docs/decisions/session-1-profiling.md) showed the single-process pipeline using one
 core fully while the other sat mostly idle. A process pool with the *same* producer functions the in-process path
 uses (`point_history_batches`, `transfer_batches`) spreads that work over the machine's cores.
 
@@ -57,9 +57,10 @@ LOOKAHEAD_PER_WORKER = 6  # chunks of the next round a worker may work on while 
 
 def chunk_size(base: int, rate_limit: float) -> int:
     """Customers per chunk for a source limited to `rate_limit` requests/s. Between two chunks a worker hands its
-    result over and waits for the next chunk (~0.1-0.2 s, idle for that source); under a tight rate limit a chunk of
-    200 customers lasts only ~4 s at 50 req/s, so those hand-overs cost ~4 % of the request budget (bench rate-limit
-    scenario: 94.5 % of R). A rate-limited chunk spans ~20 s of the budget instead (at most 2,000 customers)."""
+    result over and waits for the next chunk (idle for that source); under a tight rate limit a default chunk lasts
+    only a few seconds, so those hand-overs cost a visible share of the request budget (bench rate-limit scenario,
+    docs/decisions/session-2-worker-processes.md). A rate-limited chunk spans ~20 s of the budget instead (at most
+    2,000 customers)."""
     if base < CHUNK_CUSTOMERS or rate_limit <= 0 or rate_limit >= 500:
         return base
     return min(2000, max(base, int(rate_limit * 20)))
@@ -133,10 +134,11 @@ class ExtractPool:
 
     Fair shares: a worker runs one chunk at a time; when both sources took chunks first come first served, the two
     APIs often waited for each other, and under a rate limit (where processes do not help, the limiter is the wall)
-    each source reached only ~60 % of its allowed request rate (bench rate-limit scenario, run of 06:57). So while
+    each source reached well under its allowed request rate (bench rate-limit scenario,
+    docs/decisions/session-2-worker-processes.md). So while
     k sources are extracting, each keeps at most `processes / k` chunks in flight: each source always has a worker,
     and once one source is done the other gets them all. (One executor per source would double the processes, and
-    each worker costs ~100 MB of memory of its own: measured 1.49 GB for the whole tree instead of 1.26 GB.)"""
+    each worker costs memory of its own: docs/decisions/design-figures.md.)"""
 
     settings: Any
     processes: int
@@ -148,14 +150,14 @@ class ExtractPool:
     @classmethod
     def start(cls, settings: Any, sources: Sequence[str], processes: int) -> "ExtractPool":
         pool = cls(settings, processes, chunk_customers(settings.round_records))
-        # everything a worker will run, imported once here rather than once per worker after the fork (dlt alone
-        # is ~1.7 s of CPU)
+        # everything a worker will run, imported once here rather than once per worker after the fork (importing
+        # dlt is expensive: docs/decisions/session-2-worker-processes.md)
         import dlt  # noqa: F401
         import pipelines.capillary  # noqa: F401
         import pipelines.carecloud  # noqa: F401
 
-        # pyarrow imports pandas (when installed) on the first `pa.array` of Python objects: ~0.35 s of CPU (py-spy
-        # profile of a (b) run) and +54 MB RSS that each worker paid on its own first batch unless done here
+        # pyarrow imports pandas (when installed) on the first `pa.array` of Python objects: CPU and memory that
+        # each worker paid on its own first batch unless done here (docs/decisions/session-4-staging-in-memory.md)
         pa.array([0])
 
         for source in sources:
@@ -267,9 +269,9 @@ class ExtractPool:
 
 class _Coalescer:
     """Chunks' tables joined per table name until `rows` rows, then handed to dlt as one item. dlt's extract costs
-    per item, not only per row (hints, schema inference of the Arrow table, naming: ~26 % of the run process's
-    Python time in a py-spy --gil profile with one item per chunk and table, where a chunk of 200 customers gives
-    ~2,800 point-history rows and a few dozen rows per child table)."""
+    per item, not only per row (hints, schema inference of the Arrow table, naming), and a chunk gives a few
+    thousand point-history rows but only a few dozen rows per child table
+    (docs/decisions/session-3-coalescing-and-sandbox.md)."""
 
     def __init__(self, rows: int) -> None:
         self.rows = max(1, rows)

@@ -28,8 +28,8 @@ CHILD_PRIMARY_KEY = ["record_key", "_idx"]
 # A record's key is a hash of its content (every documented field as sent, `normalize.record_key`), so a key seen
 # again is the same record again: dlt's insert-only merge (MERGE ... WHEN NOT MATCHED THEN INSERT) adds only new
 # keys and leaves the rows re-fetched in the lookback alone. Against delete-insert (delete every re-fetched key,
-# insert again, deduplicate) it halved the load step of the benchmark round (6.3 -> 3.1 s for 207,621 records
-# and their purchase items, docs/performance.md). Consequence: `_loaded_run_id` is the run that FIRST loaded the
+# insert again, deduplicate) it halved the load step of the benchmark round
+# (docs/decisions/session-2-worker-processes.md). Consequence: `_loaded_run_id` is the run that FIRST loaded the
 # row, and a field the vendor adds later is filled only for records loaded after it appeared.
 INSERT_ONLY: Any = {"disposition": "merge", "strategy": "insert-only"}
 CHILD_COLUMNS: dict[str, Any] = {"record_key": {"data_type": "text", "nullable": False},

@@ -78,7 +78,8 @@ class CareCloudApi:
         records fetched do not add up to it (a late record slid in and shifted the offsets), the whole
         customer-window is fetched again, up to MAX_PAGING_ATTEMPTS times; then the customer fails for this run and
         is retried next time. So no record is skipped or doubled."""
-        # the query is encoded once per window and per customer, not per page (urlencode was ~20 % of a request's CPU)
+        # the query is encoded once per window and per customer, not per page (urlencode was a visible part of a
+        # request's CPU: docs/decisions/session-2-worker-processes.md)
         base = f"customer_id={quote_plus(customer_id)}&{self._fixed_query}&{self._window_query(time_from, time_to)}"
         for attempt in range(1, MAX_PAGING_ATTEMPTS + 1):
             records: list[dict] = []

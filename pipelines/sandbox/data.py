@@ -26,7 +26,7 @@ def _hex(text: str, nbytes: int) -> str:
 
 
 def _pick(rng: random.Random, seq):
-    # rng.choice/randint cost ~1 us each through randrange; this is the generator's hot loop
+    # rng.choice/randint go through randrange (docs/decisions/design-figures.md); this is the generator's hot loop
     return seq[int(rng.random() * len(seq))]
 
 
@@ -411,7 +411,7 @@ class DataGenerator:
         else:  # TRANSFER
             amount = _pick(rng, [10, 20, 50, 100, 500])
             ext = {"transfer_id": str(TRANSFER_ID_BASE + rng.randrange(10**6))}
-        text = ext if isinstance(ext, str) else orjson.dumps(ext).decode()  # compact; stdlib json is 15x slower here
+        text = ext if isinstance(ext, str) else orjson.dumps(ext).decode()  # compact, and far cheaper than stdlib json here
         return self._sign(amount, op, rng, signed), text
 
     @staticmethod

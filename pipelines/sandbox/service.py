@@ -24,8 +24,8 @@ SOURCES = ("carecloud", "capillary")
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop's loop where it is installed (the `bench` extra), asyncio's own otherwise: the same protocol code with
-    less CPU per request (measured 133-172 against 145-223 us, docs/performance.md), which matters because on this
-    2-core machine the sandbox takes its CPU from the pipeline under test."""
+    less CPU per request (docs/decisions/design-figures.md), which matters because on a small benchmark machine
+    the sandbox takes its CPU from the pipeline under test."""
     try:
         import uvloop
     except ImportError:
