@@ -13,41 +13,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-import orjson
-
 from pipelines.columns import ColumnTypes
+from pipelines.errors import CustomerFailed, SourceUnavailable
 from pipelines.faultpoints import maybe_crash
-from pipelines.http import HttpError, HttpStats, Steps
+from pipelines.http import HttpStats, Steps
 from pipelines.multiplex import run_multiplexed
 from pipelines.progress import RunProgress
 from pipelines.state import Issue
 from pipelines.windows import Window
-
-
-class CustomerFailed(Exception):
-    """This customer could not be loaded this time (recorded; the run goes on; the next run retries it)."""
-
-    def __init__(self, code: str, message: str, detail: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.detail = detail
-
-
-class SourceUnavailable(RuntimeError):
-    """The whole source cannot be used (login refused, base URL wrong): the run fails with this message."""
-
-
-def failure_from_http(exc: HttpError, what: str) -> CustomerFailed:
-    if exc.exhausted:
-        return CustomerFailed("retries_exhausted", f"{what}: {exc}")
-    return CustomerFailed("http_error", f"{what}: {exc}", detail=short_json(exc.body))
-
-
-def short_json(body: Any, limit: int = 2000) -> str | None:
-    if body is None:
-        return None
-    return orjson.dumps(body).decode(errors="replace")[:limit]
 
 
 @dataclass
@@ -113,14 +86,3 @@ def extract_batches(job: ExtractJob, api: Any, produce: Callable[[Any, ExtractJo
         yield from produce(api, job)
     else:
         yield from job.pool.extract(job, produce)
-
-
-def make_api(source: str, settings: Any, stats: HttpStats, token_slot: Any = None) -> Any:
-    """The API client of `source` ("carecloud" or "capillary"); `token_slot` shares its login across processes."""
-    if source == "carecloud":
-        from pipelines.carecloud.helpers import CareCloudApi
-
-        return CareCloudApi(settings.carecloud, stats, token_slot)
-    from pipelines.capillary.helpers import CapillaryApi
-
-    return CapillaryApi(settings.capillary, stats, token_slot)

@@ -26,13 +26,15 @@ from pipelines import state
 from pipelines.columns import ColumnTypes
 from pipelines.config import ConfigError, Settings
 from pipelines.customers import load_customers
-from pipelines.extraction import ExtractJob, SourceUnavailable, make_api
+from pipelines.errors import SourceUnavailable
+from pipelines.extraction import ExtractJob
 from pipelines.faultpoints import maybe_crash
 from pipelines.http import HttpStats
 from pipelines.lock import RunLock, RunLocked, connect_writer
 from pipelines.logs import get_logger, redact
 from pipelines.progress import RunProgress
 from pipelines.report import RunReport, SourceReport, render_summary
+from pipelines.sources import make_api
 from pipelines.state import Issue
 from pipelines.windows import Window, customer_window, utc, window_end
 from pipelines.workers import ExtractPool, start_pool

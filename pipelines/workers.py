@@ -42,10 +42,11 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import pyarrow as pa
 
 from pipelines.columns import ARROW_TYPES, BOOL, DOUBLE, TEXT, ColumnTypes, convert, problem_message
-from pipelines.extraction import ExtractJob, Tables, make_api
+from pipelines.extraction import ExtractJob, Tables
 from pipelines.faultpoints import maybe_crash
 from pipelines.http import HttpStats, SharedToken
 from pipelines.logs import get_logger
+from pipelines.sources import make_api
 from pipelines.state import Issue
 from pipelines.windows import Window
 

@@ -11,7 +11,7 @@ import pendulum
 
 from pipelines.carecloud.helpers import CareCloudApi
 from pipelines.config import SourceSettings
-from pipelines.extraction import CustomerFailed
+from pipelines.errors import CustomerFailed
 from pipelines.http import HttpStats
 from pipelines.multiplex import run_multiplexed
 from pipelines.sandbox.config import CARECLOUD_APP_ID, CARECLOUD_LOGIN, CARECLOUD_PASSWORD

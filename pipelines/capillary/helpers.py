@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import quote_plus, urlencode
 
 from pipelines.capillary.settings import NOT_FOUND_CODES, OAUTH_PATH, TRANSFER_PATH
-from pipelines.extraction import CustomerFailed, SourceUnavailable, failure_from_http, short_json as _short
+from pipelines.errors import CustomerFailed, SourceUnavailable, failure_from_http, short_json as _short
 from pipelines.config import ConfigError, SourceSettings
 from pipelines.http import (Auth, HttpClient, HttpError, HttpStats, SharedToken, StaticAuth, Steps, TokenAuth,
                             shared_limiter)

@@ -9,7 +9,7 @@ from urllib.parse import quote_plus, urlencode
 
 from pipelines.carecloud.settings import LOGIN_PATH, MAX_PAGING_ATTEMPTS, POINT_HISTORY_PATH, SORT_FIELD
 from pipelines.config import SourceSettings
-from pipelines.extraction import CustomerFailed, SourceUnavailable, failure_from_http, short_json as _short
+from pipelines.errors import CustomerFailed, SourceUnavailable, failure_from_http, short_json as _short
 from pipelines.http import HttpClient, HttpError, HttpStats, SharedToken, Steps, TokenAuth, shared_limiter
 from pipelines.logs import register_secret
 from pipelines.windows import local_to_utc

@@ -1,0 +1,39 @@
+"""The exceptions the engine (extraction, runner, workers) and the sources (their API clients) share.
+
+This module imports nothing from the project, so both sides can import it without importing each other: a source's
+`helpers.py` raises these, the engine catches them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class CustomerFailed(Exception):
+    """This customer could not be loaded this time (recorded; the run goes on; the next run retries it)."""
+
+    def __init__(self, code: str, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.detail = detail
+
+
+class SourceUnavailable(RuntimeError):
+    """The whole source cannot be used (login refused, base URL wrong): the run fails with this message."""
+
+
+def failure_from_http(exc: Any, what: str) -> CustomerFailed:
+    """The customer's failure for an `http.HttpError` the retries did not cure: `retries_exhausted` when the
+    attempts ran out, else `http_error` with the answer's body as detail."""
+    if exc.exhausted:
+        return CustomerFailed("retries_exhausted", f"{what}: {exc}")
+    return CustomerFailed("http_error", f"{what}: {exc}", detail=short_json(exc.body))
+
+
+def short_json(body: Any, limit: int = 2000) -> str | None:
+    """`body` as JSON text cut to `limit` characters (an issue's detail); None for None."""
+    if body is None:
+        return None
+    return orjson.dumps(body).decode(errors="replace")[:limit]
