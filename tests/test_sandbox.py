@@ -14,6 +14,7 @@ from pathlib import Path
 
 import orjson
 import pendulum
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import requests
@@ -260,6 +261,52 @@ def test_quirks_are_served_and_in_the_truth(sandbox_factory):
     anomalies = Counter(a for v in truth["anomaly"].to_pylist() for a in v.split(",") if a)
     assert {"type_drift", "bad_time", "huge_note", "late"} <= set(anomalies)
     assert truth.num_rows == len(api)
+
+
+def test_extended_data_variety_changes_only_extended_data(sandbox_factory):
+    """The heterogeneous switch: served and in the truth, every other field as with the switch off, and each
+    kind of variety present (colliding spellings across and within records, type changes, nesting, unicode
+    keys, null/"", not an object, invalid JSON)."""
+    from pipelines.columns import column_name
+
+    varied = sandbox_factory(customers=40, extended_data_variety=0.5)
+    plain = sandbox_factory(customers=40)
+    api = [rec for cid in varied.customer_ids("carecloud") for rec in Client(varied).all(cid, count=1000)]
+    base = [rec for cid in plain.customer_ids("carecloud") for rec in Client(plain).all(cid, count=1000)]
+    assert len(api) == len(base)
+    assert [{k: v for k, v in r.items() if k != "extended_data"} for r in api] == \
+        [{k: v for k, v in r.items() if k != "extended_data"} for r in base]
+    truth = varied.truth().carecloud_point_history
+    assert sorted(truth["extended_data"].to_pylist(), key=str) == sorted((r["extended_data"] for r in api), key=str)
+    tags = Counter(a for v in truth["anomaly"].to_pylist() for a in v.split(",") if a)
+    kinds = {"ext_respelled", "ext_twin", "ext_conflict", "ext_type_change", "ext_nested", "ext_unicode",
+             "ext_nulls", "ext_empty", "ext_not_object", "invalid_json"}
+    assert kinds <= set(tags), tags
+    changed = sum(a != b for a, b in zip(api, base))
+    assert 0.3 * len(api) < changed < 0.7 * len(api)
+    # within one record: two spellings of one column, with different values on the conflict records
+    for row in truth.filter(pc.match_substring(truth["anomaly"], "ext_conflict")).to_pylist():
+        obj = orjson.loads(row["extended_data"])
+        flat = [(column_name(k) + (("__" + column_name(s)) if isinstance(v, dict) else ""),
+                 (w if isinstance(v, dict) else v))
+                for k, v in obj.items() for s, w in (v.items() if isinstance(v, dict) else [(None, v)])]
+        names = Counter(n for n, _ in flat)
+        twice = [n for n, c in names.items() if c == 2]
+        assert len(twice) == 1 and len({orjson.dumps(v) for n, v in flat if n == twice[0]}) == 2, obj
+    # across records: one column, several spellings
+    spellings = {k for r in api if r["extended_data"] and r["extended_data"].startswith("{")
+                 for k in _keys(r["extended_data"]) if column_name(k) == "purchase_value"}
+    assert len(spellings) >= 3, spellings
+    with pytest.raises(ValueError):
+        SandboxConfig(extended_data_variety=1.5)
+
+
+def _keys(text: str) -> list[str]:
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return []
+    return list(obj) if isinstance(obj, dict) else []
 
 
 def test_customer_files(sandbox_factory, sandbox_env, tmp_path):

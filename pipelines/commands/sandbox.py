@@ -59,6 +59,9 @@ HELP = {
     "type_drift": "quirk: point_amount sent as a string on some records",
     "bad_times": "quirk: null/malformed point_history_record_time on a few records",
     "huge_notes": "quirk: ~100 KB notes on a few records",
+    "extended_data_variety": "quirk: share of CareCloud records with heterogeneous extended_data (colliding key "
+                             "spellings, type changes, nesting, unicode keys, null/\"\", invalid JSON); 0 = off "
+                             "(default %(default)s)",
     "rate_limit_rps": "fault: token bucket per credential, requests/s; 0 = off (default %(default)s)",
     "rate_limit_burst": "fault: bucket size; 0 = max(1, rps)",
     "retry_after_share": "fault: share of 429s carrying Retry-After (default %(default)s)",

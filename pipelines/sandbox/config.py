@@ -69,6 +69,9 @@ class SandboxConfig:
     type_drift: bool = False                   # point_amount sent as a string on some records
     bad_times: bool = False                    # null / malformed point_history_record_time on a few records
     huge_notes: bool = False                   # ~100 KB notes on a few records
+    extended_data_variety: float = 0.0         # share of CareCloud records whose extended_data is heterogeneous:
+                                               # colliding key spellings, type changes, nesting, unicode keys,
+                                               # null/"", invalid JSON (pipelines/sandbox/variety.py); 0 = off
 
     def __post_init__(self) -> None:
         if self.customers < 0:
@@ -79,6 +82,8 @@ class SandboxConfig:
             raise ValueError("unknown_customer must be '400' or 'empty'")
         if self.default_sort not in ("point_history_record_time", "insertion"):
             raise ValueError("default_sort must be 'point_history_record_time' or 'insertion'")
+        if not 0.0 <= self.extended_data_variety <= 1.0:
+            raise ValueError("extended_data_variety must be a share between 0 and 1")
         if self.transfer_group_size < 2:
             raise ValueError("transfer_group_size must be >= 2")
 

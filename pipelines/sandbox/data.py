@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from pipelines.sandbox import variety
 from pipelines.sandbox.config import SandboxConfig
 
 def _hex(text: str, nbytes: int) -> str:
@@ -313,6 +314,8 @@ class DataGenerator:
         instants = sorted(int(t) for t in instants)
         home_store = int(rng.random() * len(self.stores))
         home_partner = int(rng.random() * len(self.partners))
+        # its own stream, so switching variety on changes extended_data and nothing else
+        vary_rng = random.Random(f"ccvar:{seed}:{index}") if c.extended_data_variety else None
 
         raw: list[tuple[str, int, float, dict, str]] = []
         for k, ts in enumerate(instants):
@@ -326,6 +329,9 @@ class DataGenerator:
             if ext and rng.random() < 0.002:
                 ext = ext[: max(1, len(ext) // 2)]  # a rare invalid JSON string, as seen in real exports
                 anomalies.append("invalid_json")
+            elif vary_rng is not None and vary_rng.random() < c.extended_data_variety:
+                ext, kind = variety.vary(vary_rng, ext)
+                anomalies.append(kind)
             store = home_store if rng.random() < 0.7 else int(rng.random() * len(self.stores))
             partner = home_partner if rng.random() < 0.8 else int(rng.random() * len(self.partners))
             rec = {
