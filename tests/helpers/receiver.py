@@ -21,7 +21,7 @@ PATH = "/capillary/events"
 
 class Receiver:
     def __init__(self, workdir: Path, *extra_args: str, env: dict[str, str] | None = None,
-                 store: Path | None = None, wrap: list[str] | None = None) -> None:
+                 store: Path | None = None, wrap: list[str] | None = None, port: int = 0) -> None:
         self.workdir = workdir
         self.warehouse = workdir / "warehouse.duckdb"
         self.store = store or workdir / "capillary_events.sqlite3"
@@ -34,6 +34,7 @@ class Receiver:
         self.wrap = wrap or []
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
+        self.listen_port = port
         self.runs = 0
 
     def start(self, timeout: float = 60) -> "Receiver":
@@ -41,7 +42,8 @@ class Receiver:
         self.out = self.workdir / f"receiver-{id(self)}-{self.runs}.out"
         self.err = self.workdir / f"receiver-{id(self)}-{self.runs}.err"
         self.proc = subprocess.Popen(
-            [*self.wrap, sys.executable, "-m", "pipelines.cli", *self.args, "events", "serve", "--port", "0"],
+            [*self.wrap, sys.executable, "-m", "pipelines.cli", *self.args, "events", "serve", "--port",
+             str(self.listen_port)],
             cwd=REPO_ROOT, env=self.env, stdout=self.out.open("wb"), stderr=self.err.open("wb"))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -53,6 +55,10 @@ class Receiver:
                 raise RuntimeError(f"receiver exited {self.proc.returncode}: {self.err.read_text()}")
             time.sleep(0.05)
         raise RuntimeError("receiver did not start")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{PATH}"
 
     def post(self, body: bytes | dict | str, headers: dict[str, str] | None = None,
              secret: str | None = SECRET) -> tuple[int, dict]:
