@@ -290,3 +290,85 @@ def test_capillary_summary_endpoint(sandbox_factory):
     by_offset = s.get(url, params={"limit": 3, "offset": 2, "sortOrder": "asc"}, auth=BASIC).json()["data"]
     assert [r["transferId"] for r in by_offset] == [r["transferId"] for r in full[2:5]]
     assert s.get(f"{sb.url}/v2/customers/880000000/pointsTransfers", auth=BASIC).json()["errors"][0]["code"] == 8015
+
+
+def test_carecloud_listings_match_vendor_openapi(sandbox_factory, spec_dict):
+    """GET /customers, /points, /purchases (issue 17): every parameter the pipeline sends and the documented
+    filters, 200 pages, 400s and 429/503, validated against the vendor's operations getCustomers, getPoints and
+    getPurchases."""
+    sb = sandbox_factory(customers=60, null_extended_data=False, missing_valid_to="omit")
+    openapi = _openapi(spec_dict, sb.carecloud_base_url)
+    base = sb.carecloud_base_url
+    s = requests.Session()
+    auth = {"Authorization": f"Bearer {_login(s, base)}"}
+    ids = sb.customer_ids("carecloud")
+    window = {"from": "2026-06-01 00:00:00", "to": "2026-11-20T00:00:00"}
+    calls = [
+        ("/customers", {}), ("/customers", {"count": 7, "offset": 3}),
+        ("/customers", {"sort_field": "last_change", "sort_direction": "DESC", "count": 20}),
+        ("/customers", {"email": "member00000004@sandbox.example"}),
+        ("/customers", {"customer_ids[]": ids[:3]}),
+        ("/points", {}), ("/points", {"count": 1000, "create_point_time_from": window["from"],
+                                      "create_point_time_to": window["to"]}),
+        ("/points", {"customer_id": ids[1], "sort_field": "valid_to", "sort_direction": "DESC"}),
+        ("/points", {"point_type_id": "x"}),
+        ("/purchases", {}), ("/purchases", {"count": 1000, "payment_time_from": window["from"],
+                                            "payment_time_to": window["to"], "purchase_items_extension": "true"}),
+        ("/purchases", {"customer_id": ids[2], "sort_field": "total_price"}),
+    ]
+    seen_nonempty = set()
+    for path, params in calls:
+        r = s.get(base + path, params=params, headers=auth)
+        assert r.status_code == 200, (path, params, r.text)
+        _validate(openapi, r)
+        data = r.json()["data"]
+        key = path.strip("/")
+        assert set(data) == {key, "total_items"}
+        if data[key]:
+            seen_nonempty.add(key)
+    assert seen_nonempty == {"customers", "points", "purchases"}
+    lot = s.get(base + "/points", params={"count": 1000}, headers=auth).json()["data"]["points"]
+    assert any("valid_to" not in p for p in lot) and any("valid_to" in p for p in lot)
+    items = s.get(base + "/purchases", params={"purchase_items_extension": "true"}, headers=auth).json()["data"]
+    assert any(p["purchase_items"] for p in items["purchases"])
+
+    bad = [("/points", {"create_point_time_from": "2026-01-01"}, "create_point_time_from", "invalid_value_format"),
+           ("/purchases", {"payment_time_to": "yesterday"}, "payment_time_to", "invalid_value_format"),
+           ("/customers", {"sort_field": "personal_information"}, "sort_field", "not_allowed_value"),
+           ("/customers", {"count": "0"}, "count", "invalid_value_format"),
+           ("/points", {"sort_direction": "UP"}, "sort_direction", "not_allowed_value")]
+    for path, params, name, reason in bad:
+        r = s.get(base + path, params=params, headers=auth)
+        assert r.status_code == 400, (path, params, r.text)
+        _validate(openapi, r)
+        assert r.json()["error"]["error_data"]["invalid_params"][0] == {
+            **r.json()["error"]["error_data"]["invalid_params"][0], "name": name, "reason": reason}
+    r = s.get(base + "/points", headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401
+    _validate(openapi, r)
+
+    faulty = sandbox_factory(customers=10, faults=FaultConfig(random_429_share=0.5, error_503_share=0.5, seed=3))
+    fopenapi = _openapi(spec_dict, faulty.carecloud_base_url)
+    fauth = {"Authorization": f"Bearer {_login(s, faulty.carecloud_base_url)}"}
+    statuses = set()
+    for path in ("/customers", "/points", "/purchases") * 4:
+        r = s.get(faulty.carecloud_base_url + path, headers=fauth)
+        assert r.status_code in (429, 503)
+        _validate(fopenapi, r)
+        statuses.add(r.status_code)
+    assert statuses == {429, 503}
+
+
+def test_listing_switch_null_valid_to_breaks_the_spec_on_purpose(sandbox_factory, spec_dict):
+    """`missing_valid_to="null"` is the other reading of an undocumented point; the spec types valid_to as a
+    non-nullable string, so the validator must reject it (the default omits the key)."""
+    from openapi_core.validation.response.exceptions import InvalidData
+
+    sb = sandbox_factory(customers=30, missing_valid_to="null")
+    openapi = _openapi(spec_dict, sb.carecloud_base_url)
+    s = requests.Session()
+    r = s.get(sb.carecloud_base_url + "/points", params={"count": 1000},
+              headers={"Authorization": f"Bearer {_login(s, sb.carecloud_base_url)}"})
+    assert any(p["valid_to"] is None for p in r.json()["data"]["points"])
+    with pytest.raises(InvalidData):
+        _validate(openapi, r)

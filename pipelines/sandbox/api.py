@@ -28,6 +28,7 @@ from pipelines.sandbox.config import (
     CARECLOUD_BASE_PATH, CARECLOUD_LEGACY_BASE_PATH, CARECLOUD_LOGIN, CARECLOUD_PASSWORD, FaultConfig, SandboxConfig,
 )
 from pipelines.sandbox.data import CARECLOUD_FIELDS, EXTRA_FIELDS, IDENTIFIER_NAMES, DataGenerator, parse_local_param
+from pipelines.sandbox.listing import CUSTOMER_FIELDS, POINT_FIELDS, PURCHASE_FIELDS, Listings
 
 CAPILLARY_SOURCES = {"FACEBOOK", "WEB_ENGAGE", "WECHAT", "INSTORE", "MARTJACK", "TMALL", "TAOBAO", "JD",
                      "ECOMMERCE", "WEBSITE", "LINE", "MOBILE_APP"}
@@ -40,6 +41,7 @@ class Request:
     query: dict[str, str]
     headers: dict[str, str]     # lower-case names
     body: bytes = b""
+    raw_query: str = ""         # for array parameters (`customer_ids[]=a&customer_ids[]=b`)
 
 
 @dataclass
@@ -86,6 +88,8 @@ class SandboxApp:
         self.requests: Counter[str] = Counter()
         self.records_served: Counter[str] = Counter()
         self.sort_fields = set(CARECLOUD_FIELDS) | (set(EXTRA_FIELDS) if config.extra_fields else set())
+        self.listings = Listings(self.data)
+        self._listings = {"/customers": self.customers, "/points": self.points, "/purchases": self.purchases}
         self._basic_ok = "Basic " + base64.b64encode(
             f"{CAPILLARY_TILL_ID}:{hashlib.md5(CAPILLARY_PASSWORD.encode()).hexdigest()}".encode()).decode()
 
@@ -113,6 +117,8 @@ class SandboxApp:
                 return self._only(req, "GET", "carecloud.point_history", self.point_history)
             if cc_rest == "/users/actions/login":
                 return self._only(req, "POST", "carecloud.login", self.carecloud_login)
+            if cc_rest in self._listings:
+                return self._only(req, "GET", "carecloud." + cc_rest[1:], self._listings[cc_rest])
             resp = _cc_error(404, "not_found_exception", "Not found", f"resource {cc_rest} does not exist",
                              {"resource_name": cc_rest.strip("/").split("/")[0], "resource_id": ""})
             resp.endpoint = "carecloud.other"
@@ -273,6 +279,143 @@ class SandboxApp:
         if fault is not None:
             resp.action = fault.action
         return resp
+
+    # ------------------------------------------------------------------ CareCloud listings
+    def _listing_request(self, req: Request, name: str, sort_fields: tuple[str, ...],
+                         time_params: tuple[str, str] | None) -> Response | tuple:
+        """Auth, faults and the parameters every listing shares: (query, count, offset, sort_field, descending,
+        (lo_key, hi_key)) or the error response."""
+        login = self._carecloud_auth(req)
+        if isinstance(login, Response):
+            return login
+        q = req.query
+        fault = self._fault(login, "listing:" + name, "carecloud")
+        if fault is not None and fault.action == F.PASS:
+            return fault
+        count = _int_param(q, "count", 100, 1)
+        offset = _int_param(q, "offset", 0, 0)
+        for pname, value, minimum in (("count", count, 1), ("offset", offset, 0)):
+            if value is None:
+                return _cc_invalid(pname, "invalid_value_format", q.get(pname), f"{pname} must be an integer >= {minimum}")
+        if self.config.max_count and count > self.config.max_count:
+            return _cc_invalid("count", "not_allowed_value", count, f"count must be <= {self.config.max_count}")
+        sort_field = q.get("sort_field") or None
+        if sort_field is not None and sort_field not in sort_fields:
+            return _cc_invalid("sort_field", "not_allowed_value", sort_field, "unknown sort field")
+        direction = (q.get("sort_direction") or "ASC").upper()
+        if direction not in ("ASC", "DESC"):
+            return _cc_invalid("sort_direction", "not_allowed_value", q.get("sort_direction"),
+                               "sort_direction must be ASC or DESC")
+        keys: list[int | None] = [None, None]
+        for n, pname in enumerate(time_params or ()):
+            if q.get(pname, "") != "":
+                value = parse_local_param(q[pname])
+                if value is None:
+                    return _cc_invalid(pname, "invalid_value_format", q[pname],
+                                       f"{pname} must be YYYY-MM-DD HH:MM:SS or YYYY-MM-DDTHH:MM:SS")
+                key = self.listings.param_key(value)
+                inclusive = self.config.time_from_inclusive if n == 0 else self.config.time_to_inclusive
+                keys[n] = key if inclusive else key + (1 if n == 0 else -1)  # integer keys: > k is >= k + 1
+        return q, count, offset, sort_field, direction == "DESC", tuple(keys), fault
+
+    def _listing_page(self, name: str, items: list, total: int, fault: Response | None) -> Response:
+        with self._lock:
+            self.records_served["carecloud_" + name] += len(items)
+        resp = Response(200, b"".join((b'{"data":{"', name.encode(), b'":', orjson.dumps(items),
+                                        b',"total_items":', str(total).encode(), b"}}")))
+        if fault is not None:
+            resp.action = fault.action
+        return resp
+
+    @staticmethod
+    def _ordered(entries: list, materialize, sort_field: str | None, default_field: str, desc: bool,
+                 offset: int, count: int) -> list:
+        """The page of `entries` (already in default order, ties stable) ordered by `sort_field`; items are
+        materialized only for the page unless another field sorts them all."""
+        if sort_field not in (None, default_field):
+            items = [materialize(e) for e in entries]
+            order = sorted(range(len(items)), key=lambda j: (_sort_key(items[j].get(sort_field)), j))
+            if desc:
+                order.reverse()
+            return [items[j] for j in order[offset: offset + count]]
+        if desc:
+            entries = entries[::-1]
+        return [materialize(e) for e in entries[offset: offset + count]]
+
+    def _items_listing(self, req: Request, kind: str, fields: tuple[str, ...], time_params: tuple[str, str],
+                       filters: tuple[str, ...], default_sort: str) -> Response:
+        """GET /points or /purchases: the visible items of the time window (and optional `customer_id`) in time
+        order, narrowed by the equality `filters`, then sorted and paged."""
+        parsed = self._listing_request(req, kind, fields, time_params)
+        if isinstance(parsed, Response):
+            return parsed
+        q, count, offset, sort_field, desc, (lo, hi), fault = parsed
+        customer = None
+        if q.get("customer_id"):
+            customer = self.data.carecloud_index(q["customer_id"])
+        now = self.clock.now()
+        ls = self.listings
+        sel = [] if q.get("customer_id") and customer is None else ls.select(kind, lo, hi, now, customer)
+        for name in filters:  # each filter is named like the field it matches
+            if q.get(name):
+                want = q[name]
+                sel = [(i, j) for i, j in sel if ls.stored(kind, i, j)[name] == want]
+        items = q.get("purchase_items_extension", "").lower() == "true"
+        page = self._ordered(sel, lambda e: ls.as_sent(kind, e[0], e[1], now, items), sort_field, default_sort,
+                             desc, offset, count)
+        return self._listing_page(kind, page, len(sel), fault)
+
+    def points(self, req: Request) -> Response:
+        return self._items_listing(req, "points", POINT_FIELDS, ("create_point_time_from", "create_point_time_to"),
+                                   ("point_type_id",), "created_at")
+
+    def purchases(self, req: Request) -> Response:
+        return self._items_listing(req, "purchases", PURCHASE_FIELDS, ("payment_time_from", "payment_time_to"),
+                                   ("store_id", "type_id", "external_purchase_id"), "payment_time")
+
+    def customers(self, req: Request) -> Response:
+        parsed = self._listing_request(req, "customers", CUSTOMER_FIELDS, None)
+        if isinstance(parsed, Response):
+            return parsed
+        q, count, offset, sort_field, desc, _, fault = parsed
+        if sort_field == "personal_information":
+            return _cc_invalid("sort_field", "not_allowed_value", sort_field, "cannot sort by an object")
+        arrays = {}
+        for pname in ("customer_ids", "email_list"):
+            values = parse_qs(req.raw_query).get(pname + "[]", [])
+            if len(values) > 1000:
+                return _cc_invalid(pname, "not_allowed_value", len(values), f"{pname} takes at most 1000 values")
+            if values:
+                arrays[pname] = set(values)
+        ls = self.listings
+        now = self.clock.now()
+        members, last, states = ls.roster_view(now)
+        sel = members
+        if "customer_ids" in arrays:
+            wanted = {self.data.carecloud_index(c) for c in arrays["customer_ids"]}
+            sel = [i for i in sel if i in wanted]
+        person_filters = {k: q[k] for k in ("email", "phone", "first_name", "last_name", "birthdate") if q.get(k)}
+        if "birthdate" in person_filters and "." in person_filters["birthdate"]:  # DD.MM.YYYY is documented too
+            d, m, y = (person_filters["birthdate"].split(".") + ["", "", ""])[:3]
+            person_filters["birthdate"] = f"{y}-{m}-{d}"
+        if person_filters or "email_list" in arrays:
+            def keep(i: int) -> bool:
+                p = ls.person(i)
+                return (all(p[k] == v for k, v in person_filters.items())
+                        and ("email_list" not in arrays or p["email"] in arrays["email_list"]))
+            sel = [i for i in sel if keep(i)]
+        if q.get("customer_source_id") and q["customer_source_id"] != ls.customer_source_id:
+            sel = []
+        if sort_field == "last_change":
+            sel = sorted(sel, key=lambda i: (ls.local_key(last[i]), i))
+        elif sort_field == "customer_id":
+            sel = sorted(sel, key=lambda i: (self.data.carecloud_id(i), i))
+        elif sort_field == "state":
+            sel = sorted(sel, key=lambda i: (states[i], i))
+        # other fields (doi_email, doi_phone) are absent on every customer: creation order stands
+        sel = sel[::-1] if desc else sel
+        page = [ls.customer_as_sent(i, last[i], states[i]) for i in sel[offset: offset + count]]
+        return self._listing_page("customers", page, len(sel), fault)
 
     # ------------------------------------------------------------------ Capillary
     def capillary_oauth(self, req: Request) -> Response:

@@ -50,6 +50,10 @@ class SandboxConfig:
     cache_customers: int = 25_000              # generated customers kept in memory (LRU), ~0.8 KB per record
     stores: int = 300
     partners: int = 25
+    joining_share: float = 0.1                 # customers who join inside the data span (the rest joined before)
+    profile_changes: float = 1.5               # mean customer profile edits (roster last_change) over the span
+    inactive_share: float = 0.03               # customers set non-active (state 2) at their last profile edit
+    deleted_share: float = 0.01                # customers deleted (state 0) at their last profile edit
 
     # --- undocumented behaviours (switches)
     point_amount_sign: str = "signed"          # signed: redemption/expiration/voucher negative | unsigned: all >= 0
@@ -63,6 +67,15 @@ class SandboxConfig:
     capillary_oauth_ttl_seconds: int = 900
     null_extended_data: bool = True            # some manual corrections send extended_data: null (the spec says
                                                # string; api-notes 1.3 says clients must accept null)
+    # cross-customer listings (GET /customers, /points, /purchases; docs/sandbox.md "Listings")
+    point_records_for: str = "earnings"        # which history records leave a /points record: every earning, or
+                                               # "purchases" (only purchase earnings; bonuses leave none)
+    expired_points: str = "inactive"           # a point record past valid_to: "inactive" (state 2, available 0),
+                                               # "zero" (state 1, available 0) or "unchanged"
+    missing_valid_to: str = "omit"             # a point record that never expires: "omit" the key or send "null"
+    listing_filter_zone: str = "local"         # *_time_from/_to read as project "local" time (the spec) or "utc"
+    last_change_on_points: bool = False        # customer.last_change also moves with point movements
+    list_deleted_customers: bool = True        # GET /customers lists state 0 (deleted) customers too
 
     # --- bad-input quirks (all off; reflected in the truth)
     extra_fields: bool = False                 # new, undocumented fields on every record
@@ -86,6 +99,13 @@ class SandboxConfig:
             raise ValueError("extended_data_variety must be a share between 0 and 1")
         if self.transfer_group_size < 2:
             raise ValueError("transfer_group_size must be >= 2")
+        for name, allowed in (("point_records_for", ("earnings", "purchases")),
+                              ("expired_points", ("inactive", "zero", "unchanged")),
+                              ("missing_valid_to", ("omit", "null")), ("listing_filter_zone", ("local", "utc"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}")
+        if not 0 <= self.joining_share <= 1:
+            raise ValueError("joining_share must be between 0 and 1")
 
     @classmethod
     def field_names(cls) -> set[str]:

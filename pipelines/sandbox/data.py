@@ -265,6 +265,19 @@ class DataGenerator:
     def local(self, ts: float) -> str:
         return _fmt(datetime.fromtimestamp(ts, self.zone))
 
+    def joined_at(self, index: int) -> float:
+        """Epoch seconds the customer account was created. `joining_share` of the customers join inside the data
+        span (uniformly), the others were members before it starts. Customers that carry a guaranteed awkward case
+        (DST records, forced duplicate, heavy) are never joiners, so those cases stay in every sandbox."""
+        c = self.config
+        d = hashlib.blake2b(f"join:{c.seed}:{index}".encode(), digest_size=8).digest()
+        u1, u2 = int.from_bytes(d[:4], "big") / 2**32, int.from_bytes(d[4:], "big") / 2**32
+        awkward = ((c.dst_every and index % c.dst_every == 2) or index % 11 == 4
+                   or (c.heavy_every and index % c.heavy_every == 7))
+        if u1 < c.joining_share and not awkward:
+            return float(int(self.start_ts + u2 * (self.end_ts - self.start_ts)))
+        return float(int(self.start_ts - 86400 - u2 * 8 * 365 * 86400))
+
     # ------------------------------------------------------------------ CareCloud
     def _cached(self, cache: OrderedDict, key: object, make):
         """LRU lookup; generation runs outside the lock (two threads may both generate: same result)."""
@@ -304,8 +317,10 @@ class DataGenerator:
         n = self.record_count(index, rng)
         if n == 0:
             return CareCloudHistory([], [], [], [], [])
-        span = self.end_ts - self.start_ts
-        instants = [self.start_ts + rng.random() * span for _ in range(n)]
+        # a customer who joins inside the data span has records only from the join on (the roster shows the join)
+        first = max(self.start_ts, self.joined_at(index))
+        span = self.end_ts - first
+        instants = [first + rng.random() * span for _ in range(n)]
         # awkward cases guaranteed on a fixed share of customers so even a 30-customer sandbox has them
         if c.dst_every and index % c.dst_every == 2 and self.transitions:
             for _ in range(_randint(rng, 2, 4)):

@@ -124,7 +124,7 @@ class _Connection(asyncio.Protocol):
         path, _, raw_query = target.partition("?")
         conn = headers.get("connection", "").lower()
         keep_alive = conn != "close" if version == "HTTP/1.1" else conn == "keep-alive"
-        return Request(method, path, parse_query(raw_query), headers, body), keep_alive
+        return Request(method, path, parse_query(raw_query), headers, body, raw_query), keep_alive
 
     def _http_date(self) -> str:
         now = int(self.loop.time())

@@ -17,7 +17,7 @@ from pipelines.sandbox.clock import to_epoch
 from pipelines.sandbox.config import CARECLOUD_BASE_PATH, FaultConfig, SandboxConfig
 from pipelines.sandbox.data import CAPILLARY_USER_BASE
 from pipelines.sandbox.server import ServerOptions, create_server
-from pipelines.sandbox.truth import Truth, capillary_truth, carecloud_truth
+from pipelines.sandbox.truth import Truth, capillary_truth, carecloud_listing_truth, carecloud_truth
 
 SOURCES = ("carecloud", "capillary")
 
@@ -249,6 +249,18 @@ class Sandbox:
             capillary_customer_transfers=capillary_truth(gen, at, self._listed["capillary"],
                                                          self.capillary_identifier),
         )
+
+    def listing_truth(self, now: Any = None) -> dict[str, Any]:
+        """The CareCloud listings at `now` (roster of every customer; /points and /purchases of the listed ones)
+        and the listing trace of each visible history record (pyarrow tables; docs/sandbox.md "Listings")."""
+        at = self.now() if now is None else to_epoch(now)
+        return carecloud_listing_truth(self.app.listings, at, self._listed["carecloud"])
+
+    def joined_between(self, start: Any, end: Any) -> list[str]:
+        """Ids of the customers whose account is created in [start, end) (sandbox clock instants)."""
+        lo, hi = to_epoch(start), to_epoch(end)
+        gen = self.app.data
+        return [gen.carecloud_id(i) for i in range(self.config.customers) if lo <= gen.joined_at(i) < hi]
 
     def write_truth(self, out_dir: str | Path, now: Any = None) -> dict[str, Path]:
         return self.truth(now).write(out_dir)

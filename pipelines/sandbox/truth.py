@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.sandbox.data import CARECLOUD_FIELDS, EXTRA_FIELDS, DataGenerator, local_to_utc
+from pipelines.sandbox.listing import Listings
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -122,3 +123,53 @@ def capillary_truth(gen: DataGenerator, now: float, indices: Iterable[int], iden
             rows["program_name"].append(r["programName"])
             rows["visible_from"].append(_ts(vis))
     return pa.table(rows, schema=_CAP_SCHEMA)
+
+
+def carecloud_listing_truth(listings: Listings, now: float, indices: Iterable[int]) -> dict[str, pa.Table]:
+    """What the cross-customer listings show at `now`, as sent (GET /customers over every customer the vendor
+    knows; /points and /purchases of the `indices` customers), and `carecloud_point_history_trace`: each visible
+    history record of those customers with the listing that names it (`trace`: point_record, purchase, expiry,
+    none), in the order of `carecloud_truth`."""
+    gen = listings.gen
+    members, last, states = listings.roster_view(now)
+    customers = pa.table({
+        "customer_id": [gen.carecloud_id(i) for i in members],
+        "state": pa.array([states[i] for i in members], pa.int64()),
+        "last_change": [listings.local_text(last[i]) for i in members],
+        "created_at": pa.array([_ts(gen.joined_at(i)) for i in members], TS),
+    })
+    points, purchases = [], []
+    trace_cols: dict[str, list] = {k: [] for k in ("customer_id", "point_amount", "point_operation_type",
+                                                   "point_history_record_time", "extended_data", "visible_from",
+                                                   "trace")}
+    for i in indices:
+        cl, h = listings.customer(i), gen.carecloud(i)
+        points += [listings.lot_as_sent(lot, exp, now)
+                   for lot, exp, vis in zip(cl.lots, cl.lot_expires, cl.lot_visible) if vis <= now]
+        purchases += [p for p, vis in zip(cl.purchases, cl.purchase_visible) if vis <= now]
+        for rec, vis, trace in zip(h.records, h.visible, cl.traces):
+            if vis > now:
+                continue
+            for k in ("customer_id", "point_operation_type", "point_history_record_time", "extended_data"):
+                trace_cols[k].append(rec[k])
+            trace_cols["point_amount"].append(_amount(rec["point_amount"]))
+            trace_cols["visible_from"].append(_ts(vis))
+            trace_cols["trace"].append(trace)
+    point_schema = pa.schema([("point_id", pa.string()), ("customer_id", pa.string()),
+                              ("assigned_points", pa.float64()), ("available_points", pa.float64()),
+                              ("point_type_id", pa.string()), ("partner_id", pa.string()), ("valid_to", pa.string()),
+                              ("state", pa.int64()), ("created_at", pa.string()), ("note", pa.string())])
+    purchase_schema = pa.schema([("purchase_id", pa.string()), ("customer_id", pa.string()),
+                                 ("store_id", pa.string()), ("external_purchase_id", pa.string()),
+                                 ("payment_time", pa.string()), ("items_count", pa.int64()),
+                                 ("type_id", pa.string()), ("total_price", pa.float64()),
+                                 ("currency_id", pa.string()), ("card_number", pa.string()),
+                                 ("cashdesk_number", pa.string()), ("last_change", pa.string())])
+    return {
+        "carecloud_customers": customers,
+        "carecloud_points": pa.Table.from_pylist(points, schema=point_schema),
+        "carecloud_purchases": pa.Table.from_pylist(purchases, schema=purchase_schema),
+        "carecloud_point_history_trace": pa.table(trace_cols, schema=pa.schema(
+            [(k, pa.float64() if k == "point_amount" else TS if k == "visible_from" else pa.string())
+             for k in trace_cols])),
+    }
