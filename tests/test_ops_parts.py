@@ -296,13 +296,14 @@ def test_cron_wrapper_refuses_to_overlap_and_alerts(tmp_path):
 def test_systemd_units_verify(tmp_path):
     if not shutil.which("systemd-analyze"):
         pytest.skip("systemd-analyze not installed")
-    for unit in ("loyalty-etl.service", "loyalty-etl.timer"):
+    units = ("loyalty-etl.service", "loyalty-etl.timer", "loyalty-etl-events.service")
+    for unit in units:
         text = (ROOT / "deploy/systemd" / unit).read_text()
         # the recipe's install path and user are placeholders; check it as installed here
         text = text.replace("/opt/loyalty-warehouse", str(ROOT))
         text = text.replace("User=loyalty", "User=root").replace("Group=loyalty", "Group=root")
         (tmp_path / unit).write_text(text)
-    done = subprocess.run(["systemd-analyze", "verify", "loyalty-etl.service", "loyalty-etl.timer"],
+    done = subprocess.run(["systemd-analyze", "verify", *units],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     problems = [line for line in done.stderr.splitlines() if "loyalty-etl" in line]
     assert done.returncode == 0 and not problems, done.stderr
