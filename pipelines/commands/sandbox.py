@@ -160,6 +160,31 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="bind address (default %(default)s, loopback only; anything else must be explicit)")
     parser.add_argument("--port", type=int, default=8700, help="port; 0 = any free port (default %(default)s)")
+    _event_flags(parser)
+
+
+def _event_flags(parser: argparse.ArgumentParser) -> None:
+    """`--events-<field>` for every EventDeliveryConfig switch (docs/sandbox.md, "Event notifications")."""
+    from pipelines.sandbox.events import EventDeliveryConfig
+
+    group = parser.add_argument_group("Capillary event notifications (delivered to --events-url; off without it)")
+    for f in dataclasses.fields(EventDeliveryConfig):
+        if f.name == "non_retriable":
+            group.add_argument("--events-non-retriable", dest="events_non_retriable", type=int, nargs="*",
+                               default=list(f.default), metavar="STATUS",
+                               help="statuses never retried (default %(default)s)")
+            continue
+        group.add_argument("--events-" + f.name.replace("_", "-"), dest="events_" + f.name, type=type(f.default),
+                           default=f.default, metavar={int: "N", float: "X"}.get(type(f.default), "TEXT"),
+                           help="see docs/sandbox.md (default %(default)s)")
+
+
+def _event_config(args: argparse.Namespace):
+    from pipelines.sandbox.events import EventDeliveryConfig
+
+    values = {f.name: getattr(args, "events_" + f.name) for f in dataclasses.fields(EventDeliveryConfig)}
+    values["non_retriable"] = tuple(values["non_retriable"])
+    return EventDeliveryConfig(**values)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -167,6 +192,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         config, faults = _configs(args)
+        events = _event_config(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -191,6 +217,11 @@ def _serve(args: argparse.Namespace) -> int:
               "Capillary sandbox.till / sandbox-password; Ctrl-C stops", flush=True)
         if faults.any_active():
             print(f"  faults: {faults}", flush=True)
+        if events.url:
+            from pipelines.sandbox.events import EventDelivery
+
+            EventDelivery(s, events).start()  # a daemon thread: ends with the server
+            print(f"  delivering Capillary events to {events.url}", flush=True)
 
     try:
         sb.serve_forever(args.host, args.port, on_ready=ready)

@@ -1,0 +1,160 @@
+"""The durable, append-only store of received Capillary events: one SQLite file in WAL mode.
+
+Why SQLite and not the warehouse: DuckDB allows one writer or many readers across processes, never both, and the
+receiver must answer within seconds at any hour, also while a nightly run holds the warehouse. Why SQLite and not
+hand-written fsynced JSONL segments: SQLite gives the unique `event_id` (a duplicate is ignored, also days later),
+crash-safe commits and locking between processes (two receivers on one store are safe) without code of our own.
+
+Durability: `journal_mode=WAL` with `synchronous=FULL` fsyncs the WAL at every commit, so an `add` that returned has
+reached the disk. Group commit: request threads hand their events to one writer thread, which commits everything
+waiting in one transaction (one fsync) and then releases each waiting request; under concurrent deliveries this
+turns one fsync per event into one per batch (figures in docs/performance.md, bench key `event_receiver`). Both pragmas are read back at open and the store refuses to work without them (a file system that
+cannot do WAL, e.g. some network mounts, reports another journal mode).
+"""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,  -- order of receipt
+    event_id    TEXT NOT NULL UNIQUE,               -- Capillary's idempotency key
+    event_name  TEXT,
+    received_at TEXT NOT NULL,                      -- UTC, ISO 8601 with microseconds
+    body        BLOB NOT NULL                       -- the request body exactly as received
+);
+"""
+# How long a writer waits for another process's write lock (a second receiver, an ingesting run) before the request
+# is answered 503 (the vendor retries it).
+BUSY_TIMEOUT_MS = 10_000
+
+
+class StoreError(RuntimeError):
+    """The event store cannot be opened durably; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    seq: int
+    event_id: str
+    event_name: str | None
+    received_at: str
+    body: bytes
+
+
+def _utc_now() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1_000_000):06d}Z"
+
+
+class EventStore:
+    """Thread-safe: one connection per thread (SQLite connections are not shared between threads); writes go
+    through one writer thread (group commit)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = self._connect()
+            conn.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the event store {self.path}: {exc}") from None
+        self._queue: queue.SimpleQueue[tuple[tuple, Future] | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        # autocommit (isolation_level=None): each INSERT is its own transaction, committed (and fsynced) at once
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=True)
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        conn.execute("PRAGMA synchronous=FULL")
+        sync = conn.execute("PRAGMA synchronous").fetchone()[0]
+        if str(mode).lower() != "wal" or sync != 2:
+            conn.close()
+            raise StoreError(
+                f"the event store {self.path} cannot run in WAL mode with synchronous=FULL (journal_mode={mode}, "
+                f"synchronous={sync}); put it on a local file system (not NFS/SMB)")
+        self._local.conn = conn
+        return conn
+
+    def add(self, event_id: str, event_name: str | None, body: bytes) -> bool:
+        """Store one event durably (returns after the commit's fsync); False if an event with this id is already
+        stored (nothing written). Raises the writer's exception (sqlite3.Error, OSError) when the commit failed."""
+        self._start_writer()
+        done: Future = Future()
+        self._queue.put(((event_id, event_name, _utc_now(), body), done))
+        return done.result()
+
+    def _start_writer(self) -> None:
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="event-store-writer", daemon=True)
+                self._writer.start()
+
+    def _write_loop(self) -> None:
+        conn = self._connect()
+        while True:
+            item = self._queue.get()
+            if item is None:
+                conn.close()
+                self._local.conn = None
+                return
+            batch = [item]
+            while True:  # everything already waiting joins this commit
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)  # finish this batch, then stop
+                    break
+                batch.append(nxt)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    added = [conn.execute(
+                        "INSERT OR IGNORE INTO events (event_id, event_name, received_at, body) VALUES (?, ?, ?, ?)",
+                        row).rowcount == 1 for row, _ in batch]
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except Exception as exc:
+                for _, done in batch:
+                    done.set_exception(exc)
+                continue
+            for (_, done), new in zip(batch, added):
+                done.set_result(new)
+
+    def count(self) -> int:
+        return self._connect().execute("SELECT count(*) FROM events").fetchone()[0]
+
+    def events(self, after_seq: int = 0) -> list[StoredEvent]:
+        rows = self._connect().execute(
+            "SELECT seq, event_id, event_name, received_at, body FROM events WHERE seq > ? ORDER BY seq",
+            (after_seq,)).fetchall()
+        return [StoredEvent(*r) for r in rows]
+
+    def close(self) -> None:
+        with self._writer_lock:
+            if self._writer is not None:
+                self._queue.put(None)
+                self._writer.join()
+                self._writer = None
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
