@@ -23,10 +23,15 @@ def rec(t: str = "2026-01-10 10:00:00", amount: object = 10, ext: object = None,
     return r
 
 
-def build(records: list[dict], window: Window = ALL, python: bool = False, types: ColumnTypes | None = None):
+def build(records: list[dict], window: Window = ALL, python: bool = False, types: ColumnTypes | None = None,
+          arrow_only: bool = False):
     batch = PointHistoryBatch(TZ, "run1", types or ColumnTypes())
     if python:
         batch._extended_arrow = lambda *a, **k: None  # type: ignore[method-assign]
+    if arrow_only:
+        def no_fallback(*a, **k):
+            raise AssertionError("the batch left the Arrow path")
+        batch._extended_python = no_fallback  # type: ignore[method-assign]
     batch.add("c1", window, records)
     tables, issues = batch.build()
     return {name: t for name, t in tables}, issues
@@ -70,6 +75,75 @@ def test_arrow_and_python_flattening_agree() -> None:
                                                                                (1, "B", 1.0, None)]
     codes = {i.code for i in fast_issues}
     assert codes == {i.code for i in slow_issues} == {"invalid_extended_data", "unexpected_extended_data"}
+
+
+# spellings of one column across records and inside one record (issue 15); the comment names what the row keeps
+COLLIDING = [
+    ({"purchase_value": 12.5}, 12.5),
+    ({"Purchase Value": 99.9}, 99.9),                                    # alone: the column gets its value
+    ({"purchase value": 7, "purchase_value": 7}, 7.0),                   # twice, same value: no conflict
+    ({"Purchase Value": 1.0, "purchase_value": 2.0}, 2.0),               # exact spelling wins, 1.0 recorded
+    ({"PURCHASE_VALUE": None, "PurchaseValue": 3.5}, 3.5),               # a null never beats a value
+    ({"poznámka": "a", "Poznámka ": "b"}, None),                         # neither exact: code point order
+    ({"Poznámka ": None, "poznámka": "c"}, None),
+    ({"customer": {"segment": "A"}, "Customer": {"Segment ": "B"}}, None),  # one level down, exact path wins
+    ({"Customer": {"Segment ": "S"}}, None),
+    ({"purchase_items": [{"sku": "A"}], "Purchase Items": [{"SKU": "B"}, {"sku": "X"}]}, None),  # lists
+    ({"Purchase Items": [{"sku": "C", "SKU": "C"}]}, None),              # inside a list item, same value
+]
+
+
+def _colliding_batch(mixed_kinds: bool) -> list[dict]:
+    objs = [o for o, _ in COLLIDING]
+    if mixed_kinds:  # a string under one spelling, a number under another: Arrow merges value by value
+        objs = objs + [{"Purchase_Value": "13.5"}, {"purchase_value": 4.0, "Purchase_Value": "four"}]
+    return [rec(t=f"2026-01-10 10:00:{n:02d}", ext=orjson.dumps(o).decode()) for n, o in enumerate(objs)]
+
+
+def test_colliding_keys_never_lose_a_value_on_both_paths() -> None:
+    for mixed in (False, True):
+        records = _colliding_batch(mixed)
+        fast, fast_issues = build(records, arrow_only=True)
+        slow, slow_issues = build(records, python=True)
+        assert set(fast) == set(slow), mixed
+        for name in fast:
+            assert set(fast[name].column_names) == set(slow[name].column_names), (mixed, name)
+            assert rows(fast[name]) == rows(slow[name].select(fast[name].column_names)), (mixed, name)
+        main = {r["extended_data_raw"]: r for r in fast["carecloud_point_history"].to_pylist()}
+        by_obj = [main[r["extended_data"]] for r in records]
+        for (obj, want), row in zip(COLLIDING, by_obj):
+            if want is not None:
+                assert row["extended_data__purchase_value"] == want, obj
+        assert [r["extended_data__pozn_mka"] for r in by_obj[5:7]] == ["b", "c"]
+        assert [r["extended_data__customer__segment"] for r in by_obj[7:9]] == ["A", "S"]
+        items = fast["carecloud_point_history__extended_data__purchase_items"].to_pylist()
+        assert sorted((i["record_key"] == by_obj[9]["record_key"], i["_idx"], i["sku"]) for i in items) == \
+            [(False, 0, "C"), (True, 0, "A")]
+        if mixed:
+            assert [r["extended_data__purchase_value"] for r in by_obj[-2:]] == [13.5, 4.0]
+        for issues in (fast_issues, slow_issues):
+            conflicts = sorted((i.detail for i in issues if i.code == "extended_data_conflict"), key=str)
+            got = []
+            for detail in conflicts:
+                key, _, body = detail.partition("; ")
+                d = orjson.loads(body)
+                got.append((key, d["column"], tuple(d["kept_key"]), d["kept_value"], tuple(d["other_key"]),
+                            d["other_value"]))
+            want = [
+                (by_obj[3]["record_key"], "extended_data__purchase_value", ("purchase_value",), 2.0,
+                 ("Purchase Value",), 1.0),
+                (by_obj[5]["record_key"], "extended_data__pozn_mka", ("Poznámka ",), "b", ("poznámka",), "a"),
+                (by_obj[7]["record_key"], "extended_data__customer__segment", ("customer", "segment"), "A",
+                 ("Customer", "Segment "), "B"),
+                (by_obj[9]["record_key"], "extended_data__purchase_items", ("purchase_items",), [{"sku": "A"}],
+                 ("Purchase Items",), [{"SKU": "B"}, {"sku": "X"}]),
+            ]
+            if mixed:
+                want.append((main[records[-1]["extended_data"]]["record_key"], "extended_data__purchase_value",
+                             ("purchase_value",), 4.0, ("Purchase_Value",), "four"))
+            want = [(f"record_key={k}", *rest) for k, *rest in want]
+            assert sorted(got, key=str) == sorted(want, key=str), (mixed, got)
+            assert all(i.customer_id == "c1" for i in issues if i.code == "extended_data_conflict")
 
 
 def test_identical_records_distinct_keys_stable_across_fetches() -> None:
@@ -129,3 +203,32 @@ def test_customer_lists_csv_and_sql(tmp_path) -> None:
         load_customers(str(tmp_path / "bad.csv"))
     with pytest.raises(ConfigError, match="not found"):
         load_customers(str(tmp_path / "missing.csv"))
+
+
+def test_flattening_check_finds_lost_values_and_tells_unloadable_apart() -> None:
+    import duckdb
+
+    from pipelines.carecloud.audit import check_flattening
+
+    con = duckdb.connect()
+    con.execute("create schema loyalty_raw")
+    con.execute("""create table loyalty_raw.carecloud_point_history (record_key varchar, extended_data_raw varchar,
+                   extended_data__purchase_value double, extended_data__customer__segment varchar)""")
+    con.execute("create table loyalty_raw.carecloud_point_history__extended_data__purchase_items "
+                "(record_key varchar, _idx bigint, sku varchar)")
+    con.execute("""insert into loyalty_raw.carecloud_point_history values
+        ('ok', '{"purchase_value": 1, "customer": {"segment": "A"}, "purchase_items": [{"sku": "x"}]}', 1, 'A', ),
+        ('lost', '{"Purchase Value": 5, "Customer": {"Segment ": "B"}, "Purchase Items": [{"sku": "y"}]}', null,
+         null),
+        ('word', '{"purchase_value": "lots", "note": null, "empty": []}', null, null),
+        ('bad', '{"purchase_value": 1', null, null),
+        ('new', '{"unheard_of": true}', null, null)""")
+    con.execute("insert into loyalty_raw.carecloud_point_history__extended_data__purchase_items values ('ok', 0, 'x')")
+    result = check_flattening(con)
+    assert (result.rows, result.values, result.lost, result.not_loadable) == (4, 8, 4, 1), result
+    assert result.lost_by_column == {"extended_data__purchase_value": 1, "extended_data__customer__segment": 1,
+                                     "extended_data__purchase_items": 1, "extended_data__unheard_of": 1}
+    assert {(e["record_key"], tuple(e["key"])) for e in result.examples} == {
+        ("lost", ("Purchase Value",)), ("lost", ("Customer", "Segment ")), ("lost", ("Purchase Items",)),
+        ("new", ("unheard_of",))}
+    assert not result.ok

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import orjson
@@ -25,7 +25,8 @@ import pyarrow.compute as pc
 
 from pipelines.carecloud.settings import CHILD_TABLE_PREFIX, KEY_FIELDS, POINT_HISTORY_TABLE, TEXT_FIELDS
 from pipelines.columns import (
-    BOOL, DOUBLE, TEXT, ColumnTypes, Problem, build_sparse_columns, child_name, column_name, convert, problem_message,
+    ARROW_TYPES, BOOL, DOUBLE, TEXT, ColumnTypes, Problem, build_sparse_columns, child_name, column_name, convert,
+    problem_message,
 )
 from pipelines.state import Issue
 from pipelines.windows import Window, local_to_utc
@@ -41,6 +42,11 @@ _FIXED_COLUMNS = frozenset(("record_key", "customer_id", "point_amount", "point_
                             "extended_data_raw", "_loaded_run_id", *TEXT_FIELDS))
 MAX_ISSUES_PER_CODE = 200  # per batch and code; more are summarised in one issue (a flood helps nobody)
 MAX_DEPTH = 4              # nested objects deeper than this are kept as JSON text
+CONFLICT = "extended_data_conflict"
+
+Leaf = tuple[tuple[str, ...], Any]  # (key path as sent, values): one spelling's contribution to a column
+# (row, column, kept key path, kept value, other key path, its value): two spellings in one record disagree
+Conflict = tuple[int, str, tuple[str, ...], Any, tuple[str, ...], Any]
 
 
 def record_key(customer_id: str, canonical: bytes, occurrence: int) -> str:
@@ -66,6 +72,78 @@ def key_amount(value: Any) -> Any:
     return int(number) if number.is_integer() else number
 
 
+# ---------------------------------------------------------------------------------------------- key collisions
+# Keys that differ only in case, spacing, accents or camelCase ("purchase_value", "Purchase Value", "PurchaseValue";
+# "poznámka", "Poznámka ") get ONE column name from dlt's snake_case, so existing warehouses keep their columns. Every
+# row's column then holds the value of whichever of those keys the record carries. When one record carries several
+# with non-null values, the rule (docs/architecture.md) is: the key spelled exactly as its column name wins, else
+# the key that sorts first by code point; key order inside the JSON does not count (JSON objects are unordered and
+# a vendor may re-serialise them). Every other value that differs is recorded as `extended_data_conflict`; the raw
+# JSON keeps all of them.
+def collision_rank(path: tuple[str, ...]) -> tuple[bool, tuple[str, ...]]:
+    """Sort key of a spelling among colliding ones: exact spellings first, then code point order of the path."""
+    return any(k != column_name(k) for k in path), path
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """JSON equality: 1 == 1.0, but neither is true or "1"."""
+    return a == b and (type(a) is bool) == (type(b) is bool) and (type(a) is str) == (type(b) is str)
+
+
+def leaf_values(obj: dict, prefix: str = EXT, depth: int = 0, path: tuple[str, ...] = ()
+                ) -> Iterator[tuple[str, tuple[str, ...], Any, bool]]:
+    """(column name, key path, value, is a list) for every leaf of a parsed extended_data object, the way both
+    flattening paths name them. For the rare records with colliding keys and for the warehouse check
+    (`pipelines.carecloud.audit`); the hot loops inline the same walk."""
+    for k, v in obj.items():
+        name = child_name(prefix, k) if prefix else column_name(k)
+        here = (*path, k)
+        t = type(v)
+        if t is dict and depth < MAX_DEPTH:
+            yield from leaf_values(v, name, depth + 1, here)
+        elif t is list:
+            yield name, here, v, True
+        elif t is dict:
+            yield name, here, orjson.dumps(v).decode(), False
+        else:
+            yield name, here, v, False
+
+
+def _at(obj: Any, path: tuple[str, ...]) -> Any:
+    for k in path:
+        obj = obj[k]
+    return obj
+
+
+def _resolve_rows(name: str, cells: list[tuple[int, Any]], obj_of: Callable[[int], dict], prefix: str,
+                  is_list: bool, conflicts: list[Conflict]) -> list[tuple[int, Any]]:
+    """The Python path's collision rule: cells of one column whose rows repeat (two spellings in one record)
+    become one cell per row; the record is walked again to learn each value's key path."""
+    out: list[tuple[int, Any]] = []
+    j = 0
+    while j < len(cells):
+        row = cells[j][0]
+        end = j + 1
+        while end < len(cells) and cells[end][0] == row:
+            end += 1
+        if end - j == 1:
+            out.append(cells[j])
+        else:
+            found = sorted(((p, v) for n, p, v, lst in leaf_values(obj_of(row), prefix) if n == name and lst == is_list),
+                           key=lambda c: collision_rank(c[0]))
+            present = [(p, v) for p, v in found if v is not None]
+            if present:
+                kept_path, kept = present[0]
+                for p, v in present[1:]:
+                    if not same_value(kept, v):
+                        conflicts.append((row, name, kept_path, kept, p, v))
+                out.append((row, kept))
+            else:
+                out.append((row, None))
+        j = end
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- Arrow flattening
 def _arrow_kind(t: pa.DataType) -> str | None:
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
@@ -81,31 +159,102 @@ def _json_text(arr: pa.Array) -> pa.Array:
     return pa.array([None if v is None else orjson.dumps(v).decode() for v in arr.to_pylist()], pa.string())
 
 
-def _leaves(arr: pa.StructArray, prefix: str, cols: dict[str, pa.Array], lists: dict[str, pa.Array],
-            depth: int = 0) -> None:
-    """Struct -> {column: array} for scalar leaves (nested objects joined with `__`, dlt style) and
-    {name: list array} for list-valued keys (child tables)."""
+def _leaves(arr: pa.StructArray, prefix: str, cols: dict[str, list[Leaf]], lists: dict[str, list[Leaf]],
+            depth: int = 0, path: tuple[str, ...] = ()) -> None:
+    """Struct -> {column: [(key path, array), ...]} for scalar leaves (nested objects joined with `__`, dlt style)
+    and {name: [(key path, list array), ...]} for list-valued keys (child tables). A name gets several arrays when
+    several spellings of a key normalise to it; `_merge_leaves` makes them one."""
     for f, child in zip(arr.type, arr.flatten()):
         name = child_name(prefix, f.name) if prefix else column_name(f.name)
         t = f.type
-        if name in cols or name in lists:
-            continue  # two keys with one normalised name: the first wins; the raw JSON keeps both
+        here = (*path, f.name)
         if pa.types.is_struct(t) and depth < MAX_DEPTH:
-            _leaves(child, name, cols, lists, depth + 1)
+            _leaves(child, name, cols, lists, depth + 1, here)
         elif pa.types.is_list(t) or pa.types.is_large_list(t):
-            lists[name] = child
+            lists.setdefault(name, []).append((here, child))
         elif pa.types.is_null(t):
             continue
         elif _arrow_kind(t) is not None:
-            cols[name] = child
+            cols.setdefault(name, []).append((here, child))
         else:
-            cols[name] = _json_text(child)
+            cols.setdefault(name, []).append((here, _json_text(child)))
 
 
-def _typed(table: str, cols: dict[str, pa.Array], types: ColumnTypes, problems: list[Problem]) -> dict[str, pa.Array]:
-    """Arrow-inferred columns cast to the kind the warehouse column already has (or gets now)."""
+class _NeedsPython(Exception):
+    """Colliding list keys whose items Arrow cannot put into one type: the batch takes the Python path."""
+
+
+def _merge_leaves(found: dict[str, list[Leaf]], conflicts: list[Conflict], lists: bool = False
+                  ) -> dict[str, pa.Array | list]:
+    """One array per column. A single spelling (the usual case) is taken as it is; several spellings of one column
+    are merged row by row in `collision_rank` order: a row gets the best-ranked non-null value, and every other
+    non-null value that differs is recorded in `conflicts`. Only batches that carry collisions pay for this."""
+    out: dict[str, pa.Array | list] = {}
+    for name, leaves in found.items():
+        if len(leaves) == 1:
+            out[name] = leaves[0][1]
+            continue
+        leaves = sorted(leaves, key=lambda leaf: collision_rank(leaf[0]))
+        arrays = [a for _, a in leaves]
+        if lists:
+            if len({a.type for a in arrays}) > 1:  # item types differ: merge as values, Arrow unifies the items
+                merged_values = _merge_values(name, [(p, a.to_pylist()) for (p, _), a in zip(leaves, arrays)],
+                                              conflicts)
+                try:
+                    out[name] = pa.array(merged_values)
+                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+                    raise _NeedsPython(name) from None
+                continue
+        else:
+            kinds = {_arrow_kind(a.type) or TEXT for a in arrays}
+            if len(kinds) == 1:
+                target = ARROW_TYPES[kinds.pop()]
+                arrays = [a if a.type == target else a.cast(target) for a in arrays]
+            else:  # e.g. a number under one spelling, a string under another: merged as values
+                out[name] = _merge_values(name, [(p, a.to_pylist()) for (p, _), a in zip(leaves, arrays)],
+                                          conflicts)
+                continue
+        merged = arrays[0]
+        for j in range(1, len(arrays)):
+            other = arrays[j]
+            both = pc.and_(merged.is_valid(), other.is_valid())
+            if pc.any(both).as_py():
+                for i in np.flatnonzero(both.to_numpy(zero_copy_only=False)).tolist():
+                    value = other[i].as_py()
+                    winner = next(k for k in range(j) if arrays[k][i].is_valid)
+                    kept = arrays[winner][i].as_py()
+                    if not same_value(kept, value):
+                        conflicts.append((i, name, leaves[winner][0], kept, leaves[j][0], value))
+            merged = pc.if_else(merged.is_valid(), merged, other)
+        out[name] = merged
+    return out
+
+
+def _merge_values(name: str, candidates: list[tuple[tuple[str, ...], list]], conflicts: list[Conflict]) -> list:
+    """`_merge_leaves` for spellings whose values are of different kinds: plain lists, best rank first."""
+    merged = list(candidates[0][1])
+    source = [0 if v is not None else -1 for v in merged]
+    for j in range(1, len(candidates)):
+        for i, value in enumerate(candidates[j][1]):
+            if value is None:
+                continue
+            if merged[i] is None:
+                merged[i], source[i] = value, j
+            elif not same_value(merged[i], value):
+                conflicts.append((i, name, candidates[source[i]][0], merged[i], candidates[j][0], value))
+    return merged
+
+
+def _typed(table: str, cols: dict[str, pa.Array | list], types: ColumnTypes, problems: list[Problem]
+           ) -> dict[str, pa.Array]:
+    """Arrow-inferred columns cast to the kind the warehouse column already has (or gets now); a plain list (a
+    column merged from spellings of different kinds) is typed value by value."""
     out = {}
     for name, arr in cols.items():
+        if isinstance(arr, list):
+            present = [v for v in arr if v is not None]
+            out[name] = convert(arr, types.kind(table, name, present), name, problems)
+            continue
         kind = _arrow_kind(arr.type) or TEXT
         want = types.kind_for(table, name, kind)
         if want == kind:
@@ -130,19 +279,50 @@ def _list_children(lists: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
 
 
 # ---------------------------------------------------------------------------------------------- Python fallback
-def _flatten(obj: dict, prefix: str, row: int, sparse: dict[str, list], children: dict[str, list],
+class _Names:
+    """Column names of one batch's keys, per parent object; notices names that several spellings share, so only
+    those columns are checked for two spellings in one record."""
+
+    __slots__ = ("by_key", "spelling", "shared")
+
+    def __init__(self) -> None:
+        self.by_key: dict[tuple[str, str], str] = {}
+        self.spelling: dict[str, tuple[str, str]] = {}
+        self.shared: set[str] = set()
+
+    def new(self, prefix: str, key: str) -> str:
+        name = child_name(prefix, key) if prefix else column_name(key)
+        self.by_key[prefix, key] = name
+        if self.spelling.setdefault(name, (prefix, key)) != (prefix, key):
+            self.shared.add(name)
+        return name
+
+
+def _flatten(obj: dict, prefix: str, row: int, sparse: dict[str, list], children: dict[str, list], names: _Names,
              depth: int = 0) -> None:
+    by_key = names.by_key
     for k, v in obj.items():
-        name = child_name(prefix, k) if prefix else column_name(k)
+        name = by_key.get((prefix, k)) or names.new(prefix, k)
         t = type(v)
         if t is not dict and t is not list:
             sparse[name].append((row, v))
         elif t is dict and depth < MAX_DEPTH:
-            _flatten(v, name, row, sparse, children, depth + 1)
+            _flatten(v, name, row, sparse, children, names, depth + 1)
         elif t is list:
             children[name].append((row, v))
         else:
             sparse[name].append((row, orjson.dumps(v).decode()))
+
+
+def _resolve_shared(names: _Names, sparse: dict[str, list], lists: dict[str, list], obj_of: Callable[[int], dict],
+                    prefix: str, conflicts: list[Conflict]) -> None:
+    """Applies the collision rule to every column a shared name feeds: the name itself and, when objects collide
+    ("customer" / "Customer"), every column below it."""
+    below = tuple(f"{n}__" for n in names.shared)
+    for cells, is_list in ((sparse, False), (lists, True)):
+        for name in list(cells):
+            if name in names.shared or name.startswith(below):
+                cells[name] = _resolve_rows(name, cells[name], obj_of, prefix, is_list, conflicts)
 
 
 @dataclass
@@ -243,9 +423,10 @@ class PointHistoryBatch:
         raw, parsed = self._parse_extended(pick(columns[_EXT]), kept)
         cols["extended_data_raw"] = pa.array(raw, pa.string())
         children: list[tuple[str, pa.Table]] = []
-        ext_cols = self._extended_arrow(parsed, cols["record_key"], problems, children, issues)
+        conflicts: list[Conflict] = []
+        ext_cols = self._extended_arrow(parsed, cols["record_key"], problems, children, issues, conflicts)
         if ext_cols is None:
-            ext_cols = self._extended_python(parsed, keys, problems, children, issues)
+            ext_cols = self._extended_python(parsed, keys, problems, children, issues, conflicts)
         cols.update(ext_cols)
         if self.extra:
             cols.update(build_sparse_columns(POINT_HISTORY_TABLE, self.n, self.extra, self.types, kept, problems))
@@ -260,6 +441,8 @@ class PointHistoryBatch:
         for i, name, code, value in problems:
             issues.append(Issue(SOURCE, cols["customer_id"][i].as_py(), code, problem_message(name, code, value),
                                 _detail(keys[i], repr(value)[:200])))
+        for c in conflicts:
+            issues.append(_conflict_issue(cols["customer_id"][c[0]].as_py(), keys[c[0]], POINT_HISTORY_TABLE, c))
         return out, _cap(issues)
 
     def _parse_extended(self, values: list[Any], kept: list[int]) -> tuple[list[str | None], list[dict | None]]:
@@ -293,27 +476,39 @@ class PointHistoryBatch:
         return raw, parsed
 
     def _extended_arrow(self, parsed: list[dict | None], keys: pa.Array, problems: list[Problem],
-                        children: list[tuple[str, pa.Table]], issues: list[Issue]) -> dict[str, pa.Array] | None:
+                        children: list[tuple[str, pa.Table]], issues: list[Issue],
+                        conflicts: list[Conflict]) -> dict[str, pa.Array] | None:
         try:
             struct = pa.array(parsed)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
             return None  # types conflict inside this batch: the Python path coerces value by value
         if not pa.types.is_struct(struct.type):
             return {}
-        leaves: dict[str, pa.Array] = {}
-        lists: dict[str, pa.Array] = {}
-        _leaves(struct, EXT, leaves, lists)
+        found: dict[str, list[Leaf]] = {}
+        found_lists: dict[str, list[Leaf]] = {}
+        _leaves(struct, EXT, found, found_lists)
+        mine: list[Conflict] = []
+        try:
+            lists = _merge_leaves(found_lists, mine, lists=True)
+        except _NeedsPython:
+            return None
+        leaves = _merge_leaves(found, mine)
+        # the values as sent (Arrow's hold every struct field of the batch, null where the record had none)
+        conflicts.extend((i, name, kp, _at(parsed[i], kp), op, _at(parsed[i], op)) for i, name, kp, _, op, _ in mine)
         for name, arr in lists.items():
             table = CHILD_TABLE_PREFIX + name[len(EXT) + 2:]
             parent, idx, items = _list_children(arr)
             if not len(items):
                 continue
-            child_cols: dict[str, pa.Array] = {}
-            nested: dict[str, pa.Array] = {}
+            child_cols: dict[str, pa.Array | list] = {}
+            child_conflicts: list[Conflict] = []
             if pa.types.is_struct(items.type):
-                _leaves(items, "", child_cols, nested)
-                for nname, narr in nested.items():  # lists inside list items: kept as JSON text
-                    child_cols[nname] = _json_text(narr)
+                cfound: dict[str, list[Leaf]] = {}
+                nested: dict[str, list[Leaf]] = {}
+                _leaves(items, "", cfound, nested)
+                for nname, leaves_ in nested.items():  # lists inside list items: kept as JSON text
+                    cfound.setdefault(nname, []).extend((p, _json_text(a)) for p, a in leaves_)
+                child_cols = _merge_leaves(cfound, child_conflicts)
             elif _arrow_kind(items.type) is not None:
                 child_cols["value"] = items
             elif not pa.types.is_null(items.type):
@@ -324,17 +519,23 @@ class PointHistoryBatch:
             for i, cname, code, value in child_problems:
                 issues.append(Issue(SOURCE, None, code, problem_message(f"{table}.{cname}", code, value),
                                     _detail(ckeys[i].as_py(), repr(value)[:200])))
+            for c in child_conflicts:
+                issues.append(_conflict_issue(None, ckeys[c[0]].as_py(), table, c))
             children.append((table, pa.table({"record_key": ckeys, "_idx": idx, **typed,
                                               "_loaded_run_id": pa.array([self.run_id] * len(idx), pa.string())})))
         return _typed(POINT_HISTORY_TABLE, leaves, self.types, problems)
 
     def _extended_python(self, parsed: list[dict | None], keys: list[str], problems: list[Problem],
-                         children: list[tuple[str, pa.Table]], issues: list[Issue]) -> dict[str, pa.Array]:
+                         children: list[tuple[str, pa.Table]], issues: list[Issue],
+                         conflicts: list[Conflict]) -> dict[str, pa.Array]:
         sparse: dict[str, list[tuple[int, Any]]] = defaultdict(list)
         lists: dict[str, list[tuple[int, list]]] = defaultdict(list)
+        names = _Names()
         for i, obj in enumerate(parsed):
             if obj is not None:
-                _flatten(obj, EXT, i, sparse, lists)
+                _flatten(obj, EXT, i, sparse, lists, names)
+        if names.shared:
+            _resolve_shared(names, sparse, lists, parsed.__getitem__, EXT, conflicts)  # type: ignore[arg-type]
         for name, cells in lists.items():
             child = self._python_child(CHILD_TABLE_PREFIX + name[len(EXT) + 2:], cells, keys, issues)
             if child is not None:
@@ -347,19 +548,26 @@ class PointHistoryBatch:
         idx: list[int] = []
         sparse: dict[str, list[tuple[int, Any]]] = defaultdict(list)
         nested: dict[str, list[tuple[int, list]]] = defaultdict(list)
+        names = _Names()
         for row, items in cells:
+            if items is None:
+                continue
             for j, item in enumerate(items):
                 r = len(ckeys)
                 ckeys.append(keys[row])
                 idx.append(j)
                 if type(item) is dict:
-                    _flatten(item, "", r, sparse, nested)
+                    _flatten(item, "", r, sparse, nested, names)
                 elif type(item) is list:
                     sparse["value"].append((r, orjson.dumps(item).decode()))
                 else:
                     sparse["value"].append((r, item))
         if not ckeys:
             return None
+        conflicts: list[Conflict] = []
+        if names.shared:
+            items_by_row = [item for _, items in cells if items is not None for item in items]
+            _resolve_shared(names, sparse, nested, items_by_row.__getitem__, "", conflicts)
         for name, nested_cells in nested.items():
             sparse[name].extend((r, orjson.dumps(v).decode()) for r, v in nested_cells)
         problems: list[Problem] = []
@@ -367,6 +575,8 @@ class PointHistoryBatch:
         for i, name, code, value in problems:
             issues.append(Issue(SOURCE, None, code, problem_message(f"{table}.{name}", code, value),
                                 _detail(ckeys[i], repr(value)[:200])))
+        for c in conflicts:
+            issues.append(_conflict_issue(None, ckeys[c[0]], table, c))
         return table, pa.table({"record_key": pa.array(ckeys, pa.string()), "_idx": pa.array(idx, pa.int64()),
                                 **dynamic, "_loaded_run_id": pa.array([self.run_id] * len(ckeys), pa.string())})
 
@@ -405,6 +615,18 @@ def _us(instant: Any) -> int:
 
 def _detail(record_key: str, detail: str | None) -> str:
     return f"record_key={record_key}" + (f"; {detail}" if detail else "")
+
+
+def _conflict_issue(customer_id: str | None, record_key: str, table: str, conflict: Conflict) -> Issue:
+    """`extended_data_conflict`: the record key, both keys (as JSON paths) and the value not kept (the detail is
+    JSON after `record_key=...; `, so it can be read back by a program)."""
+    _, column, kept_path, kept, other_path, other = conflict
+    detail = orjson.dumps({"column": column, "kept_key": list(kept_path), "kept_value": kept,
+                           "other_key": list(other_path), "other_value": other}, default=str).decode()
+    return Issue(SOURCE, customer_id, CONFLICT,
+                 f"{table}.{column}: extended_data keys {'.'.join(kept_path)!r} and {'.'.join(other_path)!r} differ; "
+                 f"kept {'.'.join(kept_path)!r}, the other value is only in extended_data_raw",
+                 _detail(record_key, detail[:1000]))
 
 
 def _cap(issues: list[Issue]) -> list[Issue]:
