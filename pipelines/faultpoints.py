@@ -1,6 +1,7 @@
 """Crash points for the reliability suite: `maybe_crash(stage)` kills this process with SIGKILL (no cleanup, no
 atexit, like a power cut or the OOM killer) when env `LOYALTY_TEST_CRASH_AT` names the stage, optionally `stage:N`
-to die on its N-th call. Stages: extract, normalize, load, state, models. No effect when the variable is unset.
+to die on its N-th call. Stages: `STAGES` (the reliability suite kills a run at each). No effect when the variable is
+unset.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import signal
 import threading
 
 ENV = "LOYALTY_TEST_CRASH_AT"
-STAGES = ("extract", "normalize", "load", "state", "models")
+STAGES = ("extract", "normalize", "load", "state", "models")   # every `maybe_crash` call site names one
 
 _calls: dict[str, int] = {}
 _lock = threading.Lock()

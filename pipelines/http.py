@@ -28,7 +28,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator
-from urllib.parse import urlencode
 
 import certifi
 import orjson
@@ -40,6 +39,7 @@ from pipelines.logs import get_logger, redact, register_secret
 log = get_logger("http")
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 521})
+ACCEPT_STATUSES = frozenset({200, 201})
 MAX_RETRY_AFTER_S = 120.0
 
 
@@ -350,13 +350,14 @@ class HttpClient:
     """JSON over keep-alive HTTP for one API base URL. Thread-safe: each thread keeps its own connection.
 
     Transport: libcurl through pycurl: less CPU per request than the stdlib's `http.client`, whose header parsing
-    goes through the `email` package (docs/decisions/design-figures.md). `request_json` blocks on one keep-alive easy handle per thread; the extraction hot path runs the same
-    `request_steps` for many customers at once through `pipelines/multiplex.py`.
+    goes through the `email` package (docs/decisions/design-figures.md). `request_json` blocks on one keep-alive
+    easy handle per thread; the extraction hot path runs the same `request_steps` for many customers at once through
+    `pipelines/multiplex.py`.
     """
 
     def __init__(self, base_url: str, *, limiter: RateLimiter, auth: Auth | None = None, max_attempts: int = 6,
                  backoff_base: float = 1.0, backoff_max: float = 60.0, timeout: float = 60.0,
-                 pool_size: int = 16, stats: HttpStats | None = None, name: str = "api") -> None:
+                 stats: HttpStats | None = None, name: str = "api") -> None:
         self.base_url = base_url.rstrip("/")
         self.limiter = limiter
         self.auth = auth or Auth()
@@ -446,23 +447,19 @@ class HttpClient:
             delay *= random.uniform(0.8, 1.2)
         return Pause(min(max(delay, 0.0), MAX_RETRY_AFTER_S))
 
-    def request_json(self, method: str, path: str, params: dict[str, Any] | None = None,
-                     json_body: Any = None, use_auth: bool = True,
-                     accept_status: frozenset[int] = frozenset({200, 201}), query: str | None = None) -> tuple[int, Any]:
+    def request_json(self, method: str, path: str, *, query: str | None = None, json_body: Any = None,
+                     use_auth: bool = True) -> tuple[int, Any]:
         """Send one request, retrying what is transient, blocking. Returns (status, parsed JSON body) for a status
-        in `accept_status`; raises `HttpError` for anything else (with `.status` and `.body` of the last answer).
+        in `ACCEPT_STATUSES`; raises `HttpError` for anything else (with `.status` and `.body` of the last answer).
         `query`: an already encoded query string (callers that send the same parameters to every customer encode
-        the fixed part once)."""
-        return self.drive(self.request_steps(method, path, params, json_body, use_auth, accept_status, query))
+        the fixed part once); `json_body`: sent as JSON; `use_auth=False` for the login request itself."""
+        return self.drive(self.request_steps(method, path, query=query, json_body=json_body, use_auth=use_auth))
 
-    def request_steps(self, method: str, path: str, params: dict[str, Any] | None = None,
-                      json_body: Any = None, use_auth: bool = True,
-                      accept_status: frozenset[int] = frozenset({200, 201}), query: str | None = None) -> Steps:
+    def request_steps(self, method: str, path: str, *, query: str | None = None, json_body: Any = None,
+                      use_auth: bool = True) -> Steps:
         """`request_json` as a generator of steps (see `Send`), for `drive` or `pipelines/multiplex.py`."""
         url = self.base_url + path
-        if params:
-            url += "?" + urlencode(params, safe=":")
-        elif query:
+        if query:
             url += "?" + query
         body = orjson.dumps(json_body) if json_body is not None else None
         last_error = "no attempt"
@@ -498,7 +495,7 @@ class HttpClient:
                     yield self._retry_delay(attempt, None)
                 continue
             last_body = parsed
-            if status in accept_status:
+            if status in ACCEPT_STATUSES:
                 return status, parsed
             if status == 401 and use_auth and self.auth.refresh(generation):
                 last_error = "HTTP 401 (credentials refreshed)"

@@ -138,16 +138,6 @@ class RunProgress:
                     self._tasks[source], completed=c.finished, failed=c.failed, records=c.records,
                     rps=c.requests / elapsed, retries=c.retries, x429=c.http_429)
 
-    def set_total(self, source: str, total: int) -> None:
-        """The total is sometimes known only after the customer list is read."""
-        with self._lock:
-            c = self._c.setdefault(source, _Counters())
-            c.total = total
-            if self._progress is not None:
-                if source not in self._tasks:
-                    self._add_task(source, c)
-                self._progress.update(self._tasks[source], total=total)
-
     def snapshot(self) -> dict[str, dict[str, int]]:
         with self._lock:
             return {n: dict(total=c.total, done=c.done, failed=c.failed, records=c.records, requests=c.requests,

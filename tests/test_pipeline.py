@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 from pathlib import Path
+from typing import Callable
 from urllib.parse import parse_qs
 
 import pytest
@@ -206,17 +207,15 @@ def test_customers_override_file(sandbox_factory, sandbox_env, tmp_path: Path) -
     assert got <= set(chosen) and got
 
 
-def test_records_arriving_while_paging_are_neither_skipped_nor_doubled(sandbox_factory) -> None:
-    """Late records become visible between page 1 and page 2 of a heavy customer (the sandbox clock moves during
-    the fetch): `total_items` changes, the customer-window is fetched again, and the result is the truth."""
+def _paging_api(sb, calls: list[int], advance_on_page: Callable[[list[int]], bool]):
+    """A CareCloud client on `sb` (500-record pages) that moves the sandbox clock three days on after each page for
+    which `advance_on_page(offsets fetched so far)` holds: late records of the window become visible mid-fetch."""
     from pipelines.carecloud.helpers import CareCloudApi
     from pipelines.config import SourceSettings
     from pipelines.http import HttpStats
     from pipelines.sandbox.config import CARECLOUD_APP_ID, CARECLOUD_LOGIN, CARECLOUD_PASSWORD
     import pendulum
 
-    sb = sandbox_factory(customers=10, now=NOW, late_share=0.3, data_start="2026-10-01", data_end="2027-01-01")
-    heavy = sb.customer_ids("carecloud")[7]  # index % heavy_every == 7: thousands of records, several pages
     settings = SourceSettings(
         name="carecloud", base_url=sb.carecloud_base_url, customers="", initial_start=pendulum.datetime(2024, 1, 1),
         rate_limit=0, concurrency=1, max_attempts=3, lookback=pendulum.duration(days=3),
@@ -225,16 +224,25 @@ def test_records_arriving_while_paging_are_neither_skipped_nor_doubled(sandbox_f
         extra={"timezone": "Europe/Prague", "page_size": 500})
     api = CareCloudApi(settings, HttpStats())
     page = api._page
-    calls = []
 
     def page_then_time_passes(query):  # a page is a generator of request steps (pipelines/http.py)
         result = yield from page(query)
         calls.append(int(parse_qs(query)["offset"][0]))
-        if len(calls) == 1:
-            sb.advance(3 * 86400)  # late records of the window become visible mid-fetch
+        if advance_on_page(calls):
+            sb.advance(3 * 86400)
         return result
 
     api._page = page_then_time_passes  # type: ignore[method-assign]
+    return api
+
+
+def test_records_arriving_while_paging_are_neither_skipped_nor_doubled(sandbox_factory) -> None:
+    """Late records become visible between page 1 and page 2 of a heavy customer (the sandbox clock moves during
+    the fetch): `total_items` changes, the customer-window is fetched again, and the result is the truth."""
+    sb = sandbox_factory(customers=10, now=NOW, late_share=0.3, data_start="2026-10-01", data_end="2027-01-01")
+    heavy = sb.customer_ids("carecloud")[7]  # index % heavy_every == 7: thousands of records, several pages
+    calls: list[int] = []
+    api = _paging_api(sb, calls, lambda calls: len(calls) == 1)
     records, attempts = api.fetch(heavy, "2024-01-01 00:00:00", "2026-11-20 01:00:00")
     assert attempts == 2 and calls.count(0) == 2
     truth = [r for r in sb.truth().carecloud_point_history.to_pylist()
@@ -244,6 +252,23 @@ def test_records_arriving_while_paging_are_neither_skipped_nor_doubled(sandbox_f
         "point_history_record_time", "extended_data", "point_operation_note", "store_id")))
     assert sorted(map(key, records)) == sorted(map(key, truth))
     assert len(truth) > 1000
+
+
+def test_paging_that_never_settles_fails_the_customer_after_max_paging_attempts(sandbox_factory) -> None:
+    """Records keep arriving after every first page: the customer-window is fetched MAX_PAGING_ATTEMPTS times, then
+    the customer fails for this run with `unstable_paging` (retried next run) instead of loading a shifted result."""
+    from pipelines.carecloud.settings import MAX_PAGING_ATTEMPTS
+    from pipelines.extraction import CustomerFailed
+
+    sb = sandbox_factory(customers=10, now=NOW, late_share=0.3, data_start="2026-10-01", data_end="2027-01-01")
+    heavy = sb.customer_ids("carecloud")[7]
+    calls: list[int] = []
+    api = _paging_api(sb, calls, lambda calls: calls[-1] == 0)
+    with pytest.raises(CustomerFailed) as failed:
+        api.fetch(heavy, "2024-01-01 00:00:00", "2026-12-31 01:00:00")
+    assert failed.value.code == "unstable_paging", failed.value
+    assert f"fetched {MAX_PAGING_ATTEMPTS} times" in str(failed.value) and "totals seen [" in failed.value.detail
+    assert calls.count(0) == MAX_PAGING_ATTEMPTS
 
 
 def test_refused_login_fails_the_run_clearly_and_the_other_source_loads(sandbox_factory, sandbox_env,

@@ -40,7 +40,7 @@ class CapillaryApi:
         self.client = HttpClient(
             settings.base_url, limiter=limiter, auth=None, max_attempts=settings.max_attempts,
             backoff_base=settings.retry_backoff, timeout=settings.request_timeout,
-            pool_size=settings.concurrency + 2, stats=stats, name="capillary",
+            stats=stats, name="capillary",
         )
         self.client.auth = self._auth(stats)
 

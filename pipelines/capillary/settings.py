@@ -2,7 +2,6 @@
 
 TRANSFER_PATH = "/v2/points/transfer"
 OAUTH_PATH = "/v3/oauth/token/generate"
-CUSTOMER_NOT_FOUND = 8015
 NOT_FOUND_CODES = frozenset({8015, 8065})  # not found for the identifiers / not found in that source
 
 TRANSFERS_TABLE = "capillary_points_transfers"

@@ -12,6 +12,7 @@ from pipelines.config import SourceSettings
 from pipelines.errors import CustomerFailed, SourceUnavailable, failure_from_http, short_json as _short
 from pipelines.http import HttpClient, HttpError, HttpStats, SharedToken, Steps, TokenAuth, shared_limiter
 from pipelines.logs import register_secret
+from pipelines.paging import PagingUnstable, StableOffsetPaginator, paginate
 from pipelines.windows import local_to_utc
 
 
@@ -35,7 +36,7 @@ class CareCloudApi:
         self.client = HttpClient(
             settings.base_url, limiter=limiter, auth=self.auth, max_attempts=settings.max_attempts,
             backoff_base=settings.retry_backoff, timeout=settings.request_timeout,
-            pool_size=settings.concurrency + 2, stats=stats, name="carecloud",
+            stats=stats, name="carecloud",
         )
 
     def close(self) -> None:
@@ -74,29 +75,19 @@ class CareCloudApi:
     def fetch_steps(self, customer_id: str, time_from: str, time_to: str) -> Steps:
         """`fetch` as a generator of request steps.
 
-        Offset paging is only safe while the result set stands still: if `total_items` changes between pages or the
-        records fetched do not add up to it (a late record slid in and shifted the offsets), the whole
+        Paged by a `StableOffsetPaginator`: when records arrive while the customer-window is paged, the whole
         customer-window is fetched again, up to MAX_PAGING_ATTEMPTS times; then the customer fails for this run and
         is retried next time. So no record is skipped or doubled."""
         # the query is encoded once per window and per customer, not per page (urlencode was a visible part of a
         # request's CPU: docs/decisions/session-2-worker-processes.md)
-        base = f"customer_id={quote_plus(customer_id)}&{self._fixed_query}&{self._window_query(time_from, time_to)}"
-        for attempt in range(1, MAX_PAGING_ATTEMPTS + 1):
-            records: list[dict] = []
-            totals: set[int | None] = set()
-            offset = 0
-            while True:
-                page, total = yield from self._page(f"{base}&offset={offset}")
-                totals.add(total)
-                records.extend(page)
-                offset += len(page)
-                if not page or (total is not None and offset >= total) or (total is None and len(page) < self.page_size):
-                    break
-            if len(totals) == 1 and (total is None or len(records) == total):
-                return records, attempt
-        raise CustomerFailed("unstable_paging",
-                             f"records kept arriving while paging; fetched {MAX_PAGING_ATTEMPTS} times, retried next run",
-                             detail=f"totals seen {sorted(t for t in totals if t is not None)}, fetched {len(records)}")
+        query = f"customer_id={quote_plus(customer_id)}&{self._fixed_query}&{self._window_query(time_from, time_to)}"
+        paginator = StableOffsetPaginator(self.page_size, MAX_PAGING_ATTEMPTS)
+        try:
+            records = yield from paginate(self._page, query, paginator)
+        except PagingUnstable as exc:
+            raise CustomerFailed("unstable_paging", f"{exc}, retried next run",
+                                 detail=f"totals seen {exc.totals}, fetched {exc.fetched}") from None
+        return records, paginator.attempt
 
     @staticmethod
     @lru_cache(maxsize=4096)
@@ -104,7 +95,8 @@ class CareCloudApi:
         return urlencode({"time_from": time_from, "time_to": time_to}, safe=":")
 
     def _page(self, query: str) -> Steps:
-        """Steps of one page: returns (records, total_items or None)."""
+        """Steps of one page: returns (its records, the answer's `data` object, where the paginator finds
+        `total_items`)."""
         try:
             _, body = yield from self.client.request_steps("GET", POINT_HISTORY_PATH, query=query)
         except HttpError as exc:
@@ -121,9 +113,4 @@ class CareCloudApi:
         if not isinstance(page, list):
             raise CustomerFailed("bad_response", "CareCloud point-history: `point_history` is not a list",
                                  detail=_short(body))
-        total = data.get("total_items")
-        try:
-            total = int(total) if total is not None else None
-        except (TypeError, ValueError):
-            total = None
-        return page, total
+        return page, data

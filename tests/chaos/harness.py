@@ -17,10 +17,11 @@ from typing import Any, Iterable
 
 import duckdb
 
+from pipelines.faultpoints import STAGES as CRASH_STAGES
+
 ROOT = Path(__file__).resolve().parents[2]
 ETL = [sys.executable, "-m", "pipelines.cli"]
 KILLED = -signal.SIGKILL
-CRASH_STAGES = ("extract", "normalize", "load", "state", "models")
 
 
 @dataclass
