@@ -30,7 +30,7 @@ dashboard: install
 	$(BIN)/loyalty-etl dashboard
 
 screenshots: install
-	$(BIN)/python dashboard/screenshots.py
+	$(BIN)/python -m dashboard.screenshots
 
 docs: install ## dbt docs for the marts; open with `make docs` then browse http://127.0.0.1:8080
 	$(BIN)/loyalty-etl models --docs --serve

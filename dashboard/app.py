@@ -6,17 +6,10 @@ display time zone from `LOYALTY_DASHBOARD_TIMEZONE` (default Europe/Prague).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-# Streamlit puts only this file's folder on sys.path; the pages import `dashboard.*` from the project root.
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import streamlit as st  # noqa: E402
-
-from dashboard import db, ui  # noqa: E402
+# an installed package (pyproject.toml), so found by name although Streamlit runs this file as a script
+from dashboard import db, ui
 
 st.set_page_config(page_title="Loyalty points", page_icon="⭐", layout="wide")
 

@@ -19,11 +19,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from pipelines.commands.dashboard import dashboard_env, streamlit_command
 
-from pipelines.commands.dashboard import dashboard_env, streamlit_command  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 OUT = ROOT / "docs" / "screenshots"
 # (file name, URL path): st.navigation derives the URL path from the page file name; the default page is "/".

@@ -22,14 +22,12 @@ from streamlit.testing.v1 import AppTest
 
 from pipelines.sandbox import FaultConfig, Sandbox, SandboxConfig
 
+from dashboard import ui
+from dashboard.db import BUSY_MESSAGE, TIMEZONE_ENV, WAREHOUSE_ENV
+from pipelines.commands.dashboard import app_path
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from dashboard import ui  # noqa: E402
-from dashboard.db import BUSY_MESSAGE, TIMEZONE_ENV, WAREHOUSE_ENV  # noqa: E402
-
-APP = ROOT / "dashboard" / "app.py"
+APP = app_path()
 NOW = "2026-11-20T00:00:00+00:00"
 TZ = "America/New_York"   # not the default, so a page that ignored the setting would fail
 PAGES = ["overview", "trends", "stores", "transfers", "expirations", "customer", "health"]

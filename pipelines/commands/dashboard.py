@@ -10,7 +10,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 HELP = "open the points dashboard (Streamlit) on the configured warehouse, read-only"
 
-APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
+
+
+def app_path() -> Path:
+    """The Streamlit script of the installed `dashboard` package."""
+    import dashboard
+
+    return Path(dashboard.__file__).resolve().parent / "app.py"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def streamlit_command(port: int, address: str) -> list[str]:
     return [
-        sys.executable, "-m", "streamlit", "run", str(APP),
+        sys.executable, "-m", "streamlit", "run", str(app_path()),
         "--server.port", str(port), "--server.address", address, "--server.headless", "true",
         "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
     ]
@@ -46,7 +52,6 @@ def handle(args: argparse.Namespace) -> int:
 
     from pipelines.config import warehouse_path
 
-    sys.path.insert(0, str(APP.parents[1]))  # the dashboard package lives beside `pipelines`, not installed with it
     warehouse = warehouse_path()
     timezone = str(args.timezone or dlt.config.get("loyalty.dashboard_timezone") or "Europe/Prague")
     try:
