@@ -258,7 +258,7 @@ def test_paging_that_never_settles_fails_the_customer_after_max_paging_attempts(
     """Records keep arriving after every first page: the customer-window is fetched MAX_PAGING_ATTEMPTS times, then
     the customer fails for this run with `unstable_paging` (retried next run) instead of loading a shifted result."""
     from pipelines.carecloud.settings import MAX_PAGING_ATTEMPTS
-    from pipelines.extraction import CustomerFailed
+    from pipelines.errors import CustomerFailed
 
     sb = sandbox_factory(customers=10, now=NOW, late_share=0.3, data_start="2026-10-01", data_end="2027-01-01")
     heavy = sb.customer_ids("carecloud")[7]
