@@ -12,8 +12,11 @@ import yaml
 
 from pipelines.sandbox import FaultConfig
 
-# On CI the repository sits beside `shared/` (<repo>/../shared), as it does here.
-SPEC_PATH = Path(__file__).resolve().parents[2] / "shared" / "specs" / "carecloud-openapi.yaml"
+# The vendor's OpenAPI file, kept whole in the repository so a clone without ../shared validates fully
+# (provenance: tests/vendor/README.md). On CI the repository sits beside `shared/`; the copy must equal it.
+SPEC_PATH = Path(__file__).resolve().parent / "vendor" / "carecloud-openapi.yaml"
+SPEC_SHA256 = "78702edac95430bf4052d618b442425768c11fc330e72d82fe9e03a9857c2ded"
+SHARED_SPEC_PATH = Path(__file__).resolve().parents[2] / "shared" / "specs" / "carecloud-openapi.yaml"
 LOGIN = {"user_external_application_id": "sandbox-app", "login": "sandbox", "password": "sandbox-password"}
 BASIC = ("sandbox.till", hashlib.md5(b"sandbox-password").hexdigest())
 
@@ -25,11 +28,22 @@ GROUP_KEYS = {"id", "groupStatus", "fleetGroupUsers", "createdBy", "createdOn", 
 
 @pytest.fixture(scope="module")
 def spec_dict() -> dict:
-    if not SPEC_PATH.exists():
-        pytest.fail(f"vendor spec not found at {SPEC_PATH}: the repository must sit beside shared/")
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     with SPEC_PATH.open(encoding="utf-8") as fh:
         return yaml.load(fh, Loader=loader)
+
+
+def test_vendored_spec_is_the_shared_one():
+    """The copy is the file its provenance names, byte for byte; and, where ../shared is present (CI), still the
+    vendor's current file."""
+    got = hashlib.sha256(SPEC_PATH.read_bytes()).hexdigest()
+    assert got == SPEC_SHA256, (f"{SPEC_PATH} changed (sha256 {got}); it must stay the vendor's file unchanged: "
+                                "restore it, or update it and its provenance in tests/vendor/README.md")
+    if SHARED_SPEC_PATH.exists():
+        shared = hashlib.sha256(SHARED_SPEC_PATH.read_bytes()).hexdigest()
+        assert shared == got, (f"the vendor's OpenAPI file changed: {SHARED_SPEC_PATH} has sha256 {shared}, the "
+                               f"vendored copy {got}. Copy it into tests/vendor/ and update SPEC_SHA256 and "
+                               "tests/vendor/README.md")
 
 
 def _openapi(spec_dict: dict, base_url: str):
