@@ -10,7 +10,9 @@ Scenarios (each sandbox lives in its own process; every variant is a measured ch
 2. nightly runs on (b)'s warehouse: nothing changed (same sandbox instant), then about 1 % of customers changed
    (sandbox clock +1 day); repeated at --big-customers;
 3. memory: (b) at --big-customers (>= 1,000,000 records), RSS sampled over time, compared with the run in 1.;
-4. rate-limit saturation: sandbox limiting each credential to R req/s with 50 ms latency, (b) with its limiter at R.
+4. rate-limit saturation: sandbox limiting each credential to R req/s with 50 ms latency, (b) with its limiter at R;
+5. events: the Capillary webhook receiver's events/s and p99 latency to a durable 2xx (bench/events.py, key
+   `event_receiver`; alone: `python -m bench.events`).
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--verify-big", action="store_true", help="check the big run against the full sandbox truth "
                                                               "(minutes of extra sandbox CPU at 100k customers)")
-    ap.add_argument("--only", nargs="*", choices=["throughput", "nightly", "memory", "ratelimit"],
+    ap.add_argument("--only", nargs="*", choices=["throughput", "nightly", "memory", "ratelimit", "events"],
                     help="run only these scenarios")
     ap.add_argument("--variants", default="abcp", help="which of a, b, c and p (= a with parquet loader files) "
                                                          "the throughput run measures (default abcp)")
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     big = args.big_customers if args.big_customers is not None else (3000 if quick else 100000)
     rate_customers = args.rate_customers or (200 if quick else 1500)
     repeats = max(1, args.repeats or (1 if quick else 3))
-    scenarios = set(args.only or ["throughput", "nightly", "memory", "ratelimit"])
+    scenarios = set(args.only or ["throughput", "nightly", "memory", "ratelimit", "events"])
     results_path = args.out or (ROOT / "bench" / "out" / "results-quick.json" if quick else ROOT / "bench" / "results.json")
     out = ROOT / "bench" / "out" / ("quick" if quick else "full")
     shutil.rmtree(out, ignore_errors=True)
@@ -234,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     if "ratelimit" in scenarios and have_b:
         _log(f"rate limit: R={args.rate_limit:g} req/s per credential, 50 ms latency, {rate_customers:,} customers")
         results["rate_limit"] = rate_limit_run(out, rate_customers, args.rate_limit, args.seed)
+
+    if "events" in scenarios:
+        from bench.events import measure
+
+        results["event_receiver"] = measure(quick, log=_log)
 
     results["total_seconds"] = round(time.perf_counter() - t_start, 1)
     results["targets"] = report.targets(results)

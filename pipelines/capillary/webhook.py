@@ -34,6 +34,8 @@ class CapillaryWebhookConfiguration(BaseConfiguration):
     """larger request bodies are answered 413 and not stored"""
     store: Optional[str] = None
     """the event store (SQLite); default: capillary_events.sqlite3 beside the warehouse file"""
+    group_commit: bool = True
+    """concurrent deliveries share one commit (one fsync); false = one per event (for measurement)"""
 
     def on_resolved(self) -> None:
         from pipelines.config import ConfigError

@@ -62,7 +62,7 @@ def serve(args: argparse.Namespace) -> int:
 
     try:
         config = load_webhook_configuration()
-        store = EventStore(config.store_path(warehouse_path()))
+        store = EventStore(config.store_path(warehouse_path()), group_commit=config.group_commit)
     except (ConfigError, StoreError) as exc:
         return fail(exc)
     try:
