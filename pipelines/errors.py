@@ -37,3 +37,14 @@ def short_json(body: Any, limit: int = 2000) -> str | None:
     if body is None:
         return None
     return orjson.dumps(body).decode(errors="replace")[:limit]
+
+
+class ListingIncomplete(Exception):
+    """A cross-customer listing (CareCloud /customers, /points, /purchases) could not be read to its end: whatever
+    it would have named is unknown, so the caller must not treat its window as read."""
+
+    def __init__(self, what: str, message: str, detail: str | None = None) -> None:
+        super().__init__(f"{what}: {message}")
+        self.what = what
+        self.message = message
+        self.detail = detail

@@ -169,3 +169,36 @@ def paginate(page_steps: Callable[[str], Steps], query: str, paginator: BasePagi
             paging = paginator.update_request()
         if not paginator.restart():
             return records
+
+
+class DescendingStopPaginator(StableOffsetPaginator):
+    """`StableOffsetPaginator` over a result set sorted descending by `field`, that stops after the first page holding
+    a record below `floor`: the rest is older than the caller needs (CareCloud's roster by `last_change` DESC,
+    paged down to the watermark minus the lookback). Stopping early leaves fewer records than the total, so only a
+    total that changed while paging makes it fetch again."""
+
+    def __init__(self, page_size: int, max_attempts: int, field: str, floor: str | None) -> None:
+        super().__init__(page_size, max_attempts)
+        self.field = field
+        self.floor = floor
+        self.stopped = False
+
+    def init_request(self) -> str:
+        self.stopped = False
+        return super().init_request()
+
+    def update_state(self, page: list, data: Any) -> None:
+        super().update_state(page, data)
+        floor, field = self.floor, self.field
+        if floor is not None and any(isinstance(r, dict) and str(r.get(field) or "") < floor for r in page):
+            self.stopped = True
+            self._has_next_page = False
+
+    def restart(self) -> bool:
+        if not self.stopped:
+            return super().restart()
+        if len(self.totals) == 1:
+            return False
+        if self.attempt < self.max_attempts:
+            return True
+        raise PagingUnstable(self.attempt, sorted(t for t in self.totals if t is not None), self.offset)

@@ -1,4 +1,5 @@
-"""CareCloud API access: bearer login shared by all threads, `GET /point-history` paged safely per customer."""
+"""CareCloud API access: bearer login shared by all threads, `GET /point-history` paged safely per customer, and the
+cross-customer listings change discovery reads (`GET /customers`, `/points`, `/purchases`)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote_plus, urlencode
 
-from pipelines.carecloud.settings import LOGIN_PATH, MAX_PAGING_ATTEMPTS, POINT_HISTORY_PATH, SORT_FIELD
+from pipelines.carecloud.settings import (
+    CUSTOMERS_PATH, LISTINGS, LOGIN_PATH, MAX_PAGING_ATTEMPTS, POINT_HISTORY_PATH, ROSTER_SORT_FIELD, SORT_FIELD,
+)
 from pipelines.config import SourceSettings
-from pipelines.errors import CustomerFailed, SourceUnavailable, failure_from_http, short_json as _short
+from pipelines.errors import CustomerFailed, ListingIncomplete, SourceUnavailable, failure_from_http, short_json as _short
 from pipelines.http import HttpClient, HttpError, HttpStats, SharedToken, Steps, TokenAuth, shared_limiter
 from pipelines.logs import register_secret
-from pipelines.paging import PagingUnstable, StableOffsetPaginator, paginate
+from pipelines.paging import (
+    BasePaginator, DescendingStopPaginator, PagingUnstable, StableOffsetPaginator, paginate,
+)
 from pipelines.windows import local_to_utc
 
 
@@ -114,3 +119,58 @@ class CareCloudApi:
             raise CustomerFailed("bad_response", "CareCloud point-history: `point_history` is not a list",
                                  detail=_short(body))
         return page, data
+
+    # ------------------------------------------------------------------ cross-customer listings (issue 17)
+    def listing(self, kind: str, time_from: str, time_to: str) -> tuple[list[dict], int]:
+        """Blocking `listing_steps`."""
+        return self.client.drive(self.listing_steps(kind, time_from, time_to))
+
+    def listing_steps(self, kind: str, time_from: str, time_to: str) -> Steps:
+        """Every point record (`kind="points"`, by creation time) or purchase (`"purchases"`, by payment time) with
+        its time between the two local wall-clock strings (the vendor's filters, bounds as it applies them), oldest
+        first; returns (items, requests spent). Raises `ListingIncomplete` when the listing cannot be read to its
+        end (retries exhausted, a bad answer, a result set that keeps moving)."""
+        path, key, (p_from, p_to), sort_field = LISTINGS[kind]
+        query = urlencode({"count": self.page_size, "sort_field": sort_field, "sort_direction": "ASC",
+                           p_from: time_from, p_to: time_to}, safe=":")
+        return (yield from self._listing(path, key, query, StableOffsetPaginator(self.page_size, MAX_PAGING_ATTEMPTS)))
+
+    def roster(self, changed_since: str | None = None) -> tuple[list[dict], int]:
+        """Blocking `roster_steps`."""
+        return self.client.drive(self.roster_steps(changed_since))
+
+    def roster_steps(self, changed_since: str | None = None) -> Steps:
+        """Customers by `last_change` descending: all of them (`changed_since` None), or paged only down to the first
+        page that reaches a `last_change` before `changed_since` (local wall-clock string; that page is returned
+        whole, so callers filter). Returns (customers, requests spent); raises `ListingIncomplete`."""
+        query = urlencode({"count": self.page_size, "sort_field": ROSTER_SORT_FIELD, "sort_direction": "DESC"})
+        paginator = DescendingStopPaginator(self.page_size, MAX_PAGING_ATTEMPTS, ROSTER_SORT_FIELD, changed_since)
+        return (yield from self._listing(CUSTOMERS_PATH, "customers", query, paginator))
+
+    def _listing(self, path: str, key: str, query: str, paginator: BasePaginator) -> Steps:
+        requests = 0
+
+        def page_steps(q: str) -> Steps:
+            nonlocal requests
+            requests += 1
+            return (yield from self._listing_page(path, key, q))
+
+        try:
+            items = yield from paginate(page_steps, query, paginator)
+        except PagingUnstable as exc:
+            raise ListingIncomplete(f"CareCloud {path}", f"{exc}; the window is read again next run",
+                                    detail=f"totals seen {exc.totals}, fetched {exc.fetched}") from None
+        return items, requests
+
+    def _listing_page(self, path: str, key: str, query: str) -> Steps:
+        """Steps of one listing page: (its items, the answer's `data`)."""
+        try:
+            _, body = yield from self.client.request_steps("GET", path, query=query)
+        except HttpError as exc:
+            raise ListingIncomplete(f"CareCloud {path}", str(exc), detail=_short(exc.body)) from None
+        data = body.get("data") if isinstance(body, dict) else None
+        items = data.get(key) if isinstance(data, dict) else None
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise ListingIncomplete(f"CareCloud {path}", f"answer without a `data.{key}` list of objects",
+                                    detail=_short(body))
+        return items, data

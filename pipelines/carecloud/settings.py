@@ -16,3 +16,14 @@ TEXT_FIELDS = ("point_operation_type", "point_operation_note", "point_type_id", 
 
 # How often a customer-window is fetched again when the result set changed while paging.
 MAX_PAGING_ATTEMPTS = 3
+
+# Cross-customer listings (issue 17): path, the list key in `data`, and the time filter pair with the field it
+# filters on (the vendor's names, ../shared/specs/carecloud-openapi.yaml getCustomers / getPoints / getPurchases).
+CUSTOMERS_PATH = "/customers"
+POINTS_PATH = "/points"
+PURCHASES_PATH = "/purchases"
+LISTINGS = {
+    "points": (POINTS_PATH, "points", ("create_point_time_from", "create_point_time_to"), "created_at"),
+    "purchases": (PURCHASES_PATH, "purchases", ("payment_time_from", "payment_time_to"), "payment_time"),
+}
+ROSTER_SORT_FIELD = "last_change"
