@@ -6,7 +6,12 @@
 Scenarios (each sandbox lives in its own process; every variant is a measured child process):
 1. throughput at --customers (default 20,000, about 280,000 point-history records):
    (c) fetch the pages once + DuckDB read_json/SQL, (b) `loyalty-etl run --no-models`, (a) dlt rest_api on a
-   --naive-share subset (records/s is the comparable figure), each checked against the sandbox truth;
+   --naive-share subset (records/s is the comparable figure), (a'') the same rest_api source tuned per dlt's
+   performance guide on a --tuned-share subset; (b), (a) and (a'') alternate; each checked against the sandbox truth;
+   heterogeneous: (b) on a second sandbox of the same customers whose CareCloud `extended_data` is heterogeneous
+   (--variety share of the records: colliding key spellings, type drift, nesting, unicode keys, null/"", invalid
+   JSON; pipelines/sandbox/variety.py), run in the same rounds right after the uniform (b): client CPU per record
+   of the two side by side;
 2. nightly runs on (b)'s warehouse: nothing changed (same sandbox instant), then about 1 % of customers changed
    (sandbox clock +1 day); repeated at --big-customers;
 3. memory: (b) at --big-customers (>= 1,000,000 records), RSS sampled over time, compared with the run in 1.;
@@ -18,6 +23,7 @@ Scenarios (each sandbox lives in its own process; every variant is a measured ch
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import shutil
@@ -29,18 +35,26 @@ from typing import Any
 
 from bench import report
 from bench.harness import ROOT, SandboxProcess, machine_facts
-from bench.variants import DATA_ENDPOINTS, pipeline_available, run_limit, run_naive, run_pipeline
+from bench.variants import DATA_ENDPOINTS, pipeline_available, run_limit, run_naive, run_pipeline, warehouse_shape
 
 NOW = "2026-11-20T00:00:00+00:00"      # the sandbox's frozen clock: every run sees the same data
 DAY = 86400
 
 
-def _sandbox(out: Path, name: str, customers: int, seed: int, faults: dict | None = None) -> SandboxProcess:
-    return SandboxProcess({"customers": customers, "seed": seed, "now": NOW}, faults, log_file=out / f"{name}.log")
+def _sandbox(out: Path, name: str, customers: int, seed: int, faults: dict | None = None,
+             variety: float = 0.0) -> SandboxProcess:
+    config: dict[str, Any] = {"customers": customers, "seed": seed, "now": NOW}
+    if variety:
+        config["extended_data_variety"] = variety
+    return SandboxProcess(config, faults, log_file=out / f"{name}.log")
 
 
 def _until(sb: SandboxProcess) -> str:
     return dt.datetime.fromtimestamp(sb.call("now"), dt.timezone.utc).isoformat()
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 
 def _log(msg: str) -> None:
@@ -118,25 +132,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--verify-big", action="store_true", help="check the big run against the full sandbox truth "
                                                               "(minutes of extra sandbox CPU at 100k customers)")
-    ap.add_argument("--only", nargs="*", choices=["throughput", "nightly", "memory", "ratelimit", "events"],
+    ap.add_argument("--variety", type=float, default=1.0, help="share of CareCloud records with heterogeneous "
+                                                                 "extended_data in the heterogeneous scenario "
+                                                                 "(default 1.0: every record)")
+    ap.add_argument("--only", nargs="*", choices=["throughput", "heterogeneous", "nightly", "memory", "ratelimit",
+                                                  "events"],
                     help="run only these scenarios")
-    ap.add_argument("--variants", default="abcp", help="which of a, b, c and p (= a with parquet loader files) "
-                                                         "the throughput run measures (default abcp)")
+    ap.add_argument("--tuned-share", type=float, help="share of the customers (a'') loads (default 0.25; quick "
+                                                       "0.5): a larger subset than (a)'s, so its fixed start-up cost "
+                                                       "weighs less in its records/s; 1 = all")
+    ap.add_argument("--variants", default="abcpt", help="which of a, b, c, p (= a with parquet loader files) and "
+                                                          "t (= a'', dlt tuned per its performance guide) the "
+                                                          "throughput run measures (default abcpt)")
     ap.add_argument("--repeats", type=int, help="how many times (a) and (b) run, alternating; the ratio is "
                                                 "taken between their medians (default 3; quick 1)")
     ap.add_argument("--profile", action="store_true", help="record py-spy profiles of (b) in the throughput run")
     ap.add_argument("--out", type=Path, help="results file (default bench/results.json; quick: bench/out/)")
+    ap.add_argument("--workdir", type=Path, help="where the runs' warehouses and logs go, emptied first (default "
+                                                 "bench/out/full; quick: bench/out/quick)")
     args = ap.parse_args(argv)
 
     quick = args.quick
     customers = args.customers or (1000 if quick else 20000)
     naive_share = args.naive_share or (0.5 if quick else 0.1)
+    tuned_share = args.tuned_share or (0.5 if quick else 0.25)
     big = args.big_customers if args.big_customers is not None else (3000 if quick else 100000)
     rate_customers = args.rate_customers or (200 if quick else 1500)
     repeats = max(1, args.repeats or (1 if quick else 3))
-    scenarios = set(args.only or ["throughput", "nightly", "memory", "ratelimit", "events"])
+    scenarios = set(args.only or ["throughput", "heterogeneous", "nightly", "memory", "ratelimit", "events"])
     results_path = args.out or (ROOT / "bench" / "out" / "results-quick.json" if quick else ROOT / "bench" / "results.json")
-    out = ROOT / "bench" / "out" / ("quick" if quick else "full")
+    out = args.workdir or ROOT / "bench" / "out" / ("quick" if quick else "full")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
 
@@ -157,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         results["notes"].append("variant (b) skipped: pipelines/runner.py or the run command is not there yet")
     t_start = time.perf_counter()
 
-    if "throughput" in scenarios or "nightly" in scenarios:
-        with _sandbox(out, "sandbox-main", customers, args.seed) as sb:
+    if scenarios & {"throughput", "heterogeneous", "nightly"}:
+        with _sandbox(out, "sandbox-main", customers, args.seed) as sb, contextlib.ExitStack() as varied:
             _log(f"sandbox: {customers:,} customers; computing the truth")
             truth = sb.call("truth_counts")
             thr: dict[str, Any] = {"customers": customers, "truth": truth, "variants": {}}
@@ -169,15 +194,28 @@ def main(argv: list[str] | None = None) -> int:
             # (a) and (b) alternate, `repeats` times each, and the ratio is taken between their medians: a shared VM's
             # speed drifts within minutes (the CPU probe column), so one (a) and one (b) minutes apart
             # give a ratio that is partly the machine's drift; adjacent pairs also give a ratio each
-            want_b = have_b and ("b" in args.variants or "nightly" in scenarios)
+            want_h = have_b and "heterogeneous" in scenarios
+            want_b = have_b and ("b" in args.variants or "nightly" in scenarios or want_h)
             want_a = "throughput" in scenarios and "a" in args.variants
+            want_t = "throughput" in scenarios and "t" in args.variants
+            sb_h = truth_h = None
+            if want_h:
+                # same seed and customers: only extended_data differs (pipelines/sandbox/variety.py)
+                sb_h = varied.enter_context(_sandbox(out, "sandbox-heterogeneous", customers, args.seed,
+                                                     variety=args.variety))
+                truth_h = sb_h.call("truth_counts")
             n_a = max(1, int(round(customers * naive_share)))
-            truth_a = None
+            n_t = max(1, int(round(customers * tuned_share)))
+            truth_a = truth_t = None
             if want_a:
                 truth_a = sb.call("truth_counts", limit=n_a) if n_a < customers else truth
+            if want_t:
+                truth_t = sb.call("truth_counts", limit=n_t) if n_t < customers else truth
             runs_b: list[dict[str, Any]] = []
             runs_a: list[dict[str, Any]] = []
-            rounds = repeats if want_a and want_b else 1
+            runs_t: list[dict[str, Any]] = []
+            runs_h: list[dict[str, Any]] = []
+            rounds = repeats if (want_a or want_t or want_h) and want_b else 1
             for i in range(rounds):
                 last = i == rounds - 1
                 if want_b:
@@ -190,12 +228,31 @@ def main(argv: list[str] | None = None) -> int:
                                       truth_a)
                     fig_a["truth"] = truth_a
                     runs_a.append(fig_a)
+                if want_t:
+                    _log(f"(a'') dlt rest_api tuned per dlt's performance guide, {n_t:,} customers [{i + 1}/{rounds}]")
+                    fig_t = run_naive(sb, out / ("a_tuned" if last else f"a_tuned-{i + 1}"),
+                                      n_t if n_t < customers else None, truth_t, tuned=True)
+                    fig_t["truth"] = truth_t
+                    runs_t.append(fig_t)
+                if want_h:
+                    _log(f"(b) on heterogeneous extended_data (variety {args.variety:g}) [{i + 1}/{rounds}]")
+                    runs_h.append(run_pipeline(sb_h, out / ("b_heterogeneous" if last else f"b_heterogeneous-{i + 1}"),
+                                               truth_h, until=_until(sb_h)))
             if runs_b:
                 thr["variants"]["b"] = report.median_run(runs_b)
             if runs_a:
                 thr["variants"]["a"] = report.median_run(runs_a)
+            if runs_t:
+                thr["variants"]["a_tuned"] = report.median_run(runs_t)
             if runs_a and runs_b:
-                thr["pair_ratios"] = [round(b["records_per_s"] / a["records_per_s"], 2) for b, a in zip(runs_b, runs_a)]
+                thr["pair_ratios"] = report.pair_ratios(runs_b, runs_a)
+            if runs_t and runs_b:
+                thr["pair_ratios_tuned"] = report.pair_ratios(runs_b, runs_t)
+            if runs_h and runs_b:
+                results["heterogeneous"] = report.heterogeneous(runs_b, runs_h, customers, args.variety, truth_h)
+                results["heterogeneous"]["warehouses"] = {
+                    "uniform": warehouse_shape(out / "b" / "pipeline.duckdb"),
+                    "heterogeneous": warehouse_shape(out / "b_heterogeneous" / "pipeline.duckdb")}
             if want_b and args.profile:
                 # a separate run: py-spy's own CPU and memory would pollute the measured one
                 _log("(b) again under py-spy")
@@ -204,8 +261,15 @@ def main(argv: list[str] | None = None) -> int:
                 from bench.profile import summarise
 
                 speedscope = out / "b-profile" / "pipeline.speedscope.json"
-                results["profile_b"] = {"file": str(speedscope.relative_to(ROOT)), "wall_s": prof["wall_s"],
+                results["profile_b"] = {"file": _shown(speedscope), "wall_s": prof["wall_s"],
                                         **summarise(speedscope, 25)}
+                if sb_h is not None:
+                    _log("(b) on heterogeneous extended_data again under py-spy")
+                    prof = run_pipeline(sb_h, out / "b_heterogeneous-profile", truth_h, name="pipeline",
+                                        until=_until(sb_h), profile="py-spy")
+                    speedscope = out / "b_heterogeneous-profile" / "pipeline.speedscope.json"
+                    results["profile_b_heterogeneous"] = {"file": _shown(speedscope),
+                                                          "wall_s": prof["wall_s"], **summarise(speedscope, 25)}
             if want_a and "p" in args.variants:
                 _log(f"(a') dlt rest_api + parquet loader files, {n_a:,} customers")
                 thr["variants"]["a_parquet"] = run_naive(sb, out / "a_parquet", n_a if n_a < customers else None,
@@ -251,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         report.update_docs(ROOT / "docs" / "performance.md", table, results)
     print()
     print(table)
-    print(f"\nresults: {results_path.relative_to(ROOT) if results_path.is_relative_to(ROOT) else results_path}")
+    print(f"\nresults: {_shown(results_path)}")
     return 0
 
 

@@ -115,16 +115,24 @@ def sandbox_env(sb: SandboxProcess, workdir: Path, db_name: str, limit: int | No
 
 # ---------------------------------------------------------------------------------------------------- (a)
 def run_naive(sb: SandboxProcess, workdir: Path, limit: int | None, truth: dict[str, int] | None,
-              loader_file_format: str | None = None) -> dict[str, Any]:
+              loader_file_format: str | None = None, tuned: bool = False,
+              env: dict[str, str] | None = None) -> dict[str, Any]:
+    """(a), or with loader_file_format="parquet" (a'), or with tuned=True (a''): dlt tuned per its performance
+    guide (bench/naive.py TUNED). env: extra environment for the child (dlt config, e.g. a sweep of TUNED)."""
     sandbox_env(sb, workdir, "naive.duckdb", limit)
     result = workdir / "result.json"
     argv = [PYTHON, "-m", "bench.naive", "--env-json", str(workdir / "env.json"), "--db",
             str(workdir / "naive.duckdb"), "--workdir", str(workdir / "dlt"), "--result", str(result)]
     if loader_file_format:
         argv += ["--loader-file-format", loader_file_format]
-    run, fig = measure(sb, "naive", argv, workdir, result_file=result)
+    if tuned:
+        argv.append("--tuned")
+    run, fig = measure(sb, "naive", argv, workdir, env=env, result_file=result)
     p = run.payload
     fig["phases"] = {k: round(p[k], 3) for k in ("extract_s", "normalize_s", "load_s")}
+    if tuned:
+        fig["dlt_config"] = {"loader_file_format": p["loader_file_format"],
+                             "normalize_workers": p["normalize_workers"], **p["config"]}
     fig["customers"] = limit
     return with_records(fig, p["point_history"], p["customer_transfers"], truth)
 
@@ -196,6 +204,25 @@ def warehouse_counts(db: Path) -> dict[str, int]:
         for table in ("carecloud_point_history", "capillary_customer_transfers"):
             out[table] = con.execute(f"SELECT count(*) FROM loyalty_raw.{table}").fetchone()[0]
         return out
+    finally:
+        con.close()
+
+
+def warehouse_shape(db: Path) -> dict[str, Any]:
+    """What a run left in its warehouse beside the rows: CareCloud columns and child tables, sync_issues by code."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        tables = [r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'loyalty_raw' "
+            "AND table_name LIKE 'carecloud_point_history%' AND table_name NOT LIKE '_dlt%'").fetchall()]
+        columns = con.execute("SELECT count(*) FROM information_schema.columns WHERE table_schema = 'loyalty_raw' "
+                              "AND table_name = 'carecloud_point_history'").fetchone()[0]
+        issues = dict(con.execute("SELECT code, count(*) FROM loyalty_raw.sync_issues GROUP BY code ORDER BY 2 DESC"
+                                  ).fetchall())
+        return {"point_history_columns": columns, "point_history_child_tables": len(tables) - 1,
+                "sync_issues": issues}
     finally:
         con.close()
 

@@ -7,8 +7,9 @@ import json
 
 import duckdb
 
+from bench import run as bench_run
 from bench.harness import SandboxProcess
-from bench.report import median_run, ratios, targets
+from bench.report import heterogeneous, median_run, pair_ratios, ratios, render, targets
 from bench.variants import run_limit, run_naive
 
 NOW = "2026-11-20T00:00:00+00:00"
@@ -66,7 +67,15 @@ def test_targets_follow_the_issue_thresholds():
 
     r = ratios({"a": variant(100), "b": variant(2500), "c": {"total": variant(6000), "duckdb": variant(9000)}})
     assert r["b_over_a"] == 25 and r["c_over_b"] == 2.4
+    r["b_over_a_tuned"] = ratios({"b": variant(2500), "a_tuned": variant(600)})["b_over_a_tuned"]
+    assert r["b_over_a_tuned"] == 4.17
+    runs_u = [{"records": 1000, "cpu_s": c, "records_per_s": 1.0, "wall_s": 1.0} for c in (0.030, 0.034, 0.032)]
+    runs_h = [{"records": 1000, "cpu_s": c, "records_per_s": 1.0, "wall_s": 1.0} for c in (0.050, 0.047, 0.060)]
+    het = heterogeneous(runs_u, runs_h, 100, 1.0, None)
+    assert het["uniform"]["cpu_us_per_record"] == 32 and het["heterogeneous"]["cpu_us_per_record"] == 50
+    assert het["cpu_ratio"] == 1.56 and het["pair_cpu_ratios"] == [1.67, 1.38, 1.88]
     results = {
+        "heterogeneous": het,
         "throughput": {"ratios": r},
         "memory": {"big": {"peak_rss_mb": 500, "peak_tree_rss_mb": 700, "records": 1_000_000},
                    "small": {"peak_rss_mb": 450, "peak_tree_rss_mb": 650, "records": 250_000}},
@@ -74,6 +83,8 @@ def test_targets_follow_the_issue_thresholds():
     }
     t = targets(results)
     assert t["b_at_least_20x_a"]["ok"] and t["b_within_3x_of_c"]["ok"]
+    assert not t["b_at_least_5x_tuned_dlt"]["ok"]       # 4.17x the tuned dlt variant is below the 5x goal
+    assert not t["heterogeneous_cpu_within_1_5x_uniform"]["ok"]   # 1.56x
     assert t["memory_under_1gb_and_flat"]["ok"]
     assert not t["rate_limit"]["ok"]              # 94 % of R is below the 95 % target
     results["memory"]["big"]["peak_tree_rss_mb"] = 900  # 1.38x the small run's memory (whole tree): not flat
@@ -93,3 +104,32 @@ def test_repeated_runs_are_summarised_by_their_median():
     assert [x["records_per_s"] for x in m["repeats"]] == [11077, 6763, 10417]
     assert median_run(runs[:2])["tag"] == "y"
     assert "repeats" not in runs[2]  # the runs themselves are left alone
+
+
+def test_pair_ratios_follow_the_rounds():
+    b = [{"records_per_s": x} for x in (100.0, 90.0)]
+    assert pair_ratios(b, [{"records_per_s": x} for x in (10.0, 20.0)]) == [10.0, 4.5]
+
+
+def test_quick_bench_runs_tuned_dlt_and_heterogeneous_data(tmp_path):
+    """The bench's (a'') and heterogeneous paths end to end at a tiny size: (b) on uniform data, (a'') dlt tuned per
+    its performance guide, (b) on heterogeneous extended_data; every row checked against the sandbox truth."""
+    out = tmp_path / "results.json"
+    assert bench_run.main(["--quick", "--only", "throughput", "heterogeneous", "--variants", "bt", "--customers", "40",
+                           "--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
+    results = json.loads(out.read_text())
+    tuned = results["throughput"]["variants"]["a_tuned"]
+    assert tuned["lost"] == {"point_history": 0, "customer_transfers": 0} and tuned["records"] > 0
+    assert tuned["dlt_config"]["EXTRACT__WORKERS"] and tuned["dlt_config"]["loader_file_format"] == "parquet"
+    assert results["throughput"]["ratios"]["b_over_a_tuned"] > 0
+    het = results["heterogeneous"]
+    for key in ("uniform", "heterogeneous"):
+        assert het[key]["lost"] == {"point_history": 0, "customer_transfers": 0}
+        assert het[key]["cpu_us_per_record"] > 0
+    assert het["uniform"]["records"] == het["heterogeneous"]["records"]   # only extended_data differs
+    shapes = het["warehouses"]
+    # the variety reached the warehouse: more columns from new spellings/nesting, and its issues were recorded
+    assert shapes["heterogeneous"]["point_history_columns"] > shapes["uniform"]["point_history_columns"]
+    assert {"invalid_extended_data", "extended_data_conflict"} <= set(shapes["heterogeneous"]["sync_issues"])
+    assert "heterogeneous_cpu_within_1_5x_uniform" in results["targets"]
+    assert "uniform vs heterogeneous" in render(results) and "b/a''" in render(results)
