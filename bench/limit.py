@@ -286,13 +286,17 @@ def main() -> int:
     ap.add_argument("--out", help="pages directory (fetch writes, load reads)", required=True)
     ap.add_argument("--db")
     ap.add_argument("--threads", type=int, default=16)
-    ap.add_argument("--timezone", default="Europe/Prague")
+    ap.add_argument("--timezone", default=None, help="CareCloud project time zone (default: the project's default)")
     ap.add_argument("--result", required=True)
     args = ap.parse_args()
     t0 = time.perf_counter()
     if args.phase == "fetch":
         info = fetch(json.loads(Path(args.env_json).read_text()), Path(args.out), args.threads)
     else:
+        if args.timezone is None:
+            from pipelines.windows import LOCAL_TIMEZONE
+
+            args.timezone = LOCAL_TIMEZONE
         info = load(Path(args.out), Path(args.db), args.timezone)
     info["seconds"] = time.perf_counter() - t0
     Path(args.result).write_text(json.dumps({"variant": "c", "phase": args.phase, **info}))

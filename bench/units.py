@@ -65,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.windows import Window, local_bounds, utc
 
         settings = load_settings()
-        cc = CareCloudApi(settings.carecloud, HttpStats())
-        cap = CapillaryApi(settings.capillary, HttpStats())
+        cc = CareCloudApi(settings.source("carecloud"), HttpStats())
+        cap = CapillaryApi(settings.source("capillary"), HttpStats())
         cc.check()
-        ids = [r["customer_id"] for r in csv.DictReader(open(settings.carecloud.customers))][:n]
-        cap_ids = [next(iter(r.values())) for r in csv.DictReader(open(settings.capillary.customers))][:n]
+        ids = [r["customer_id"] for r in csv.DictReader(open(settings.source("carecloud").customers))][:n]
+        cap_ids = [next(iter(r.values())) for r in csv.DictReader(open(settings.source("capillary").customers))][:n]
         window = Window(utc(dt.datetime(2023, 1, 1, tzinfo=dt.timezone.utc)),
                         utc(dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)))
         tf, tt = local_bounds(window, cc.timezone)
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # transports, the same GET per customer
         _, auth = cc.auth.headers()
-        u = urlsplit(settings.carecloud.base_url)
+        u = urlsplit(settings.source("carecloud").base_url)
         path = u.path + "/point-history"
         queries = [urlencode({"customer_id": c, "count": 1000, "time_from": tf, "time_to": tt}) for c in ids]
         conn = http.client.HTTPConnection(u.hostname, u.port)

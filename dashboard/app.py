@@ -1,7 +1,7 @@
 """Entry point of the dashboard: `loyalty-etl dashboard` runs `streamlit run dashboard/app.py`.
 
 The warehouse file comes from env `LOYALTY_WAREHOUSE_PATH` (set by the command from the project settings), the
-display time zone from `LOYALTY_DASHBOARD_TIMEZONE` (default Europe/Prague).
+display time zone from `LOYALTY_DASHBOARD_TIMEZONE` (default `pipelines.windows.LOCAL_TIMEZONE`).
 """
 
 from __future__ import annotations

@@ -18,9 +18,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
 
+from pipelines.windows import LOCAL_TIMEZONE
+
 WAREHOUSE_ENV = "LOYALTY_WAREHOUSE_PATH"
 TIMEZONE_ENV = "LOYALTY_DASHBOARD_TIMEZONE"
-DEFAULT_TIMEZONE = "Europe/Prague"
+DEFAULT_TIMEZONE = LOCAL_TIMEZONE  # `[loyalty] dashboard_timezone` when the app is started by hand
 
 
 class WarehouseUnavailable(Exception):

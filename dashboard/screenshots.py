@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from pipelines.commands.dashboard import dashboard_env, streamlit_command
+from pipelines.windows import LOCAL_TIMEZONE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT, help=f"output directory (default {OUT.relative_to(ROOT)})")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium",
                         help="Chromium executable (default: Debian's chromium)")
-    parser.add_argument("--timezone", default="Europe/Prague")
+    parser.add_argument("--timezone", default=LOCAL_TIMEZONE)
     args = parser.parse_args(argv)
 
     if not Path(args.chromium).exists():

@@ -165,8 +165,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--command", default="run", help="the loyalty-etl sub-command that ran")
     parser.add_argument("--log", type=Path, help="log file whose tail goes into the alert")
     args = parser.parse_args(argv)
-    import dlt
-
     from pipelines.logs import setup_logging
 
     setup_logging("text", 1)
@@ -176,8 +174,12 @@ def main(argv: list[str] | None = None) -> int:
 
         settings: Any = load_settings()
     except Exception:  # noqa: BLE001 - a broken config may be why the run died; the alert must still go out
-        settings = argparse.Namespace(alert_command=str(dlt.config.get("loyalty.alert_command") or ""),
-                                      alert_webhook=str(dlt.config.get("loyalty.alert_webhook") or ""))
+        from pipelines.config import load_loyalty
+
+        try:
+            settings = load_loyalty(check_keys=False)
+        except Exception:  # noqa: BLE001
+            settings = argparse.Namespace(alert_command="", alert_webhook="")
     error = _describe_exit(args.exit_code)
     if args.log:
         tail = _log_tail(args.log)

@@ -1,42 +1,52 @@
-"""Typed settings, resolved the dlt way: environment variables, then `.dlt/secrets.toml`, then `.dlt/config.toml`.
+"""Typed settings: dlt `@configspec` classes resolved the dlt way (environment variables, then `.dlt/secrets.toml`,
+then `.dlt/config.toml`).
 
-`SOURCES__CARECLOUD__BASE_URL`, `SOURCES__CARECLOUD__CREDENTIALS__LOGIN`, `DESTINATION__DUCKDB__CREDENTIALS`, ...
-override the files. Every secret resolved here is registered for redaction before anything can log it.
+- `[loyalty]` is `Settings` (this module); each source's section `[sources.<name>]` is a subclass of
+  `SourceConfiguration` that lives in the source's own package (`pipelines/<name>/config.py`), with its typed
+  credentials under `[sources.<name>.credentials]`.
+- Every default is the field's default in its spec class, and nowhere else: `.dlt/config.toml` sets only what
+  differs, and the README's configuration table is generated from the specs (`python -m pipelines.config`; a test
+  keeps them equal).
+- A key a spec does not know (a misspelling such as `page_sizee`, or `SOURCES__CARECLOUD__PAGE_SIZEE` in the
+  environment) is an error that names it and the nearest valid key: dlt itself would silently ignore it.
+- Every value found under a `credentials` section is registered for redaction the moment it is read.
+
+`SOURCES__CARECLOUD__BASE_URL`, `SOURCES__CARECLOUD__CREDENTIALS__LOGIN`, `LOYALTY__BATCH_ROWS`,
+`DESTINATION__DUCKDB__CREDENTIALS`, ... override the files.
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: dlt resolves a spec's string annotations in the module of the class
+# that uses them, so fields inherited by a spec in another module need real types
+import ast
+import contextlib
+import difflib
+import functools
+import inspect
 import ipaddress
-from dataclasses import dataclass, field
+import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Callable, ClassVar, Iterator, Optional, TypeVar
 from urllib.parse import urlparse
 
 import pendulum
+from dlt.common.configuration import configspec, resolve_configuration
+from dlt.common.configuration.exceptions import ConfigFieldMissingException, ConfigurationException
+from dlt.common.configuration.specs import BaseConfiguration, CredentialsConfiguration
+from dlt.common.configuration.specs.base_configuration import (
+    NotResolved, extract_inner_hint, get_config_if_union_hint, is_base_configuration_inner_hint,
+    is_hint_not_resolvable,
+)
+from dlt.common.typing import get_all_types_of_class_in_union, is_union_type
 
 from pipelines.logs import register_secret
+from pipelines.windows import LOCAL_TIMEZONE
 
 DEFAULT_WAREHOUSE = "warehouse/loyalty_warehouse.duckdb"
+"""`[destination.duckdb] credentials` when unset: read by `warehouse_path()` only (dlt gets an open connection)."""
 
 
 class ConfigError(ValueError):
     """A setting is missing or invalid; the message says which and how to fix it."""
-
-
-def _get(key: str, default: Any = None, kind: type | None = None) -> Any:
-    import dlt
-
-    value = dlt.config.get(key, kind) if kind else dlt.config.get(key)
-    return default if value is None or value == "" else value
-
-
-def _secret(key: str) -> str:
-    import dlt
-
-    value = dlt.secrets.get(key)
-    value = "" if value is None else str(value)
-    register_secret(value)
-    return value
 
 
 def parse_duration(text: str | int | float) -> pendulum.Duration:
@@ -86,131 +96,6 @@ def check_base_url(url: str, name: str, allow_insecure: bool) -> str:
     return url.rstrip("/")
 
 
-@dataclass
-class SourceSettings:
-    name: str
-    base_url: str
-    customers: str
-    initial_start: pendulum.DateTime
-    rate_limit: float
-    concurrency: int
-    max_attempts: int
-    lookback: pendulum.Duration
-    safety_lag: pendulum.Duration
-    credentials: dict[str, str] = field(repr=False, default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-    retry_backoff: float = 1.0        # seconds before the 2nd attempt; doubles per attempt, +-20 % jitter
-    request_timeout: float = 60.0     # seconds per request (read timeout)
-
-
-@dataclass
-class Settings:
-    carecloud: SourceSettings
-    capillary: SourceSettings
-    warehouse: Path
-    allow_insecure_http: bool
-    alert_command: str
-    alert_webhook: str
-    batch_rows: int = 10_000          # rows per Arrow table handed to dlt (spans many customers)
-    chunk_customers: int = 20_000     # customers per source per round (load + state commit; bounds a crash's loss)
-    round_records: int = 400_000      # a round also ends after this many fetched records (bounds memory)
-    export_schema_path: str = "schemas"  # dlt schema YAML export, only for a warehouse under ./warehouse/
-    duckdb_memory_limit: str = "256MB"   # the run's DuckDB buffer pool; larger merges spill to disk (docs/performance.md)
-    extract_processes: int = 0        # worker processes that fetch and normalize (0 = in the run's own process)
-
-    @property
-    def pipelines_dir(self) -> Path:
-        return self.warehouse.parent / ".dlt-pipelines"
-
-    def source(self, name: str) -> SourceSettings:
-        return {"carecloud": self.carecloud, "capillary": self.capillary}[name]
-
-
-def warehouse_path() -> Path:
-    """The DuckDB file every part of the project uses (pipeline, dbt, dashboard, status)."""
-    raw = str(_get("destination.duckdb.credentials", DEFAULT_WAREHOUSE))
-    if raw.startswith("duckdb:///"):
-        raw = raw[len("duckdb:///"):]
-    path = Path(raw).expanduser()
-    return path if path.is_absolute() else (Path.cwd() / path)
-
-
-def _source(name: str, defaults: dict[str, Any], secret_keys: list[str], extra_keys: dict[str, Any],
-            allow_insecure: bool) -> SourceSettings:
-    sec = f"sources.{name}"
-    base_url = str(_get(f"{sec}.base_url", defaults.get("base_url", "")))
-    return SourceSettings(
-        name=name,
-        base_url=check_base_url(base_url, name, allow_insecure),
-        customers=str(_get(f"{sec}.customers", f"customers/{name}.csv")),
-        initial_start=parse_instant(_get(f"{sec}.initial_start", "2024-01-01T00:00:00+00:00"), "initial_start"),
-        rate_limit=float(_get(f"{sec}.rate_limit", defaults.get("rate_limit", 20.0))),
-        concurrency=int(_get(f"{sec}.concurrency", 16)),
-        max_attempts=int(_get(f"{sec}.max_attempts", 6)),
-        lookback=parse_duration(_get(f"{sec}.lookback", "3d")),
-        safety_lag=parse_duration(_get(f"{sec}.safety_lag", "10m")),
-        retry_backoff=float(_get(f"{sec}.retry_backoff", 1.0)),
-        request_timeout=float(_get(f"{sec}.request_timeout", 60.0)),
-        credentials={k: _secret(f"{sec}.credentials.{k}") for k in secret_keys},
-        extra={k: _get(f"{sec}.{k}", v) for k, v in extra_keys.items()},
-    )
-
-
-def _without_streamlit_probe(fn):
-    """dlt looks for Streamlit secrets (importing streamlit: ~2 s of every CLI start) whenever there is no
-    .dlt/secrets.toml, as in tests and environment-only deployments. Settings never come from Streamlit here, so
-    while resolving, `import streamlit` fails fast (dlt treats that as "not in Streamlit"). A process that already
-    imported streamlit (the dashboard) is left alone."""
-    import functools
-    import sys
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if "streamlit" in sys.modules:
-            return fn(*args, **kwargs)
-        sys.modules["streamlit"] = None  # type: ignore[assignment]
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            if sys.modules.get("streamlit", 0) is None:
-                del sys.modules["streamlit"]
-
-    return wrapper
-
-
-@_without_streamlit_probe
-def load_settings() -> Settings:
-    allow_insecure = bool(_get("loyalty.allow_insecure_http", False))
-    carecloud = _source(
-        "carecloud",
-        {"rate_limit": 50.0},
-        ["login", "password", "external_app_id"],
-        {"timezone": "Europe/Prague", "page_size": 1000},
-        allow_insecure,
-    )
-    capillary = _source(
-        "capillary",
-        {"base_url": "https://eu.api.capillarytech.com", "rate_limit": 16.0},
-        ["till_id", "password", "key", "secret"],
-        {"identifier_name": "id", "identifier_source": "INSTORE", "server_timezone": "UTC"},
-        allow_insecure,
-    )
-    return Settings(
-        carecloud=carecloud,
-        capillary=capillary,
-        warehouse=warehouse_path(),
-        allow_insecure_http=allow_insecure,
-        alert_command=str(_get("loyalty.alert_command", "")),
-        alert_webhook=str(_get("loyalty.alert_webhook", "")),
-        batch_rows=int(_get("loyalty.batch_rows", 10_000)),
-        chunk_customers=int(_get("loyalty.chunk_customers", 20_000)),
-        round_records=int(_get("loyalty.round_records", 400_000)),
-        export_schema_path=str(_get("loyalty.export_schema_path", "schemas")),
-        duckdb_memory_limit=str(_get("loyalty.duckdb_memory_limit", "256MB")),
-        extract_processes=extract_processes(_get("loyalty.extract_processes", "auto")),
-    )
-
-
 def extract_processes(setting: Any, cpus: int | None = None) -> int:
     """Worker processes for `[loyalty] extract_processes`: a number, or "auto" = one per core (at most 4: beyond
     that the one loading process is the bottleneck). 0 or 1 = extract in the run's own process, as on a one-core
@@ -231,3 +116,416 @@ def extract_processes(setting: Any, cpus: int | None = None) -> int:
     if n < 0:
         raise ConfigError(f"[loyalty] extract_processes must be 0 or more, not {n}")
     return n if n > 1 else 0
+
+
+# ---------------------------------------------------------------------------------------------------- the specs
+
+@configspec
+class SourceCredentials(CredentialsConfiguration):
+    """Credentials of a source. An empty value counts as missing, so a blank line copied from
+    `.dlt/secrets.toml.example` never passes for a credential, and in a union of credential types the next type
+    is tried."""
+
+    def on_resolved(self) -> None:
+        empty = {key: [] for key in self.get_resolvable_fields() if self[key] == ""}
+        if empty:
+            raise ConfigFieldMissingException(self, empty)  # type: ignore[arg-type]
+
+
+@configspec
+class SourceConfiguration(BaseConfiguration):
+    """The keys every source section `[sources.<name>]` has. A source's own spec (in its package) derives from it,
+    adds its keys and a `credentials` field, and may give a key a default of its own."""
+
+    base_url: str = None
+    """The API's base URL (plain `http://` only to loopback unless `[loyalty] allow_insecure_http`)."""
+    customers: Optional[str] = None
+    """CSV with a `customer_id` column, or `sql: SELECT customer_id FROM ...` on the warehouse; unset:
+    `customers/<name>.csv`."""
+    initial_start: pendulum.DateTime = pendulum.datetime(2024, 1, 1, tz="UTC")
+    """Where a customer seen for the first time starts (ISO 8601; no offset = UTC)."""
+    rate_limit: float = 20.0
+    """Requests per second per credential, shared by every worker process; 0 = unlimited."""
+    concurrency: int = 16
+    """Customers in flight."""
+    max_attempts: int = 6
+    """Attempts per request (exponential backoff with jitter between them)."""
+    retry_backoff: float = 1.0
+    """Seconds before the 2nd attempt, doubling per attempt, +-20 % jitter (`Retry-After` wins)."""
+    request_timeout: float = 60.0
+    """Seconds per request."""
+    lookback: str = "3d"
+    """How much before a customer's last window end is read again (late records): `3d`, `6h`, ..."""
+    safety_lag: str = "10m"
+    """Window end = now minus this."""
+
+    name: Annotated[Optional[str], NotResolved()] = None
+    """The source's name (its registry name and section); set by `load_source`, not configurable."""
+
+    @property
+    def lookback_duration(self) -> pendulum.Duration:
+        return parse_duration(self.lookback)
+
+    @property
+    def safety_lag_duration(self) -> pendulum.Duration:
+        return parse_duration(self.safety_lag)
+
+    def on_resolved(self) -> None:
+        # fail at load time, naming the key, rather than in the middle of a run
+        for key in ("lookback", "safety_lag"):
+            try:
+                parse_duration(self[key])
+            except ConfigError as exc:
+                raise ConfigError(f"[sources.{self.name}] {key}: {exc}") from None
+        if not isinstance(self.initial_start, pendulum.DateTime):  # an explicit value given in code
+            self.initial_start = parse_instant(self.initial_start, f"[sources.{self.name}] initial_start")
+        self.initial_start = self.initial_start.in_timezone("UTC")
+        if self.customers is None and self.name:
+            self.customers = f"customers/{self.name}.csv"
+
+    def require_credentials(self, how: str) -> Any:
+        """The resolved credentials, or a `ConfigError` saying what to set (`how`)."""
+        if self["credentials"] is None:
+            raise ConfigError(f"{self.name} credentials missing or incomplete: set {how} in "
+                              f"[sources.{self.name}.credentials] (.dlt/secrets.toml) or "
+                              f"SOURCES__{str(self.name).upper()}__CREDENTIALS__<KEY>")
+        return self["credentials"]
+
+
+@configspec
+class Settings(BaseConfiguration):
+    """`[loyalty]`: the run's own settings, plus (not configurable here) each source's resolved section and the
+    warehouse file, filled in by `load_settings()`."""
+
+    allow_insecure_http: bool = False
+    """Allow plain `http://` base URLs to non-loopback hosts (credentials would travel unencrypted)."""
+    alert_command: str = ""
+    """Shell command run with the run summary on stdin when a run fails or is partial."""
+    alert_webhook: str = ""
+    """URL POSTed the JSON summary when a run fails or is partial."""
+    dashboard_timezone: str = LOCAL_TIMEZONE
+    """Zone the dashboard shows dates and times in (IANA name)."""
+    extract_processes: str = "auto"
+    """Worker processes that fetch and normalize: `auto` = one per core (at most 4, Linux only); 0 or 1 = in the
+    run's own process."""
+    batch_rows: int = 10_000
+    """Rows per Arrow table handed to dlt (spans many customers)."""
+    chunk_customers: int = 20_000
+    """Customers per source per round (one load + bookkeeping commit; bounds what a crash loses)."""
+    round_records: int = 400_000
+    """A round also ends after this many fetched records (bounds memory)."""
+    duckdb_memory_limit: str = "256MB"
+    """The run's DuckDB buffer pool; bigger merges spill to disk (docs/performance.md)."""
+    export_schema_path: str = "schemas"
+    """Where the dlt schema YAML is exported, only for a warehouse under `./warehouse/`."""
+
+    sources: Annotated[Optional[dict], NotResolved()] = None
+    """Each source's resolved `SourceConfiguration`, by name."""
+    warehouse: Annotated[Optional[Path], NotResolved()] = None
+    """The DuckDB file (`warehouse_path()`)."""
+
+    @property
+    def pipelines_dir(self) -> Path:
+        return self.warehouse.parent / ".dlt-pipelines"
+
+    @property
+    def worker_processes(self) -> int:
+        """`extract_processes` as a number of processes for this machine (0 = none)."""
+        return extract_processes(self.extract_processes)
+
+    def source(self, name: str) -> Any:
+        return self.sources[name]
+
+    def on_resolved(self) -> None:
+        self.worker_processes  # noqa: B018 - a bad value fails at load time, naming the key
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+# Each source's spec class ("module:class"), by source name; imported by name because each of those modules
+# imports this one. Replaced by the source registry's `configspec` of each source once that lands (issue 16).
+SOURCE_CONFIGSPECS = {
+    "carecloud": "pipelines.carecloud.config:CareCloudConfiguration",
+    "capillary": "pipelines.capillary.config:CapillaryConfiguration",
+}
+
+
+def source_configspecs() -> dict[str, type[SourceConfiguration]]:
+    """Each source's spec class, by source name."""
+    import importlib
+
+    specs = {}
+    for name, target in SOURCE_CONFIGSPECS.items():
+        module, _, attr = target.partition(":")
+        specs[name] = getattr(importlib.import_module(module), attr)
+    return specs
+
+
+def _without_streamlit_probe(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """dlt looks for Streamlit secrets (importing streamlit: ~2 s of every CLI start) whenever there is no
+    .dlt/secrets.toml, as in tests and environment-only deployments. Settings never come from Streamlit here, so
+    while resolving, `import streamlit` fails fast (dlt treats that as "not in Streamlit"). A process that already
+    imported streamlit (the dashboard) is left alone."""
+    import sys
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if "streamlit" in sys.modules:
+            return fn(*args, **kwargs)
+        sys.modules["streamlit"] = None  # type: ignore[assignment]
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if sys.modules.get("streamlit", 0) is None:
+                del sys.modules["streamlit"]
+
+    return wrapper
+
+
+def config_keys(spec: type[BaseConfiguration]) -> dict[str, list[type[BaseConfiguration]]]:
+    """The keys of `spec`'s section: each configurable field, with the spec classes of its subsection when it is
+    one (several for a union of credential types)."""
+    keys: dict[str, list[type[BaseConfiguration]]] = {}
+    for key, hint in spec.get_resolvable_fields().items():
+        if is_hint_not_resolvable(hint):
+            continue
+        inner = extract_inner_hint(hint)
+        if is_union_type(inner) or get_config_if_union_hint(hint):
+            keys[key] = list(get_all_types_of_class_in_union(hint, BaseConfiguration))
+        elif is_base_configuration_inner_hint(inner):
+            keys[key] = [inner]
+        else:
+            keys[key] = []
+    return keys
+
+
+def _env_name(path: tuple[str, ...]) -> str:
+    return "__".join(path).upper()
+
+
+def _section_values(path: tuple[str, ...]) -> Iterator[tuple[str, str, Any]]:
+    """(key, where, value) of every key found directly in section `path`, in every config provider: the toml
+    files' tables (`where` = the file) and the environment's `SECTION__KEY` variables (`where` = "environment"; a
+    nested `SECTION__SUB__KEY` gives `sub` with a dict)."""
+    import os
+
+    import dlt
+    from dlt.common.configuration.providers import EnvironProvider
+    from dlt.common.configuration.providers.doc import BaseDocProvider
+
+    for provider in dlt.config.config_providers:
+        if isinstance(provider, EnvironProvider):
+            prefix = _env_name(path) + "__"
+            nested: dict[str, dict] = {}
+            for name, value in os.environ.items():
+                if name.startswith(prefix):
+                    key, _, rest = name[len(prefix):].lower().partition("__")
+                    if rest:
+                        nested.setdefault(key, {})[rest] = value
+                    else:
+                        yield key, "environment", value
+            for key, value in nested.items():
+                yield key, "environment", value
+        elif isinstance(provider, BaseDocProvider) and not provider.is_empty:
+            node, _ = provider.get_value(path[-1], Any, None, *path[:-1])
+            if isinstance(node, dict):
+                where = provider.get_value_location(path[-1], None, *path[:-1]) or provider.name
+                with contextlib.suppress(ValueError):
+                    where = str(Path(where).resolve().relative_to(Path.cwd()))
+                for key, value in node.items():
+                    yield key, where, value
+
+
+def _register_credentials(value: Any) -> None:
+    if isinstance(value, dict):
+        for item in value.values():
+            _register_credentials(item)
+    elif value is not None and not isinstance(value, (bool, int, float)):
+        register_secret(str(value))
+
+
+def _unknown_keys(path: tuple[str, ...], spec: type[BaseConfiguration] | list[type[BaseConfiguration]]) -> list[str]:
+    """One message per key found in section `path` that `spec` (or any spec of a union) does not know, naming the
+    nearest valid key. Values under a credentials section are registered as secrets on the way."""
+    specs = spec if isinstance(spec, list) else [spec]
+    known: dict[str, list[type[BaseConfiguration]]] = {}
+    for s in specs:
+        for key, sub in config_keys(s).items():
+            known.setdefault(key, []).extend(sub)
+    secret = any(issubclass(s, CredentialsConfiguration) for s in specs)
+    problems: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for key, where, value in _section_values(path):
+        if secret:
+            _register_credentials(value)
+        if key in known:
+            if known[key] and isinstance(value, dict) and (key, "sub") not in seen:
+                seen.add((key, "sub"))
+                if issubclass(known[key][0], CredentialsConfiguration):
+                    _register_credentials(value)
+                problems += _unknown_keys(path + (key,), known[key])
+            continue
+        if (key, where) in seen:
+            continue
+        seen.add((key, where))
+        near = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+        if where == "environment":
+            shown, names = f"environment variable {_env_name(path + (key,))}", [_env_name(path + (k,)) for k in known]
+            if isinstance(value, dict):
+                shown = f"environment variables {_env_name(path + (key,))}__*"
+        else:
+            shown, names = f"{key} in [{'.'.join(path)}] ({where})", list(known)
+        hint = (f"did you mean {names[list(known).index(near[0])]}?" if near
+                else f"valid keys: {', '.join(sorted(names))}")
+        problems.append(f"unknown setting: {shown}; {hint}")
+    return problems
+
+
+def _unknown_sources(names: list[str]) -> list[str]:
+    """A `[sources.<x>]` section that is not a registered source but looks like one is a misspelt section."""
+    problems = []
+    for key, where, value in _section_values(("sources",)):
+        if isinstance(value, dict) and key not in names:
+            near = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+            if near and where == "environment":
+                problems.append(f"unknown source: environment variables SOURCES__{key.upper()}__*; did you mean "
+                                f"SOURCES__{near[0].upper()}__*?")
+            elif near:
+                problems.append(f"unknown source: [sources.{key}] ({where}); did you mean [sources.{near[0]}]?")
+    return problems
+
+
+S = TypeVar("S", bound=BaseConfiguration)
+
+
+def _resolve(spec: S, path: tuple[str, ...]) -> S:
+    """`spec` resolved in section `path`, with dlt's errors turned into one `ConfigError` naming the key."""
+    where = f"[{'.'.join(path)}]"
+    try:
+        return resolve_configuration(spec, sections=path)
+    except ConfigFieldMissingException as exc:
+        missing = ", ".join(exc.fields)
+        raise ConfigError(f"{where} {missing} not set: set it in .dlt/config.toml or as "
+                          f"{_env_name(path + (exc.fields[0],))}") from None
+    except ConfigurationException as exc:
+        field = getattr(exc, "field_name", None)
+        raise ConfigError(f"{where} {field + ': ' if field else ''}{exc}") from None
+
+
+def load_source(name: str, spec: type[SourceConfiguration], allow_insecure_http: bool = False,
+                check_keys: bool = True) -> SourceConfiguration:
+    """`[sources.<name>]` resolved into `spec`; its credentials registered for redaction."""
+    path = ("sources", name)
+    if check_keys and (problems := _unknown_keys(path, spec)):
+        raise ConfigError("\n".join(problems))
+    config = spec()
+    config.name = name
+    config = _resolve(config, path)
+    _register_credentials(dict(getattr(config, "credentials", None) or {}))
+    config.base_url = check_base_url(config.base_url, name, allow_insecure_http)
+    return config
+
+
+def load_loyalty(check_keys: bool = True) -> Settings:
+    """`[loyalty]` alone (no sources, no warehouse): for code that needs only those settings."""
+    if check_keys and (problems := _unknown_keys(("loyalty",), Settings)):
+        raise ConfigError("\n".join(problems))
+    return _resolve(Settings(), ("loyalty",))
+
+
+@_without_streamlit_probe
+def load_settings() -> Settings:
+    """Every setting: `[loyalty]`, each source's section, the warehouse. Raises `ConfigError` naming the key."""
+    specs = source_configspecs()
+    problems = _unknown_sources(list(specs)) + _unknown_keys(("loyalty",), Settings)
+    for name, spec in specs.items():
+        problems += _unknown_keys(("sources", name), spec)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    settings = load_loyalty(check_keys=False)
+    settings.sources = {name: load_source(name, spec, settings.allow_insecure_http, check_keys=False)
+                        for name, spec in specs.items()}
+    settings.warehouse = warehouse_path()
+    return settings
+
+
+def warehouse_path() -> Path:
+    """The DuckDB file every part of the project uses (pipeline, dbt, dashboard, status)."""
+    import dlt
+
+    raw = str(dlt.config.get("destination.duckdb.credentials") or DEFAULT_WAREHOUSE)
+    if raw.startswith("duckdb:///"):
+        raw = raw[len("duckdb:///"):]
+    path = Path(raw).expanduser()
+    return path if path.is_absolute() else (Path.cwd() / path)
+
+
+# ---------------------------------------------------------------------------------------------------- reference
+
+def field_docs(spec: type) -> dict[str, str]:
+    """The docstring written under each field of `spec` and its bases (PEP 257 attribute docstrings)."""
+    docs: dict[str, str] = {}
+    for cls in reversed(spec.__mro__):
+        if cls.__module__.startswith("dlt.") or cls is object:
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for stmt, nxt in zip(body, body[1:]):
+            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                    and isinstance(nxt.value.value, str)):
+                docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def defaults(spec: type[BaseConfiguration]) -> dict[str, Any]:
+    """Each configurable field's default in `spec` (None = none); a subsection is left out."""
+    instance = spec()
+    return {key: instance[key] for key, sub in config_keys(spec).items() if not sub}
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, pendulum.DateTime):
+        return value.isoformat()
+    if value == "":
+        return '""'
+    return str(value)
+
+
+def reference_table() -> str:
+    """The README's configuration table: every section, key, default and meaning, from the specs."""
+    rows = ["| section | key | default | meaning |", "|---|---|---|---|"]
+
+    def section(title: str, spec: type[BaseConfiguration], base: type | None = None) -> None:
+        docs, values = field_docs(spec), defaults(spec)
+        base_values = defaults(base) if base else {}
+        for key, sub in config_keys(spec).items():
+            for sub_spec in sub:
+                if issubclass(sub_spec, CredentialsConfiguration):
+                    keys = ", ".join(f"`{k}`" for k in config_keys(sub_spec))
+                    rows.append(f"| `{title[:-1]}.{key}]` (secret) | {keys} | | "
+                                f"{' '.join((sub_spec.__doc__ or '').split())} |")
+                else:
+                    section(f"{title[:-1]}.{key}]", sub_spec)
+            if sub:
+                continue
+            if base and key in base_values and values[key] == base_values[key] and key in field_docs(base):
+                continue  # the common keys are listed once, under [sources.<name>]
+            rows.append(f"| `{title}` | `{key}` | `{_shown(values[key])}` | {docs.get(key, '')} |")
+
+    section("[sources.<name>]", SourceConfiguration)
+    for name, spec in source_configspecs().items():
+        section(f"[sources.{name}]", spec, SourceConfiguration)
+    rows.append(f"| `[destination.duckdb]` | `credentials` | `{DEFAULT_WAREHOUSE}` | the warehouse file; its name is "
+                "the DuckDB catalog, so it differs from every schema name |")
+    section("[loyalty]", Settings)
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(reference_table())

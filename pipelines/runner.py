@@ -289,8 +289,8 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
             cfg = settings.source(source)
             listed = load_customers(customers_file or cfg.customers, conn)
             pre_issues.extend(listed.issues(source))
-            end = window_end(now, cfg.safety_lag, utc(until) if until is not None else None)
-            tasks = _tasks(conn, source, listed.ids, end, cfg.lookback, cfg.initial_start)
+            end = window_end(now, cfg.safety_lag_duration, utc(until) if until is not None else None)
+            tasks = _tasks(conn, source, listed.ids, end, cfg.lookback_duration, cfg.initial_start)
             report.sources[source] = SourceReport(
                 window_start=min((w.start for _, w in tasks), default=None), window_end=end,
                 customers_total=len(listed.ids), customers_skipped=listed.skipped)

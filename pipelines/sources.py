@@ -12,7 +12,7 @@ def make_api(source: str, settings: Any, stats: HttpStats, token_slot: Any = Non
     if source == "carecloud":
         from pipelines.carecloud.helpers import CareCloudApi
 
-        return CareCloudApi(settings.carecloud, stats, token_slot)
+        return CareCloudApi(settings.source("carecloud"), stats, token_slot)
     from pipelines.capillary.helpers import CapillaryApi
 
-    return CapillaryApi(settings.capillary, stats, token_slot)
+    return CapillaryApi(settings.source("capillary"), stats, token_slot)

@@ -22,6 +22,9 @@ from zoneinfo import ZoneInfo
 import pendulum
 
 LOCAL_FORMAT = "%Y-%m-%d %H:%M:%S"
+# The programme's home zone: the one default of every time-zone setting (CareCloud project time, the dashboard), of
+# the sandbox tenant's zone, and of the dbt var `reporting_timezone` (sql/dbt_project.yml, kept equal by a test).
+LOCAL_TIMEZONE = "Europe/Prague"
 # Far larger than any DST shift (1 h in Europe, 30 min on Lord Howe): a bound this close to a transition is widened.
 _DST_MARGIN = dt.timedelta(hours=2)
 

@@ -348,7 +348,8 @@ def _conform(job: ExtractJob, tables: Tables) -> Tables:
 
 
 def start_pool(settings: Any, sources: Sequence[str]) -> ExtractPool | None:
-    """The run's worker pool per `settings.extract_processes`, or None to extract in this process."""
-    if settings.extract_processes < 2:
+    """The run's worker pool per `[loyalty] extract_processes` (`settings.worker_processes`), or None to extract
+    in this process."""
+    if settings.worker_processes < 2:
         return None
-    return ExtractPool.start(settings, sources, settings.extract_processes)
+    return ExtractPool.start(settings, sources, settings.worker_processes)

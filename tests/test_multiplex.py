@@ -7,10 +7,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Iterator
 
-import pendulum
-
+from pipelines.carecloud.config import CareCloudConfiguration, CareCloudCredentials
 from pipelines.carecloud.helpers import CareCloudApi
-from pipelines.config import SourceSettings
 from pipelines.errors import CustomerFailed
 from pipelines.http import HttpStats
 from pipelines.multiplex import run_multiplexed
@@ -21,12 +19,10 @@ FROM, TO = "2023-12-01 00:00:00", "2026-11-20 01:00:00"
 
 
 def _api(sb: Any, stats: HttpStats, page_size: int = 1000) -> CareCloudApi:
-    return CareCloudApi(SourceSettings(
-        name="carecloud", base_url=sb.carecloud_base_url, customers="", initial_start=pendulum.datetime(2024, 1, 1),
-        rate_limit=0, concurrency=4, max_attempts=8, lookback=pendulum.duration(days=3),
-        safety_lag=pendulum.duration(minutes=10), retry_backoff=0.01,
-        credentials={"login": CARECLOUD_LOGIN, "password": CARECLOUD_PASSWORD, "external_app_id": CARECLOUD_APP_ID},
-        extra={"timezone": "Europe/Prague", "page_size": page_size}), stats)
+    return CareCloudApi(CareCloudConfiguration(
+        name="carecloud", base_url=sb.carecloud_base_url, rate_limit=0, concurrency=4, max_attempts=8,
+        retry_backoff=0.01, page_size=page_size, credentials=CareCloudCredentials(
+            login=CARECLOUD_LOGIN, password=CARECLOUD_PASSWORD, external_app_id=CARECLOUD_APP_ID)), stats)
 
 
 def _key(r: dict) -> tuple:

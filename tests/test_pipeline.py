@@ -211,17 +211,14 @@ def _paging_api(sb, calls: list[int], advance_on_page: Callable[[list[int]], boo
     """A CareCloud client on `sb` (500-record pages) that moves the sandbox clock three days on after each page for
     which `advance_on_page(offsets fetched so far)` holds: late records of the window become visible mid-fetch."""
     from pipelines.carecloud.helpers import CareCloudApi
-    from pipelines.config import SourceSettings
+    from pipelines.carecloud.config import CareCloudConfiguration, CareCloudCredentials
     from pipelines.http import HttpStats
     from pipelines.sandbox.config import CARECLOUD_APP_ID, CARECLOUD_LOGIN, CARECLOUD_PASSWORD
-    import pendulum
 
-    settings = SourceSettings(
-        name="carecloud", base_url=sb.carecloud_base_url, customers="", initial_start=pendulum.datetime(2024, 1, 1),
-        rate_limit=0, concurrency=1, max_attempts=3, lookback=pendulum.duration(days=3),
-        safety_lag=pendulum.duration(minutes=10), retry_backoff=0.01,
-        credentials={"login": CARECLOUD_LOGIN, "password": CARECLOUD_PASSWORD, "external_app_id": CARECLOUD_APP_ID},
-        extra={"timezone": "Europe/Prague", "page_size": 500})
+    settings = CareCloudConfiguration(
+        name="carecloud", base_url=sb.carecloud_base_url, rate_limit=0, concurrency=1, max_attempts=3,
+        retry_backoff=0.01, page_size=500, credentials=CareCloudCredentials(
+            login=CARECLOUD_LOGIN, password=CARECLOUD_PASSWORD, external_app_id=CARECLOUD_APP_ID))
     api = CareCloudApi(settings, HttpStats())
     page = api._page
 

@@ -217,7 +217,7 @@ def test_cli_refuses_plain_http_before_touching_anything(tmp_path):
     assert run.returncode == 1, out
     assert "allow_insecure_http" in out and "Traceback" not in out, out
     assert not warehouse.exists()
-    code = "from pipelines.config import load_settings; print(load_settings().carecloud.base_url)"
+    code = "from pipelines.config import load_settings; print(load_settings().source('carecloud').base_url)"
     allowed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                              env={**env, "LOYALTY__ALLOW_INSECURE_HTTP": "true"})
     assert allowed.stdout.strip() == url, allowed.stdout + allowed.stderr

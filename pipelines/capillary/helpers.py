@@ -8,9 +8,9 @@ import hashlib
 from typing import Any
 from urllib.parse import quote_plus, urlencode
 
+from pipelines.capillary.config import CapillaryConfiguration, CapillaryOAuthCredentials
 from pipelines.capillary.settings import NOT_FOUND_CODES, OAUTH_PATH, TRANSFER_PATH
 from pipelines.errors import CustomerFailed, SourceUnavailable, failure_from_http, short_json as _short
-from pipelines.config import ConfigError, SourceSettings
 from pipelines.http import (Auth, HttpClient, HttpError, HttpStats, SharedToken, StaticAuth, Steps, TokenAuth,
                             shared_limiter)
 from pipelines.logs import register_secret
@@ -27,15 +27,17 @@ def _warnings(body: Any) -> list[Any]:
 
 
 class CapillaryApi:
-    def __init__(self, settings: SourceSettings, stats: HttpStats, token_slot: SharedToken | None = None) -> None:
+    def __init__(self, settings: CapillaryConfiguration, stats: HttpStats,
+                 token_slot: SharedToken | None = None) -> None:
         self.settings = settings
         self._token_slot = token_slot
-        self.identifier_name = str(settings.extra.get("identifier_name") or "id")
-        self.identifier_source = str(settings.extra.get("identifier_source") or "INSTORE")
-        self.server_timezone = str(settings.extra.get("server_timezone") or "UTC")
+        self.identifier_name = settings.identifier_name
+        self.identifier_source = settings.identifier_source
+        self.server_timezone = settings.server_timezone
         self._fixed_query = urlencode({"source": self.identifier_source, "identifierName": self.identifier_name})
-        creds = settings.credentials
-        principal = creds.get("key") or creds.get("till_id") or ""
+        self.credentials = settings.require_credentials("key + secret (OAuth) or till_id + password (Basic)")
+        oauth = isinstance(self.credentials, CapillaryOAuthCredentials)
+        principal = self.credentials.key if oauth else self.credentials.till_id
         limiter = shared_limiter(("capillary", f"{settings.base_url}|{principal}"), settings.rate_limit)
         self.client = HttpClient(
             settings.base_url, limiter=limiter, auth=None, max_attempts=settings.max_attempts,
@@ -45,23 +47,20 @@ class CapillaryApi:
         self.client.auth = self._auth(stats)
 
     def _auth(self, stats: HttpStats) -> Auth:
-        creds = self.settings.credentials
-        if creds.get("key") and creds.get("secret"):
+        creds = self.credentials
+        if isinstance(creds, CapillaryOAuthCredentials):
             return TokenAuth(self._oauth_login, "X-CAP-API-OAUTH-TOKEN", "", stats, self._token_slot)
-        if creds.get("till_id") and creds.get("password"):
-            digest = hashlib.md5(creds["password"].encode()).hexdigest()
-            register_secret(digest)
-            value = base64.b64encode(f"{creds['till_id']}:{digest}".encode()).decode()
-            register_secret(value)
-            return StaticAuth({"Authorization": f"Basic {value}"})
-        raise ConfigError("Capillary credentials missing: set [sources.capillary.credentials] till_id + password "
-                          "(Basic) or key + secret (OAuth)")
+        digest = hashlib.md5(creds.password.encode()).hexdigest()
+        register_secret(digest)
+        value = base64.b64encode(f"{creds.till_id}:{digest}".encode()).decode()
+        register_secret(value)
+        return StaticAuth({"Authorization": f"Basic {value}"})
 
     def _oauth_login(self) -> tuple[str, float | None]:
-        creds = self.settings.credentials
+        creds = self.credentials
         try:
-            _, body = self.client.request_json("POST", OAUTH_PATH, json_body={"key": creds["key"],
-                                                                                "secret": creds["secret"]},
+            _, body = self.client.request_json("POST", OAUTH_PATH, json_body={"key": creds.key,
+                                                                                "secret": creds.secret},
                                                use_auth=False)
             token = str(body["data"]["accessToken"])
         except HttpError as exc:

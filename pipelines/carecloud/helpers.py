@@ -8,10 +8,10 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote_plus, urlencode
 
+from pipelines.carecloud.config import CareCloudConfiguration
 from pipelines.carecloud.settings import (
     CUSTOMERS_PATH, LISTINGS, LOGIN_PATH, MAX_PAGING_ATTEMPTS, POINT_HISTORY_PATH, ROSTER_SORT_FIELD, SORT_FIELD,
 )
-from pipelines.config import SourceSettings
 from pipelines.errors import CustomerFailed, ListingIncomplete, SourceUnavailable, failure_from_http, short_json as _short
 from pipelines.http import HttpClient, HttpError, HttpStats, SharedToken, Steps, TokenAuth, shared_limiter
 from pipelines.logs import register_secret
@@ -30,13 +30,14 @@ def _invalid_params(body: Any) -> list[dict]:
 
 
 class CareCloudApi:
-    def __init__(self, settings: SourceSettings, stats: HttpStats, token_slot: SharedToken | None = None) -> None:
+    def __init__(self, settings: CareCloudConfiguration, stats: HttpStats,
+                 token_slot: SharedToken | None = None) -> None:
         self.settings = settings
-        self.timezone = str(settings.extra.get("timezone") or "Europe/Prague")
-        self.page_size = int(settings.extra.get("page_size") or 1000)
+        self.timezone = settings.timezone
+        self.page_size = settings.page_size
         self._fixed_query = urlencode({"count": self.page_size, "sort_field": SORT_FIELD, "sort_direction": "ASC"})
-        creds = settings.credentials
-        limiter = shared_limiter(("carecloud", f"{settings.base_url}|{creds.get('login', '')}"), settings.rate_limit)
+        self.credentials = settings.require_credentials("login, password and external_app_id")
+        limiter = shared_limiter(("carecloud", f"{settings.base_url}|{self.credentials.login}"), settings.rate_limit)
         self.auth = TokenAuth(self._login, "Authorization", "Bearer ", stats, token_slot)
         self.client = HttpClient(
             settings.base_url, limiter=limiter, auth=self.auth, max_attempts=settings.max_attempts,
@@ -48,9 +49,9 @@ class CareCloudApi:
         self.client.close()
 
     def _login(self) -> tuple[str, float | None]:
-        creds = self.settings.credentials
-        body = {"user_external_application_id": creds.get("external_app_id", ""),
-                "login": creds.get("login", ""), "password": creds.get("password", "")}
+        creds = self.credentials
+        body = {"user_external_application_id": creds.external_app_id, "login": creds.login,
+                "password": creds.password}
         try:
             _, answer = self.client.request_json("POST", LOGIN_PATH, json_body=body, use_auth=False)
         except HttpError as exc:

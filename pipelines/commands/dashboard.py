@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1; use 0.0.0.0 to share it on the network)")
     p.add_argument("--timezone", default=None,
-                   help="zone for dates and times shown (default: [loyalty] dashboard_timezone, else Europe/Prague)")
+                   help="zone for dates and times shown (default: [loyalty] dashboard_timezone)")
     p.set_defaults(func=handle)
 
 
@@ -48,16 +48,18 @@ def dashboard_env(warehouse: Path, timezone: str) -> dict[str, str]:
 
 
 def handle(args: argparse.Namespace) -> int:
-    import dlt
-
-    from pipelines.config import warehouse_path
+    from pipelines.config import ConfigError, load_loyalty, warehouse_path
 
     warehouse = warehouse_path()
-    timezone = str(args.timezone or dlt.config.get("loyalty.dashboard_timezone") or "Europe/Prague")
+    try:
+        timezone = args.timezone or load_loyalty().dashboard_timezone
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        print(f"error: unknown time zone {timezone!r}; use an IANA name such as Europe/Prague", file=sys.stderr)
+        print(f"error: unknown time zone {timezone!r}; use an IANA name such as Europe/Berlin", file=sys.stderr)
         return 2
     if not warehouse.exists():
         print(f"note: no warehouse at {warehouse} yet; run `loyalty-etl demo` or `loyalty-etl run` first",

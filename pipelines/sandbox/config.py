@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from pipelines.windows import LOCAL_TIMEZONE
+
 # Default sandbox credentials (also in the README and docs/architecture.md). Sandbox only.
 CARECLOUD_LOGIN = "sandbox"
 CARECLOUD_PASSWORD = "sandbox-password"
@@ -31,7 +33,7 @@ class SandboxConfig:
     seed: int = 7
     # Sandbox "now": None = the real wall clock; an ISO instant or datetime freezes the clock there (tests).
     now: Any = None
-    timezone: str = "Europe/Prague"            # CareCloud project local time
+    timezone: str = LOCAL_TIMEZONE             # CareCloud project local time
     capillary_timezone: str = "UTC"            # Capillary server time (EU cluster)
     data_start: str = "2024-01-01"             # records span [data_start, data_end) in project local time
     data_end: str = "2027-07-01"
