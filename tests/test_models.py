@@ -23,9 +23,10 @@ import duckdb
 import pytest
 
 from pipelines.models import SQL_DIR, last_results, run_dbt
+from pipelines.windows import LOCAL_TIMEZONE
 
 ROOT = Path(__file__).resolve().parent.parent
-PRAGUE = ZoneInfo("Europe/Prague")
+PRAGUE = ZoneInfo(LOCAL_TIMEZONE)  # the sandbox tenant's zone and the marts' reporting zone
 AS_OF = "2026-11-20"
 VARS = ["--vars", json.dumps({"as_of_date": AS_OF})]
 

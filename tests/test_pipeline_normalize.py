@@ -9,9 +9,9 @@ import pyarrow as pa
 
 from pipelines.carecloud.normalize import PointHistoryBatch
 from pipelines.columns import ColumnTypes
-from pipelines.windows import Window
+from pipelines.windows import LOCAL_TIMEZONE, Window
 
-TZ = "Europe/Prague"
+TZ = LOCAL_TIMEZONE
 ALL = Window(pendulum.parse("2020-01-01T00:00:00Z"), pendulum.parse("2030-01-01T00:00:00Z"))  # type: ignore[arg-type]
 
 
