@@ -16,10 +16,10 @@ MARTS = "loyalty"
 RAW = "loyalty_raw"
 LEDGER = f"{MARTS}.fct_points_ledger"
 CUSTOMERS = f"{MARTS}.dim_customers"
-DAILY = f"{MARTS}.customer_points_daily"
-STORES = f"{MARTS}.store_points_monthly"
-NETWORK = f"{MARTS}.transfer_network"
-EXPIRING = f"{MARTS}.points_expiring"
+DAILY = f"{MARTS}.agg_customer_points_daily"
+STORES = f"{MARTS}.agg_store_points_monthly"
+NETWORK = f"{MARTS}.agg_transfer_network"
+EXPIRING = f"{MARTS}.agg_points_expiring"
 RUNS = "runs"
 SYNC_ISSUES = "sync_issues"
 SYNC_STATE = "_customer_sync_state"
@@ -33,7 +33,7 @@ def data_range(path: Path | None = None) -> Result:
     return query(f"select min(occurred_on) as first_day, max(occurred_on) as last_day from {LEDGER}", path=path)
 
 
-# --- Overview: customer_points_daily answers "how much moved in a period" -------------------------------------------
+# --- Overview: agg_customer_points_daily answers "how much moved in a period" -----------------------------------------
 
 def period_totals(start: dt.date, end: dt.date, path: Path | None = None) -> Result:
     """Totals for local days start..end inclusive, one row per system; magnitudes are positive. Active customers
@@ -90,7 +90,7 @@ def movements_by_type(start: dt.date, end: dt.date, grain: str, path: Path | Non
     )
 
 
-# --- Stores and partners: store_points_monthly (CareCloud) --------------------------------------------------------
+# --- Stores and partners: agg_store_points_monthly (CareCloud) --------------------------------------------------------
 
 def store_totals(start_month: dt.date, end_month: dt.date, path: Path | None = None) -> Result:
     """Per store, the months start_month..end_month (first days of months) together."""
@@ -140,7 +140,7 @@ def store_monthly(start_month: dt.date, end_month: dt.date, path: Path | None = 
     )
 
 
-# --- Transfers: transfer_network (pairs) and the ledger (volume over time) ----------------------------------------
+# --- Transfers: agg_transfer_network (pairs) and the ledger (volume over time) ----------------------------------------
 
 def top_flows(limit: int, path: Path | None = None) -> Result:
     return query(
@@ -184,7 +184,7 @@ def transfer_volume(grain: str, path: Path | None = None) -> Result:
     )
 
 
-# --- Expirations: points_expiring -------------------------------------------------------------------------------
+# --- Expirations: agg_points_expiring -------------------------------------------------------------------------------
 
 def expiring_weekly(weeks: int, path: Path | None = None) -> Result:
     """Points expiring per week (weeks counted from the mart's as-of date), gross and capped at the balance."""

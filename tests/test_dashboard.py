@@ -203,13 +203,13 @@ def test_transfers_flows_and_totals_match_ledger(warehouse, ledger, monkeypatch)
 
 def test_expirations_match_ledger_and_mart(warehouse, ledger, monkeypatch) -> None:
     at = open_page("expirations", warehouse, monkeypatch)
-    as_of = mart(warehouse, "select max(as_of_date) as d from loyalty.points_expiring")["d"].iloc[0]
+    as_of = mart(warehouse, "select max(as_of_date) as d from loyalty.agg_points_expiring")["d"].iloc[0]
     as_of = pd.Timestamp(as_of).date()
     horizon = as_of + dt.timedelta(weeks=12)                    # the page's default
     earn = ledger[(ledger["movement_type"] == "earn") & ledger["expires_on"].notna()].copy()
     earn["expires_on"] = pd.to_datetime(earn["expires_on"]).dt.date
     coming = earn[(earn["expires_on"] >= as_of) & (earn["expires_on"] < horizon)]
-    capped = mart(warehouse, f"""select sum(expiring_points_capped) as p from loyalty.points_expiring
+    capped = mart(warehouse, f"""select sum(expiring_points_capped) as p from loyalty.agg_points_expiring
                                 where expires_on < date '{horizon}'""")["p"].iloc[0]
     shown = metrics(at)
     assert shown["Gross points with those dates"][0] == ui.points(coming["points"].sum())

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 import duckdb
 import pytest
 
+from helpers.raw_warehouse import create_raw_tables
 from pipelines.models import SQL_DIR, last_results, run_dbt
 from pipelines.windows import LOCAL_TIMEZONE
 
@@ -84,32 +85,6 @@ LATE_CARECLOUD = cc("A", 12, "Bonus points", "2026-10-02 11:00:00")   # lands be
 NEW_TRANSFER = (9004, 103, 101, 3.0, "2026-11-15T12:00:00+00:00", "Gold")
 
 
-def _create_raw(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute("CREATE SCHEMA IF NOT EXISTS loyalty_raw")
-    con.execute("""
-        CREATE TABLE loyalty_raw.carecloud_point_history (
-            record_key VARCHAR, customer_id VARCHAR, point_amount DOUBLE, point_operation_type VARCHAR,
-            point_operation_note VARCHAR, point_type_id VARCHAR, partner_id VARCHAR, store_id VARCHAR,
-            point_history_record_time TIMESTAMP, recorded_at TIMESTAMPTZ, extended_data_raw VARCHAR,
-            extended_data__date_of_points_expiration VARCHAR, extended_data__purchase_value DOUBLE,
-            extended_data__external_purchase_id VARCHAR, _loaded_run_id VARCHAR, _dlt_load_id VARCHAR,
-            _dlt_id VARCHAR)""")
-    con.execute("""
-        CREATE TABLE loyalty_raw.capillary_points_transfers (
-            transfer_id BIGINT, from_entity_id BIGINT, from_entity_type VARCHAR, to_entity_id BIGINT,
-            to_entity_type VARCHAR, points_transferred DOUBLE, points_transfer_date VARCHAR,
-            transferred_at TIMESTAMPTZ, notes VARCHAR, program_name VARCHAR, from_user_id BIGINT,
-            to_user_id BIGINT, _dlt_load_id VARCHAR, _dlt_id VARCHAR)""")
-    con.execute("""
-        CREATE TABLE loyalty_raw.capillary_customer_transfers (
-            customer_id VARCHAR, transfer_id BIGINT, transfer_type VARCHAR, points_signed DOUBLE,
-            _dlt_load_id VARCHAR, _dlt_id VARCHAR)""")
-    con.execute("""
-        CREATE TABLE loyalty_raw.capillary_transfer_parties (
-            user_id BIGINT, first_name VARCHAR, last_name VARCHAR, external_id VARCHAR,
-            _dlt_load_id VARCHAR, _dlt_id VARCHAR)""")
-
-
 def insert_carecloud(con: duckdb.DuckDBPyConnection, rows: list[dict], run_id: str) -> None:
     for r in rows:
         con.execute(
@@ -139,7 +114,7 @@ def insert_transfer(con: duckdb.DuckDBPyConnection, t: tuple) -> None:
 def build_raw_warehouse(path: Path) -> None:
     con = duckdb.connect(str(path))
     try:
-        _create_raw(con)
+        create_raw_tables(con)
         insert_carecloud(con, CARECLOUD, "run-1")
         for t in TRANSFERS:
             insert_transfer(con, t)
@@ -261,13 +236,13 @@ def test_dim_customers(built: Path) -> None:
 
 def test_daily_running_balance(built: Path) -> None:
     rows = query(built, "SELECT customer_key, activity_on, net_points, running_balance "
-                        "FROM loyalty.customer_points_daily")
+                        "FROM loyalty.agg_customer_points_daily")
     assert {(r[0], r[1]): (r[2], r[3]) for r in rows} == expected_daily(expected_ledger(CARECLOUD, TRANSFERS))
 
 
 def test_points_expiring(built: Path) -> None:
     rows = query(built, "SELECT customer_key, expires_on, days_until_expiration, expiring_points, "
-                        "expiring_points_capped, as_of_date FROM loyalty.points_expiring ORDER BY 1, 2")
+                        "expiring_points_capped, as_of_date FROM loyalty.agg_points_expiring ORDER BY 1, 2")
     as_of = date.fromisoformat(AS_OF)
     # A's 2026-11-01 expiration is before the as-of date, so it is not upcoming
     assert rows == [
@@ -279,11 +254,11 @@ def test_points_expiring(built: Path) -> None:
 
 def test_transfer_network_and_stores(built: Path) -> None:
     edges = query(built, "SELECT edge_key, transfers, points_transferred, sender_name, receiver_name "
-                         "FROM loyalty.transfer_network ORDER BY 1")
+                         "FROM loyalty.agg_transfer_network ORDER BY 1")
     assert edges == [("101->102", 1, 50.0, "Ann Able", "Bob Baker"), ("101->103", 1, 5.0, "Ann Able", None),
                      ("102->103", 1, 20.0, "Bob Baker", None)]
     stores = query(built, "SELECT store_month_key, movements, customers, earned, redeemed, expired, adjusted, "
-                          "net_points, purchase_value FROM loyalty.store_points_monthly ORDER BY 1")
+                          "net_points, purchase_value FROM loyalty.agg_store_points_monthly ORDER BY 1")
     assert stores == [
         ("S1:P1:2026-10", 6, 2, 300.0, 110.0, 15.0, 7.0, 182.0, 50.0),
         ("S1:P1:2026-11", 2, 1, 0.0, 0.0, 10.0, -5.0, -15.0, 0.0),
@@ -297,7 +272,7 @@ def test_schemas_and_docs(built: Path) -> None:
     schemas = dict(query(built, "SELECT table_name, table_schema FROM information_schema.tables "
                                 "WHERE table_schema LIKE 'loyalty%' AND table_schema <> 'loyalty_raw'"))
     assert schemas["fct_points_ledger"] == "loyalty"
-    assert schemas["points_expiring"] == "loyalty"
+    assert schemas["agg_points_expiring"] == "loyalty"
     assert schemas["stg_carecloud__point_history"] == "loyalty_staging"
 
 
@@ -326,7 +301,7 @@ def test_second_build_touches_only_new_rows_while_connection_open(built: Path, t
     warehouse = copy_of(built, tmp_path)
     before = dict(query(warehouse, "SELECT ledger_key, _dbt_invocation_id FROM loyalty.fct_points_ledger"))
     daily_before = dict(query(warehouse, "SELECT customer_day_key, _dbt_invocation_id "
-                                         "FROM loyalty.customer_points_daily"))
+                                         "FROM loyalty.agg_customer_points_daily"))
     # the pipeline's runner keeps its own connection to the file open while dbt runs in the same process
     holder = duckdb.connect(str(warehouse))
     try:
@@ -336,7 +311,7 @@ def test_second_build_touches_only_new_rows_while_connection_open(built: Path, t
         after = dict(holder.execute("SELECT ledger_key, _dbt_invocation_id FROM loyalty.fct_points_ledger")
                      .fetchall())
         daily_after = holder.execute("SELECT customer_day_key, customer_key, activity_on, _dbt_invocation_id, "
-                                     "net_points, running_balance FROM loyalty.customer_points_daily").fetchall()
+                                     "net_points, running_balance FROM loyalty.agg_customer_points_daily").fetchall()
     finally:
         holder.close()
 
@@ -371,7 +346,7 @@ def test_seed_edit_rewrites_only_affected_rows(built: Path, tmp_path: Path) -> N
     first_run = query(built, "SELECT DISTINCT _dbt_invocation_id FROM loyalty.fct_points_ledger")[0][0]
     rewritten = [(k, mt, p) for k, mt, p, inv in rows if inv != first_run]
     assert rewritten == [(f"carecloud:{CARECLOUD[9]['record_key']}", "earn", 7.0)]
-    days = query(warehouse, "SELECT customer_key, activity_on FROM loyalty.customer_points_daily "
+    days = query(warehouse, "SELECT customer_key, activity_on FROM loyalty.agg_customer_points_daily "
                             "WHERE _dbt_invocation_id <> ? ORDER BY 2", [first_run])
     assert days == [("carecloud:B", date(2026, 10, 22)), ("carecloud:B", date(2026, 11, 10))]
     assert query(warehouse, "SELECT lifetime_earned, lifetime_other, current_balance FROM loyalty.dim_customers "

@@ -1,4 +1,4 @@
-"""Expirations: points that expire in the coming weeks, from `points_expiring`."""
+"""Expirations: points that expire in the coming weeks, from `agg_points_expiring`."""
 
 from __future__ import annotations
 

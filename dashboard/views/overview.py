@@ -1,5 +1,5 @@
 """Overview: points issued, redeemed, expired and transferred, and active customers, against the previous period.
-Reads `customer_points_daily` (one row per customer and active day)."""
+Reads `agg_customer_points_daily` (one row per customer and active day)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stores and partners: where CareCloud points are earned and spent, from `store_points_monthly`."""
+"""Stores and partners: where CareCloud points are earned and spent, from `agg_store_points_monthly`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Transfers: the largest sender → receiver flows (`transfer_network`) and transfer volume over time (the ledger)."""
+"""Transfers: the largest sender → receiver flows (`agg_transfer_network`) and transfer volume over time (the ledger)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,11 @@
 -- Running balances equal the cumulative sum of ledger movements, and the daily table covers exactly the
 -- (customer, day) pairs of the ledger with the same daily net.
 with ledger_days as (
-    select customer_key, occurred_on as activity_on, sum(points) as net_points, count(*) as movements
+    select
+        customer_key,
+        occurred_on as activity_on,
+        sum(points) as net_points,
+        count(*) as movements
     from {{ ref('fct_points_ledger') }}
     group by customer_key, occurred_on
 ),
@@ -23,10 +27,11 @@ select
     e.running_balance as expected_balance,
     d.running_balance as daily_balance
 from expected as e
-full outer join {{ ref('customer_points_daily') }} as d
-    on d.customer_key = e.customer_key and d.activity_on = e.activity_on
-where e.customer_key is null
-   or d.customer_key is null
-   or e.movements is distinct from d.movements
-   or abs(e.net_points - d.net_points) > 1e-6
-   or abs(e.running_balance - d.running_balance) > 1e-6
+full outer join {{ ref('agg_customer_points_daily') }} as d
+    on e.customer_key = d.customer_key and e.activity_on = d.activity_on
+where
+    e.customer_key is null
+    or d.customer_key is null
+    or e.movements is distinct from d.movements
+    or abs(e.net_points - d.net_points) > 1e-6
+    or abs(e.running_balance - d.running_balance) > 1e-6

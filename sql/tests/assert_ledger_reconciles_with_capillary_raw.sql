@@ -1,17 +1,30 @@
 -- Reconciliation: per Capillary entity, received and sent points and transfer counts in the ledger equal the raw
 -- transfers table (every transfer once out of the sender and once into the receiver).
 with raw_sides as (
-    select cast(to_entity_id as varchar) as customer_id, abs(points_transferred) as points_in, 0.0 as points_out,
-           1 as transfers_in, 0 as transfers_out
-    from {{ source('loyalty_raw', 'capillary_points_transfers') }}
+    select
+        cast(to_entity_id as varchar) as customer_id,
+        abs(points_transferred) as points_in,
+        0.0 as points_out,
+        1 as transfers_in,
+        0 as transfers_out
+    from {{ source('capillary', 'points_transfers') }}
     union all
-    select cast(from_entity_id as varchar), 0.0, abs(points_transferred), 0, 1
-    from {{ source('loyalty_raw', 'capillary_points_transfers') }}
+    select
+        cast(from_entity_id as varchar) as customer_id,
+        0.0 as points_in,
+        abs(points_transferred) as points_out,
+        0 as transfers_in,
+        1 as transfers_out
+    from {{ source('capillary', 'points_transfers') }}
 ),
 
 raw as (
-    select customer_id, sum(points_in) as points_in, sum(points_out) as points_out,
-           sum(transfers_in) as transfers_in, sum(transfers_out) as transfers_out
+    select
+        customer_id,
+        sum(points_in) as points_in,
+        sum(points_out) as points_out,
+        sum(transfers_in) as transfers_in,
+        sum(transfers_out) as transfers_out
     from raw_sides
     group by customer_id
 ),
@@ -28,10 +41,14 @@ ledger as (
     group by customer_id
 )
 
-select coalesce(raw.customer_id, ledger.customer_id) as customer_id, raw.*, ledger.*
+select
+    coalesce(raw.customer_id, ledger.customer_id) as customer_id,
+    raw.*,
+    ledger.*
 from raw
 full outer join ledger on raw.customer_id = ledger.customer_id
-where raw.transfers_in is distinct from ledger.transfers_in
-   or raw.transfers_out is distinct from ledger.transfers_out
-   or abs(coalesce(raw.points_in, 0) - coalesce(ledger.points_in, 0)) > 1e-6
-   or abs(coalesce(raw.points_out, 0) - coalesce(ledger.points_out, 0)) > 1e-6
+where
+    raw.transfers_in is distinct from ledger.transfers_in
+    or raw.transfers_out is distinct from ledger.transfers_out
+    or abs(coalesce(raw.points_in, 0) - coalesce(ledger.points_in, 0)) > 1e-6
+    or abs(coalesce(raw.points_out, 0) - coalesce(ledger.points_out, 0)) > 1e-6

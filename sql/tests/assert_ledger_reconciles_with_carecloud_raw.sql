@@ -7,11 +7,12 @@ with raw as (
         count(*) as records,
         sum(abs(r.point_amount)) as abs_points,
         sum(case coalesce(s.movement_type, 'other')
-                when 'earn' then abs(r.point_amount)
-                when 'redeem' then -abs(r.point_amount)
-                when 'expire' then -abs(r.point_amount)
-                else r.point_amount end) as signed_points
-    from {{ source('loyalty_raw', 'carecloud_point_history') }} as r
+            when 'earn' then abs(r.point_amount)
+            when 'redeem' then -abs(r.point_amount)
+            when 'expire' then -abs(r.point_amount)
+            else r.point_amount
+        end) as signed_points
+    from {{ source('carecloud', 'point_history') }} as r
     left join {{ ref('carecloud_operation_types') }} as s
         on lower(trim(s.operation_type)) = lower(trim(r.point_operation_type))
     where r.recorded_at is not null  -- records without a usable time are not on the ledger (bad_record_time)
@@ -19,7 +20,11 @@ with raw as (
 ),
 
 ledger as (
-    select customer_id, count(*) as records, sum(abs(points)) as abs_points, sum(points) as signed_points
+    select
+        customer_id,
+        count(*) as records,
+        sum(abs(points)) as abs_points,
+        sum(points) as signed_points
     from {{ ref('fct_points_ledger') }}
     where source_system = 'carecloud'
     group by customer_id
@@ -35,6 +40,7 @@ select
     ledger.signed_points as ledger_signed_points
 from raw
 full outer join ledger on raw.customer_id = ledger.customer_id
-where raw.records is distinct from ledger.records
-   or abs(coalesce(raw.abs_points, 0) - coalesce(ledger.abs_points, 0)) > 1e-6
-   or abs(coalesce(raw.signed_points, 0) - coalesce(ledger.signed_points, 0)) > 1e-6
+where
+    raw.records is distinct from ledger.records
+    or abs(coalesce(raw.abs_points, 0) - coalesce(ledger.abs_points, 0)) > 1e-6
+    or abs(coalesce(raw.signed_points, 0) - coalesce(ledger.signed_points, 0)) > 1e-6

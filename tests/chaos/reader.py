@@ -25,7 +25,7 @@ RAW_SQL = [
 SNAPSHOT_SQL = RAW_SQL + [
     "select count(*), coalesce(sum(points), 0)::decimal(38, 3) from loyalty.fct_points_ledger",
     "select count(*) from loyalty.dim_customers",
-    "select count(*), coalesce(sum(net_points), 0)::decimal(38, 3) from loyalty.customer_points_daily",
+    "select count(*), coalesce(sum(net_points), 0)::decimal(38, 3) from loyalty.agg_customer_points_daily",
 ]
 
 

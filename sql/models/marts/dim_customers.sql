@@ -1,6 +1,18 @@
 -- One row per customer and system, summarised from the ledger. Capillary rows are entities (customer ids as text)
 -- enriched with the party names and the identifiers the pipeline queried them by.
-with totals as (
+with int_points_ledger_pivoted as (
+    select * from {{ ref('int_points_ledger_pivoted') }}
+),
+
+int_capillary__customer_transfers_with_entity as (
+    select * from {{ ref('int_capillary__customer_transfers_with_entity') }}
+),
+
+stg_capillary__transfer_parties as (
+    select * from {{ ref('stg_capillary__transfer_parties') }}
+),
+
+totals as (
     select
         customer_key,
         source_system,
@@ -10,49 +22,53 @@ with totals as (
         min(occurred_on) as first_activity_on,
         max(occurred_on) as last_activity_on,
         count(*) as movements,
-        coalesce(sum(points) filter (where movement_type = 'earn'), 0) as lifetime_earned,
-        coalesce(-sum(points) filter (where movement_type = 'redeem'), 0) as lifetime_redeemed,
-        coalesce(-sum(points) filter (where movement_type = 'expire'), 0) as lifetime_expired,
-        coalesce(sum(points) filter (where movement_type = 'transfer_in'), 0) as lifetime_transferred_in,
-        coalesce(-sum(points) filter (where movement_type = 'transfer_out'), 0) as lifetime_transferred_out,
-        coalesce(sum(points) filter (where movement_type = 'adjust'), 0) as lifetime_adjusted,
-        coalesce(sum(points) filter (where movement_type = 'other'), 0) as lifetime_other,
+        sum(earned) as lifetime_earned,
+        sum(redeemed) as lifetime_redeemed,
+        sum(expired) as lifetime_expired,
+        sum(transferred_in) as lifetime_transferred_in,
+        sum(transferred_out) as lifetime_transferred_out,
+        sum(adjusted) as lifetime_adjusted,
+        sum(other_points) as lifetime_other,
         sum(points) as current_balance
-    from {{ ref('fct_points_ledger') }}
+    from int_points_ledger_pivoted
     group by customer_key, source_system, customer_id
 ),
 
-identifiers as (
+queried_identifiers as (
     select
         cast(entity_id as varchar) as customer_id,
         string_agg(distinct customer_id, ', ' order by customer_id) as queried_identifiers
-    from {{ ref('stg_capillary__customer_transfers') }}
+    from int_capillary__customer_transfers_with_entity
     where entity_id is not null
     group by entity_id
 )
 
 select
-    t.customer_key,
-    t.source_system,
-    t.customer_id,
-    p.full_name,
-    p.external_id,
-    i.queried_identifiers,
-    t.first_activity_at,
-    t.last_activity_at,
-    t.first_activity_on,
-    t.last_activity_on,
-    t.movements,
-    t.lifetime_earned,
-    t.lifetime_redeemed,
-    t.lifetime_expired,
-    t.lifetime_transferred_in,
-    t.lifetime_transferred_out,
-    t.lifetime_adjusted,
-    t.lifetime_other,
-    t.current_balance
-from totals as t
-left join {{ ref('stg_capillary__transfer_parties') }} as p
-    on t.source_system = 'capillary' and cast(p.user_id as varchar) = t.customer_id
-left join identifiers as i
-    on t.source_system = 'capillary' and i.customer_id = t.customer_id
+    totals.customer_key,
+    totals.source_system,
+    totals.customer_id,
+    stg_capillary__transfer_parties.full_name,
+    stg_capillary__transfer_parties.external_id,
+    queried_identifiers.queried_identifiers,
+    totals.first_activity_at,
+    totals.last_activity_at,
+    totals.first_activity_on,
+    totals.last_activity_on,
+    totals.movements,
+    totals.lifetime_earned,
+    totals.lifetime_redeemed,
+    totals.lifetime_expired,
+    totals.lifetime_transferred_in,
+    totals.lifetime_transferred_out,
+    totals.lifetime_adjusted,
+    totals.lifetime_other,
+    totals.current_balance
+from totals
+left join stg_capillary__transfer_parties
+    on
+        totals.source_system = 'capillary'
+        and totals.customer_id = cast(stg_capillary__transfer_parties.user_id as varchar)
+left join queried_identifiers
+    on
+        totals.source_system = 'capillary'
+        and totals.customer_id = queried_identifiers.customer_id

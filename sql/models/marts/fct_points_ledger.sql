@@ -14,7 +14,15 @@
                    'store_id', 'partner_id', 'point_type_id', 'program_name', 'transfer_id', 'counterparty_id',
                    'note', 'expires_on', 'purchase_value', 'external_purchase_id'] %}
 
-with carecloud as (
+with int_carecloud__point_history_signed as (
+    select * from {{ ref('int_carecloud__point_history_signed') }}
+),
+
+stg_capillary__points_transfers as (
+    select * from {{ ref('stg_capillary__points_transfers') }}
+),
+
+carecloud as (
     select
         'carecloud:' || record_key as ledger_key,
         'carecloud' as source_system,
@@ -35,79 +43,80 @@ with carecloud as (
         expires_on,
         purchase_value,
         external_purchase_id
-    from {{ ref('stg_carecloud__point_history') }}
+    from int_carecloud__point_history_signed
     -- a record whose time the API sent broken cannot be placed on the ledger; it stays in the raw table and
     -- in sync_issues (bad_record_time), and the staging not_null test warns about it
     where recorded_at is not null
 ),
 
-transfers as (
-    select * from {{ ref('stg_capillary__points_transfers') }}
-),
-
 capillary as (
     {% for side in ['out', 'in'] %}
-    select
-        'capillary:' || cast(transfer_id as varchar) || ':{{ side }}' as ledger_key,
-        'capillary' as source_system,
-        cast({{ 'from' if side == 'out' else 'to' }}_entity_id as varchar) as customer_id,
-        transferred_at as occurred_at,
-        transferred_on as occurred_on,
-        {{ '-' if side == 'out' else '' }}points_transferred as points,
-        'transfer_{{ side }}' as movement_type,
-        'transfer' as operation_type,
-        cast(null as varchar) as store_id,
-        cast(null as varchar) as partner_id,
-        cast(null as varchar) as point_type_id,
-        program_name,
-        transfer_id,
-        cast({{ 'to' if side == 'out' else 'from' }}_entity_id as varchar) as counterparty_id,
-        cast(transfer_id as varchar) as record_key,
-        notes as note,
-        cast(null as date) as expires_on,
-        cast(null as double) as purchase_value,
-        cast(null as varchar) as external_purchase_id
-    from transfers
-    {% if not loop.last %}union all{% endif %}
+        select
+            'capillary:' || cast(transfer_id as varchar) || ':{{ side }}' as ledger_key,
+            'capillary' as source_system,
+            cast({{ 'from' if side == 'out' else 'to' }}_entity_id as varchar) as customer_id,
+            transferred_at as occurred_at,
+            transferred_on as occurred_on,
+            points_transferred * {{ -1 if side == 'out' else 1 }} as points,
+            'transfer_{{ side }}' as movement_type,
+            'transfer' as operation_type,
+            cast(null as varchar) as store_id,
+            cast(null as varchar) as partner_id,
+            cast(null as varchar) as point_type_id,
+            program_name,
+            transfer_id,
+            cast({{ 'to' if side == 'out' else 'from' }}_entity_id as varchar) as counterparty_id,
+            cast(transfer_id as varchar) as record_key,
+            notes as note,
+            cast(null as date) as expires_on,
+            cast(null as double) as purchase_value,
+            cast(null as varchar) as external_purchase_id
+        from stg_capillary__points_transfers
+        {% if not loop.last %}union all{% endif %}
     {% endfor %}
 ),
 
+unioned as (
+    select * from carecloud
+    union all
+    select * from capillary
+),
+
 movements as (
-    select *, hash({{ compared | join(', ') }}) as _row_hash
-    from (
-        select * from carecloud
-        union all
-        select * from capillary
-    )
+    select
+        *,
+        hash({{ compared | join(', ') }}) as _row_hash
+    from unioned
 )
 
 select
-    m.ledger_key,
-    m.source_system,
-    m.customer_id,
-    m.source_system || ':' || m.customer_id as customer_key,
-    m.occurred_at,
-    m.occurred_on,
-    m.points,
-    m.movement_type,
-    m.operation_type,
-    m.store_id,
-    m.partner_id,
-    m.point_type_id,
-    m.program_name,
-    m.transfer_id,
-    m.counterparty_id,
-    m.record_key,
-    m.note,
-    m.expires_on,
-    m.purchase_value,
-    m.external_purchase_id,
-    m._row_hash,
+    movements.ledger_key,
+    movements.source_system,
+    movements.customer_id,
+    movements.source_system || ':' || movements.customer_id as customer_key,
+    movements.occurred_at,
+    movements.occurred_on,
+    movements.points,
+    movements.movement_type,
+    movements.operation_type,
+    movements.store_id,
+    movements.partner_id,
+    movements.point_type_id,
+    movements.program_name,
+    movements.transfer_id,
+    movements.counterparty_id,
+    movements.record_key,
+    movements.note,
+    movements.expires_on,
+    movements.purchase_value,
+    movements.external_purchase_id,
+    movements._row_hash,
     {{ audit_columns() }}
-from movements as m
+from movements
 {% if is_incremental() %}
-left join {{ this }} as existing
-    on existing.ledger_key = m.ledger_key
-where existing.ledger_key is null
-    or existing._row_hash is distinct from m._row_hash
+left join {{ this }} as existing_ledger
+    on movements.ledger_key = existing_ledger.ledger_key
+where
+    existing_ledger.ledger_key is null
+    or existing_ledger._row_hash is distinct from movements._row_hash
 {% endif %}

@@ -1,7 +1,13 @@
 -- CareCloud movements per store, partner and calendar month (local dates). Capillary transfers carry no store.
-with movements as (
-    select *, cast(date_trunc('month', occurred_on) as date) as month_start
-    from {{ ref('fct_points_ledger') }}
+with int_points_ledger_pivoted as (
+    select * from {{ ref('int_points_ledger_pivoted') }}
+),
+
+carecloud_movements as (
+    select
+        *,
+        cast(date_trunc('month', occurred_on) as date) as month_start
+    from int_points_ledger_pivoted
     where source_system = 'carecloud'
 )
 
@@ -13,11 +19,11 @@ select
     month_start,
     count(*) as movements,
     count(distinct customer_id) as customers,
-    coalesce(sum(points) filter (where movement_type = 'earn'), 0) as earned,
-    coalesce(-sum(points) filter (where movement_type = 'redeem'), 0) as redeemed,
-    coalesce(-sum(points) filter (where movement_type = 'expire'), 0) as expired,
-    coalesce(sum(points) filter (where movement_type in ('adjust', 'other')), 0) as adjusted,
+    sum(earned) as earned,
+    sum(redeemed) as redeemed,
+    sum(expired) as expired,
+    sum(adjusted + other_points) as adjusted,
     sum(points) as net_points,
     coalesce(sum(purchase_value), 0) as purchase_value
-from movements
+from carecloud_movements
 group by store_id, partner_id, month_start

@@ -1,7 +1,9 @@
 """Scale check of the dbt marts: full build, then an incremental build after 1,000 new raw rows, then one with no
 change, on a synthetic raw warehouse in the contract's shape (not a test; speed is measured here, not asserted).
 
-    .venv/bin/python sql/bench_incremental.py [--customers 100000] [--per-customer 20] [--dir /tmp/loyalty-dbt-bench]
+    .venv/bin/python -m bench.incremental [--customers 100000] [--per-customer 20] [--dir /tmp/loyalty-dbt-bench]
+
+(from the repository root: it reuses the tests' raw-table DDL, tests/helpers/raw_warehouse.py).
 
 Prints wall time per `dbt build` (seed, models and all tests, in-process) and dbt's execution time per model.
 """
@@ -11,18 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import duckdb
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from test_models import _create_raw  # noqa: E402  (the raw tables exactly as the tests create them)
-
-from pipelines.models import run_dbt  # noqa: E402
+from pipelines.models import run_dbt
+from tests.helpers.raw_warehouse import create_raw_tables
 
 OPS = ("['Purchase','Nákup','Points addition','Bonus points','Welcome bonus','Voucher purchase',"
        "'Points redemption','Points expiration','Manual correction','Points transfer']")
@@ -54,9 +51,9 @@ def fill(con: duckdb.DuckDBPyConnection, customers: int, per_customer: int) -> N
                 f"SELECT i, 'F', 'L', 'E' || i, 'l1', '' FROM range({customers}) t(i)")
 
 
-def build(warehouse: Path, target: Path, label: str) -> None:
+def build(warehouse: Path, target: Path, label: str, project: Path | None) -> None:
     start = time.monotonic()
-    rc = run_dbt(warehouse, ["build", "--quiet"], target_dir=target)
+    rc = run_dbt(warehouse, ["build", "--quiet"], target_dir=target, project_dir=project)
     wall = time.monotonic() - start
     results = json.loads((target / "run_results.json").read_text())["results"]
     models = {r["unique_id"].rsplit(".", 1)[-1]: round(r["execution_time"], 2)
@@ -69,17 +66,19 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=100_000)
     ap.add_argument("--per-customer", type=int, default=20)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/loyalty-dbt-bench"))
+    ap.add_argument("--project-dir", type=Path, default=None,
+                    help="dbt project to build (default sql/; a copy of another revision's sql/ to compare)")
     args = ap.parse_args()
     shutil.rmtree(args.dir, ignore_errors=True)
     args.dir.mkdir(parents=True)
     warehouse, target = args.dir / "loyalty_warehouse.duckdb", args.dir / "target"
     con = duckdb.connect(str(warehouse))
-    _create_raw(con)
+    create_raw_tables(con)
     fill(con, args.customers, args.per_customer)
     rows = con.execute("SELECT count(*) FROM loyalty_raw.carecloud_point_history").fetchone()[0]
     con.close()
     print(f"raw: {rows:,} CareCloud records, {args.customers // 2:,} transfers")
-    build(warehouse, target, "full build")
+    build(warehouse, target, "full build", args.project_dir)
     con = duckdb.connect(str(warehouse))
     con.execute(f"""
         INSERT INTO loyalty_raw.carecloud_point_history
@@ -89,8 +88,8 @@ def main() -> None:
                'n' || i
         FROM range(1000) t(i)""")
     con.close()
-    build(warehouse, target, "incremental build, +1,000 late records spread over two years")
-    build(warehouse, target, "incremental build, nothing new")
+    build(warehouse, target, "incremental build, +1,000 late records spread over two years", args.project_dir)
+    build(warehouse, target, "incremental build, nothing new", args.project_dir)
 
 
 if __name__ == "__main__":
