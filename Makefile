@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test chaos bench dashboard screenshots docs clean
+.PHONY: install demo test lint chaos bench dashboard screenshots docs clean
 
 install: $(STAMP)
 
@@ -19,6 +19,9 @@ demo: install ## start the sandbox, load both sources, build the marts into ware
 
 test: install ## the fast suite (< 10 min): sandbox, pipeline, dbt, reliability subset, ops, dashboard
 	$(BIN)/python -m pytest -m "not chaos" -n 2 --dist loadfile -q
+
+lint: install ## sqlfluff on the dbt project (also part of `make test`)
+	$(BIN)/sqlfluff lint sql/
 
 chaos: install ## the full fault / crash / bad-input suite
 	$(BIN)/python -m pytest -m chaos -q

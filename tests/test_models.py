@@ -183,6 +183,9 @@ def built(tmp_path_factory) -> Path:
     warehouse = d / "loyalty_warehouse.duckdb"
     build_raw_warehouse(warehouse)
     assert build(warehouse, d / "target") == 0, [n for n in last_results() if n.status != "success"]
+    # dbt's unit tests run inside `dbt build`, before the model each one tests
+    unit_tests = {n.unique_id.rsplit(".", 1)[-1]: n.status for n in last_results() if n.resource_type == "unit_test"}
+    assert len(unit_tests) >= 4 and set(unit_tests.values()) == {"pass"}, unit_tests
     return warehouse
 
 
@@ -274,6 +277,46 @@ def test_schemas_and_docs(built: Path) -> None:
     assert schemas["fct_points_ledger"] == "loyalty"
     assert schemas["agg_points_expiring"] == "loyalty"
     assert schemas["stg_carecloud__point_history"] == "loyalty_staging"
+    assert schemas["int_points_ledger_pivoted"] == "loyalty_intermediate"
+
+
+def test_build_drops_marts_left_under_their_old_names(built: Path, tmp_path: Path) -> None:
+    """A warehouse built before the agg_ prefix still has the old tables: any build drops them (on-run-start), so
+    a reader still using an old name gets an error, not figures that stopped updating."""
+    warehouse = copy_of(built, tmp_path)
+    old_names = ["customer_points_daily", "store_points_monthly", "transfer_network", "points_expiring"]
+    con = duckdb.connect(str(warehouse))
+    try:
+        for name in old_names:
+            con.execute(f"CREATE TABLE loyalty.{name} AS SELECT 1 AS stale")
+    finally:
+        con.close()
+    assert run_dbt(warehouse, ["run", "--select", "int_points_ledger_pivoted"], target_dir=tmp_path / "t") == 0
+    left = query(warehouse, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'loyalty'")
+    assert not {name for (name,) in left} & set(old_names)
+    assert ("agg_customer_points_daily",) in left
+
+
+def test_unit_tests_fail_when_the_logic_they_pin_breaks(built: Path, tmp_path: Path) -> None:
+    """The dbt unit tests can fail: on a copy of the project with the redeem sign flipped and the expiry cap
+    removed, exactly the two unit tests pinning them fail, and the others still pass."""
+    project = tmp_path / "sql"
+    shutil.copytree(SQL_DIR, project, ignore=shutil.ignore_patterns("target", "logs", "dbt_packages"))
+    signed = project / "models" / "intermediate" / "int_carecloud__point_history_signed.sql"
+    text = signed.read_text()
+    assert "when 'redeem' then -abs(point_amount)" in text
+    signed.write_text(text.replace("when 'redeem' then -abs(point_amount)", "when 'redeem' then abs(point_amount)"))
+    expiring = project / "models" / "marts" / "agg_points_expiring.sql"
+    text = expiring.read_text()
+    assert "greatest(dim_customers.current_balance, 0)" in text
+    expiring.write_text(text.replace("greatest(dim_customers.current_balance, 0)", "ranked.cumulative_expiring"))
+    warehouse = copy_of(built, tmp_path)
+    assert run_dbt(warehouse, ["test", "--select", "test_type:unit"], project_dir=project,
+                   target_dir=tmp_path / "target") == 1
+    status = {n.unique_id.split(".")[-1]: n.status for n in last_results() if n.resource_type == "unit_test"}
+    assert status.pop("int_carecloud__point_history_signed_signs_by_movement_type") == "fail"
+    assert status.pop("agg_points_expiring_caps_cumulative_expirations_at_the_balance") == "fail"
+    assert status and set(status.values()) == {"pass"}, status
 
 
 def test_docs_generate_and_every_column_described(built: Path, tmp_path: Path) -> None:

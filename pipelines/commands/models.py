@@ -77,10 +77,11 @@ def handle(args: argparse.Namespace) -> int:
             # Freshness only warns (a sandbox or a paused schedule is not an error): never changes the exit code.
             run_dbt(warehouse, ["source", "freshness"], quiet=True, log_format=args.log_format)
             for node in last_results():
-                table = node.unique_id.rsplit(".", 1)[-1]
+                table = node.unique_id.split(".", 2)[-1]  # source.<project>.<source>.<table>: "carecloud.point_history"
+                source = table.split(".")[0]
                 if node.status == "warn":
                     log.warning("raw table %s is stale: its newest record is older than the warn_after of "
-                                "sql/models/staging/_sources.yml", table)
+                                "sql/models/staging/%s/_%s__sources.yml", table, source, source)
                 elif node.status != "pass":
                     log.warning("raw table %s freshness could not be checked: %s", table, node.message)
             docs_rc = run_dbt(warehouse, ["docs", "generate"], log_format=args.log_format) if args.docs else 0
