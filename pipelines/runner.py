@@ -34,6 +34,7 @@ from pipelines.lock import RunLock, RunLocked, connect_writer
 from pipelines.logs import get_logger, redact
 from pipelines.progress import RunProgress
 from pipelines.report import RunReport, SourceReport, render_summary
+from pipelines.schema_export import export_schema
 from pipelines.sources import make_api
 from pipelines.state import Issue
 from pipelines.windows import Window, customer_window, utc, window_end
@@ -49,8 +50,9 @@ SCHEMA_NAME = "loyalty_raw"
 
 # ---------------------------------------------------------------------------------------------- dlt pipeline
 def _export_path(settings: Settings) -> str | None:
-    """Export the schema YAML only for the project's own warehouse (under `<working dir>/warehouse/`, as `make demo`
-    and a deployment use it); test and benchmark warehouses elsewhere must not rewrite the committed file."""
+    """Export the schema YAML (`pipelines.schema_export`) only for the project's own warehouse (under
+    `<working dir>/warehouse/`, as `make demo` and a deployment use it); test and benchmark warehouses elsewhere
+    must not rewrite the committed file."""
     if not settings.export_schema_path:
         return None
     cwd = Path.cwd().resolve()
@@ -75,7 +77,6 @@ def make_pipeline(settings: Settings, conn: duckdb.DuckDBPyConnection) -> Any:
         pipelines_dir=str(settings.pipelines_dir),
         destination=warehouse_destination(conn, DATASET),
         dataset_name=DATASET,
-        export_schema_path=_export_path(settings),
     )
     if pipeline.has_pending_data:
         log.warning("finishing load packages left by an interrupted run")
@@ -211,6 +212,9 @@ def load_rounds(pipeline: Any, report: RunReport, plans: list[tuple[SourceRun, l
         maybe_crash("load")
         pipeline.load(raise_on_failed_jobs=True)
         loaded = time.monotonic()
+        export_to = _export_path(settings)
+        if export_to and SCHEMA_NAME in pipeline.schema_names:  # not dlt's export: its order varies run to run
+            export_schema(pipeline.schemas[SCHEMA_NAME], export_to)
         maybe_crash("state")
         for srun, job, end in jobs:
             srun.commit(job, end, update_customer_state)
