@@ -30,7 +30,9 @@ from urllib.parse import urlparse
 
 import pendulum
 from dlt.common.configuration import configspec, resolve_configuration
-from dlt.common.configuration.exceptions import ConfigFieldMissingException, ConfigurationException
+from dlt.common.configuration.exceptions import (
+    ConfigFieldMissingException, ConfigurationException, ConfigValueCannotBeCoercedException,
+)
 from dlt.common.configuration.specs import BaseConfiguration, CredentialsConfiguration
 from dlt.common.configuration.specs.base_configuration import (
     NotResolved, extract_inner_hint, get_config_if_union_hint, is_base_configuration_inner_hint,
@@ -407,6 +409,13 @@ def _resolve(spec: S, path: tuple[str, ...]) -> S:
         missing = ", ".join(exc.fields)
         raise ConfigError(f"{where} {missing} not set: set it in .dlt/config.toml or as "
                           f"{_env_name(path + (exc.fields[0],))}") from None
+    except ConfigValueCannotBeCoercedException as exc:
+        from typing import Literal, get_args, get_origin
+
+        hint = extract_inner_hint(exc.hint, preserve_literal=True)
+        expected = (f"one of {', '.join(map(str, get_args(hint)))}" if get_origin(hint) is Literal
+                    else f"a valid {getattr(hint, '__name__', hint)}")
+        raise ConfigError(f"{where} {exc.field_name} = {exc.field_value!r} is not {expected}") from None
     except ConfigurationException as exc:
         field = getattr(exc, "field_name", None)
         raise ConfigError(f"{where} {field + ': ' if field else ''}{exc}") from None
@@ -461,6 +470,12 @@ def warehouse_path() -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------- reference
+
+def setting_default(section: str, key: str) -> Any:
+    """The default of `key` in `section` ("loyalty" or "sources.<name>"), from its spec class."""
+    spec = Settings if section == "loyalty" else source_configspecs()[section.removeprefix("sources.")]
+    return defaults(spec)[key]
+
 
 def field_docs(spec: type) -> dict[str, str]:
     """The docstring written under each field of `spec` and its bases (PEP 257 attribute docstrings)."""

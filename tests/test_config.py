@@ -192,3 +192,16 @@ def test_local_timezone_is_written_once() -> None:
     assert places == ["pipelines/windows.py"], places
     project = yaml.safe_load((ROOT / "sql" / "dbt_project.yml").read_text(encoding="utf-8"))
     assert project["vars"]["reporting_timezone"] == LOCAL_TIMEZONE
+
+
+def test_help_reads_a_setting_default_from_its_spec_and_only_then() -> None:
+    """`--help` names the setting an option stands in for and its spec's default; building the command line
+    imports no spec (dlt) otherwise."""
+    code = ("import sys; from pipelines.cli import build_parser; build_parser(); "
+            "print('pipelines.config' in sys.modules, 'dlt' in sys.modules)")
+    built = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert built.stdout.split() == ["False", "False"], built.stdout + built.stderr
+    shown = subprocess.run([sys.executable, "-m", "pipelines.cli", "dashboard", "--help"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    assert " ".join(shown.stdout.split()).count(
+        f"[loyalty] dashboard_timezone, which is {LOCAL_TIMEZONE} unless set") == 1, shown.stdout

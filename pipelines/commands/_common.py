@@ -51,6 +51,22 @@ def load(**instants: str | None) -> tuple[Any, list[Any]]:
     return settings, [None if v is None else parse_instant(v, f"--{name}") for name, v in instants.items()]
 
 
+class SettingDefaultsHelp(argparse.HelpFormatter):
+    """Ends the help of an option that stands in for a setting (`action.setting = ("loyalty", "dashboard_timezone")`)
+    with that setting and its default, read from the setting's spec class only when help is printed: importing the
+    specs (dlt) costs about a second that the command line does not pay otherwise."""
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        text = super()._expand_help(action)
+        setting = getattr(action, "setting", None)
+        if setting:
+            from pipelines.config import setting_default
+
+            section, key = setting
+            text += f" (default: [{section}] {key}, which is {setting_default(section, key)} unless set)"
+        return text
+
+
 def fail(exc: BaseException) -> int:
     """One line on stderr, secrets redacted, no traceback; the exit code of a failed run (1)."""
     from pipelines.logs import redact

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from pipelines.commands._common import SettingDefaultsHelp
+
 HELP = "open the points dashboard (Streamlit) on the configured warehouse, read-only"
 
 
@@ -23,13 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "dashboard", help=HELP,
         description=HELP + ". It opens the DuckDB file read-only per query, so it can stay up while `loyalty-etl run` "
-        "loads; during a load pages say so and show nothing new.",
+        "loads; during a load pages say so and show nothing new.", formatter_class=SettingDefaultsHelp,
     )
     p.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
     p.add_argument("--address", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1; use 0.0.0.0 to share it on the network)")
-    p.add_argument("--timezone", default=None,
-                   help="zone for dates and times shown (default: [loyalty] dashboard_timezone)")
+    timezone = p.add_argument("--timezone", default=None, help="zone for dates and times shown")
+    timezone.setting = ("loyalty", "dashboard_timezone")  # type: ignore[attr-defined]
     p.set_defaults(func=handle)
 
 
