@@ -435,6 +435,7 @@ def load_source(name: str, spec: type[SourceConfiguration], allow_insecure_http:
     return config
 
 
+@_without_streamlit_probe
 def load_loyalty(check_keys: bool = True) -> Settings:
     """`[loyalty]` alone (no sources, no warehouse): for code that needs only those settings."""
     if check_keys and (problems := _unknown_keys(("loyalty",), Settings)):
@@ -458,6 +459,7 @@ def load_settings() -> Settings:
     return settings
 
 
+@_without_streamlit_probe
 def warehouse_path() -> Path:
     """The DuckDB file every part of the project uses (pipeline, dbt, dashboard, status)."""
     import dlt
