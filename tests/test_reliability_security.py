@@ -205,19 +205,28 @@ def test_plain_http_to_a_non_loopback_host_is_refused(url, refused):
         assert check_base_url(url, "carecloud", allow_insecure=False)
 
 
-def test_cli_refuses_plain_http_before_touching_anything(tmp_path):
-    """End to end through the settings resolution of the real CLI: exit code 1, a message that says how to allow
-    it, no traceback, no warehouse created; `[loyalty] allow_insecure_http = true` (here as env) lets it through."""
+def _source_names() -> list[str]:
+    from pipelines.config import source_configspecs
+
+    return sorted(source_configspecs())
+
+
+@pytest.mark.parametrize("source", _source_names())
+def test_cli_refuses_plain_http_before_touching_anything(tmp_path, source):
+    """End to end through the settings resolution of the real CLI, for every source's base URL: exit code 1, a
+    message that says how to allow it, no traceback, no warehouse created; `[loyalty] allow_insecure_http = true`
+    (here as env) lets it through."""
     url = "http://api.example.com/webservice/rest-api/enterprise-interface/v1.0"
     warehouse = tmp_path / "w" / "loyalty_warehouse.duckdb"
-    env = {**os.environ, "SOURCES__CARECLOUD__BASE_URL": url, "DESTINATION__DUCKDB__CREDENTIALS": str(warehouse)}
+    env = {**os.environ, f"SOURCES__{source.upper()}__BASE_URL": url,
+           "DESTINATION__DUCKDB__CREDENTIALS": str(warehouse)}
     run = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--no-models"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     out = run.stdout + run.stderr
     assert run.returncode == 1, out
     assert "allow_insecure_http" in out and "Traceback" not in out, out
     assert not warehouse.exists()
-    code = "from pipelines.config import load_settings; print(load_settings().source('carecloud').base_url)"
+    code = f"from pipelines.config import load_settings; print(load_settings().source({source!r}).base_url)"
     allowed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                              env={**env, "LOYALTY__ALLOW_INSECURE_HTTP": "true"})
     assert allowed.stdout.strip() == url, allowed.stdout + allowed.stderr
