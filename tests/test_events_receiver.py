@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -134,6 +135,8 @@ def test_kill_9_right_after_2xx_loses_nothing(receivers):
     r.start()  # the store opens again after the kill (WAL recovery) and keeps deduplicating
     assert r.post(event("k-3"))[1]["status"] == "duplicate"
     assert len(stored(r.store)) == 41
+    res = run_cli(r.env, "events", "status", timeout=120)  # read while the receiver runs
+    assert res.returncode == 0 and ": 41 events" in res.stdout and "pointsIssued 41" in res.stdout
 
 
 def test_sigterm_finishes_the_request_in_flight_then_exits(receivers):
@@ -268,3 +271,20 @@ def test_envelope_reads_both_documented_shapes():
     for bad in ({}, {"eventId": ""}, {"eventId": " "}, {"eventId": True}, {"eventId": [1]}, [], "e"):
         with pytest.raises(ValueError):
             envelope(bad)
+
+
+def test_store_that_cannot_commit_answers_503_and_the_retry_is_stored(receivers):
+    r = receivers()
+    assert r.post(event("u-1"))[0] == 200
+    blocker = sqlite3.connect(r.store, timeout=1, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock past the receiver's busy timeout
+    try:
+        started = time.monotonic()
+        status, body = r.post(event("u-2"))
+        assert status == 503 and "unavailable" in body["error"] and time.monotonic() - started >= 9
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert [i for i, _, _ in stored(r.store)] == ["u-1"]
+    assert r.post(event("u-2")) == (200, {"status": "stored", "eventId": "u-2"})  # the vendor's retry
+    assert r.proc.poll() is None

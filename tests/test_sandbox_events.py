@@ -142,3 +142,42 @@ def test_switches_are_validated():
         EventDeliveryConfig(url="http://x/", lost_share=1.5)
     with pytest.raises(ValueError, match="envelope"):
         EventDeliveryConfig(url="http://x/", envelope="xml")
+
+
+def test_cli_sandbox_delivers_to_the_receiver(receiver, tmp_path):
+    """`loyalty-etl sandbox --events-url ...` as processes: what arrives is exactly what the same seed generates."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from pipelines.sandbox import Sandbox, SandboxConfig
+    from tests.helpers.cli import REPO_ROOT
+
+    now = "2026-11-20T00:00:00+00:00"
+    log = (tmp_path / "sandbox.out").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "sandbox", "--port", "0", "--customers", "2000",
+                             "--now", now, "--events-url", receiver.url, "--events-secret", SECRET],
+                            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "delivering Capillary events" not in (tmp_path / "sandbox.out").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "sandbox.out").read_text()
+            time.sleep(0.05)
+        url = (tmp_path / "sandbox.out").read_text().split(" on ", 1)[1].split()[0]
+        req = urllib.request.Request(url + "/_sandbox/clock", data=json.dumps({"advance_seconds": 6 * DAY}).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=10).read()
+        # the same events, computed in process from the same seed, without sending
+        sb = Sandbox(SandboxConfig(customers=2000, now=now))
+        expected = EventDelivery(sb, EventDeliveryConfig(url="http://unused/"))
+        expected._build_timeline()
+        expected._cursor = sb.now()
+        expected._schedule(sb.now() + 6 * DAY)
+        assert expected.generated
+        while set(_ids(receiver)) != set(expected.generated):
+            assert time.monotonic() < deadline + 60, (len(_ids(receiver)), len(expected.generated))
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(30)

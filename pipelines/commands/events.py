@@ -45,7 +45,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="bind address (default %(default)s: only the local reverse proxy reaches it)")
     s.add_argument("--port", type=int, default=8787, help="port; 0 = any free port (default %(default)s)")
     s.set_defaults(func=serve)
+    st = actions.add_parser("status", help="what the event store holds: events, the newest, the last 24 h by name",
+                            description="Read the event store (never the warehouse): how many events it holds, when "
+                                        "the newest arrived, and the last 24 hours' events per name. A webhook that "
+                                        "stopped delivering shows here as an old newest event.")
+    st.set_defaults(func=status)
     p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+
+
+def status(args: argparse.Namespace) -> int:
+    import time
+
+    import dlt
+
+    from pipelines.capillary.webhook import SECTIONS, CapillaryWebhookConfiguration
+    from pipelines.commands._common import fail
+    from pipelines.config import warehouse_path
+    from pipelines.events.store import EventStore, StoreError
+
+    # the secret is not needed to read the store: resolve only where it is
+    store_setting = dlt.config.get(".".join([*SECTIONS, "store"]))
+    path = CapillaryWebhookConfiguration(store=store_setting).store_path(warehouse_path())
+    if not path.exists():
+        print(f"no events received yet: {path} does not exist (is `loyalty-etl events serve` running?)")
+        return 0
+    try:
+        store = EventStore(path)
+        since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 86400))
+        info = store.summary(since)
+        store.close()
+    except StoreError as exc:
+        return fail(exc)
+    print(f"store {path}: {info['events']} events, newest received {info['newest_received_at'] or '-'}")
+    print("last 24 h: " + (", ".join(f"{name} {n}" for name, n in info["recent"].items()) or "none"))
+    return 0
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -142,6 +142,14 @@ class EventStore:
             for (_, done), new in zip(batch, added):
                 done.set_result(new)
 
+    def summary(self, since: str) -> dict:
+        """Events stored, the newest receipt, and events per name received at or after `since` (ISO, UTC)."""
+        conn = self._connect()
+        total, newest = conn.execute("SELECT count(*), max(received_at) FROM events").fetchone()
+        recent = conn.execute("SELECT coalesce(event_name, '(none)'), count(*) FROM events WHERE received_at >= ? "
+                              "GROUP BY 1 ORDER BY 2 DESC, 1", (since,)).fetchall()
+        return {"events": total, "newest_received_at": newest, "recent": dict(recent)}
+
     def count(self) -> int:
         return self._connect().execute("SELECT count(*) FROM events").fetchone()[0]
 
