@@ -86,6 +86,8 @@ def test_rejects_bad_requests_and_stores_none_of_them(receivers, tmp_path):
     assert r.post({"eventId": "", "eventName": "customerAdded"})[0] == 400
     assert r.post({"eventId": None})[0] == 400
     assert r.post({"eventId": {"id": 1}})[0] == 400
+    assert r.post(b"[" * 100_000 + b"]" * 100_000)[0] == 413
+    assert r.post(b'{"eventId": "deep", "data": ' + b"[" * 2000 + b"]" * 2000 + b"}")[0] == 400  # nested too deep
     assert stored(r.store) == []
     # and the receiver is still fine: a good event after all that is stored, also chunked
     assert r.post(good) == (200, {"status": "stored", "eventId": "e-good"})

@@ -56,19 +56,18 @@ class CapillaryWebhookConfiguration(BaseConfiguration):
 
 
 def load_webhook_configuration() -> CapillaryWebhookConfiguration:
-    """Resolve `[sources.capillary.webhook]` the dlt way (environment, secrets.toml, config.toml). Raises
-    `ConfigError` naming the missing or invalid setting."""
-    from dlt.common.configuration import resolve_configuration
-    from dlt.common.configuration.exceptions import ConfigFieldMissingException
+    """Resolve `[sources.capillary.webhook]` the way every section is (pipelines/config.py): environment,
+    secrets.toml, config.toml; an unknown key stops with the nearest valid one. Raises `ConfigError` naming the
+    missing or invalid setting."""
+    from pipelines.config import ConfigError, _resolve, _unknown_keys, _without_streamlit_probe
 
-    from pipelines.config import ConfigError
+    @_without_streamlit_probe
+    def load() -> CapillaryWebhookConfiguration:
+        if problems := _unknown_keys(SECTIONS, CapillaryWebhookConfiguration):
+            raise ConfigError("\n".join(problems))
+        return _resolve(CapillaryWebhookConfiguration(), SECTIONS)
 
-    try:
-        return resolve_configuration(CapillaryWebhookConfiguration(), sections=SECTIONS)
-    except ConfigFieldMissingException as exc:
-        missing = ", ".join(exc.fields)
-        raise ConfigError(f"[sources.capillary.webhook] {missing} is not set: put it in .dlt/secrets.toml or set "
-                          f"SOURCES__CAPILLARY__WEBHOOK__{missing.upper()}") from None
+    return load()
 
 
 def envelope(event: Any) -> tuple[str, str | None]:

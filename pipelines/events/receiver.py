@@ -141,7 +141,7 @@ class _Handler(BaseHTTPRequestHandler):
             size = len(body)
             try:
                 event = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested beyond the parser
                 raise _Rejected(400, "the body is not valid JSON") from None
             try:
                 event_id, name = self.server.parse(event)
@@ -234,6 +234,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _finish(self, status: int, outcome: str, event_id: str | None, name: str | None, size: int,
                 started: float) -> None:
+        if event_id is not None and len(event_id) > 200:  # the sender chooses it: keep the line a line
+            event_id = event_id[:200] + "..."
         fields = {"status": status, "outcome": outcome, "event_id": event_id, "event": name, "bytes": size,
                   "ms": round((time.perf_counter() - started) * 1000, 1), "client": self.client_address[0]}
         (log.info if status < 400 else log.warning)("capillary event", extra={"fields": fields})
