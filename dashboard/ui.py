@@ -44,7 +44,9 @@ def points(value: float | int | None) -> str:
     """Thousands separators; decimals only when the points are fractional."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    value = float(value)
+    # Points are doubles with up to two decimals; a sum of them carries float noise (53705.00000000001) whose size
+    # depends on DuckDB's parallel summation order, so decide on the rounded value, not the noise.
+    value = round(float(value), 2) + 0.0  # + 0.0: no "-0" from a noisy -0.000000001
     if value.is_integer():
         return f"{value:,.0f}"
     return f"{value:,.2f}"
