@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from helpers.cli import cli_env, query, run_cli
+from tests.helpers.cli import cli_env, query, run_cli
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2026, 11, 20, tzinfo=UTC)

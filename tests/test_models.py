@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 import duckdb
 import pytest
 
-from helpers.raw_warehouse import create_raw_tables
+from tests.helpers.raw_warehouse import create_raw_tables
 from pipelines.models import SQL_DIR, last_results, run_dbt
 from pipelines.windows import LOCAL_TIMEZONE
 

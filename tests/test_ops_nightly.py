@@ -17,11 +17,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from chaos.compare import compare
-from chaos.harness import KILLED
+from tests.chaos.compare import compare
+from tests.chaos.harness import KILLED
 from pipelines.commands.status import read_status
 from pipelines.sandbox.config import CAPILLARY_PASSWORD, CARECLOUD_PASSWORD
-from test_ops_parts import receiver  # noqa: F401  (fixture: a webhook receiver on a free port)
+from tests.test_ops_parts import receiver  # noqa: F401  (fixture: a webhook receiver on a free port)
 
 ROOT = Path(__file__).resolve().parents[1]
 ETL = [sys.executable, "-m", "pipelines.cli"]

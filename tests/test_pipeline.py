@@ -11,8 +11,8 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from chaos.compare import compare
-from helpers.cli import cli_env, query, run_cli
+from tests.chaos.compare import compare
+from tests.helpers.cli import cli_env, query, run_cli
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2026, 11, 20, tzinfo=UTC)

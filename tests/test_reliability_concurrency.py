@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from chaos.fixtures import record_figures, rig_factory  # noqa: F401  (fixture)
-from chaos.harness import ROOT, connect_ro, query
-from chaos.reader import snapshot
+from tests.chaos.fixtures import record_figures, rig_factory  # noqa: F401  (fixture)
+from tests.chaos.harness import ROOT, connect_ro, query
+from tests.chaos.reader import snapshot
 
 
 def _wait_until(pred, timeout: float, what: str, every: float = 0.05) -> None:

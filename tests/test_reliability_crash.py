@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from chaos.fixtures import chaos_seed, record_figures, rig_factory  # noqa: F401  (fixture)
-from chaos.harness import CRASH_STAGES, EtlRun
+from tests.chaos.fixtures import chaos_seed, record_figures, rig_factory  # noqa: F401  (fixture)
+from tests.chaos.harness import CRASH_STAGES, EtlRun
 
 
 def _check_after_crash(rig, run: EtlRun, ctx: str) -> None:

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from chaos.fixtures import chaos_seed, record_figures, rig_factory  # noqa: F401  (fixture)
-from chaos.harness import query, runs, sync_issues
+from tests.chaos.fixtures import chaos_seed, record_figures, rig_factory  # noqa: F401  (fixture)
+from tests.chaos.harness import query, runs, sync_issues
 from pipelines.sandbox import FaultConfig
 
 # the retry budget of one request: 0.2 s doubling over 6 attempts = 6.2 s (+20 % jitter), far shorter than the
@@ -62,7 +62,7 @@ def _storm(rig_factory, name: str, customers: int, window_s: float, seed: int, d
 
     # everyone else is loaded exactly; the failed ones are not half-loaded as "done"
     cmp = rig.compare(ledger=False)
-    from chaos.compare import Checker
+    from tests.chaos.compare import Checker
     ch = Checker(rig.warehouse, rig.truth(), until=rig.until(), initial_start=rig.initial_start)
     try:
         ok_cc = [c for c in rig.sb.customer_ids("carecloud") if c not in failed["carecloud"]]

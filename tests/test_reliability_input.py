@@ -12,9 +12,9 @@ from collections import Counter
 
 import pytest
 
-from chaos.compare import Checker
-from chaos.fixtures import record_figures, rig_factory  # noqa: F401  (fixture)
-from chaos.harness import runs, sync_issues
+from tests.chaos.compare import Checker
+from tests.chaos.fixtures import record_figures, rig_factory  # noqa: F401  (fixture)
+from tests.chaos.harness import runs, sync_issues
 
 QUIRKS = dict(extra_fields=True, type_drift=True, bad_times=True, huge_notes=True)
 BAD_LINES = dict(unknown=2, duplicates=2, blanks=2)

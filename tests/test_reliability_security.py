@@ -22,8 +22,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from chaos.fixtures import record_figures, rig_factory  # noqa: F401  (fixture)
-from chaos.harness import ROOT, connect_ro
+from tests.chaos.fixtures import record_figures, rig_factory  # noqa: F401  (fixture)
+from tests.chaos.harness import ROOT, connect_ro
 
 CC_LOGIN = "ccLogin-Qm4Rt8Vw"
 CC_PASSWORD = "ccPassw0rd-7Kx2Lp9Zs4"

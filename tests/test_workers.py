@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from chaos.compare import compare
-from helpers.cli import CLI, REPO_ROOT, cli_env, query, run_cli
+from tests.chaos.compare import compare
+from tests.helpers.cli import CLI, REPO_ROOT, cli_env, query, run_cli
 from pipelines.columns import ColumnTypes
 from pipelines.extraction import ExtractJob
 from pipelines.http import HttpStats
