@@ -190,6 +190,12 @@ class ExtractPool:
                 "workers_cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2),
                 "run_process_cpu_s": round(me.ru_utime + me.ru_stime, 2)}})
 
+    def __enter__(self) -> "ExtractPool":  # `with start_pool(...) or nullcontext() as pool` (pipelines/backfill.py)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def in_flight_per_worker(self, concurrency: int) -> int:
         """A worker's share of the source's customers in flight (on one thread, `pipelines/multiplex.py`)."""
         return max(1, math.ceil(concurrency / self.processes))
