@@ -232,3 +232,54 @@ def test_flattening_check_finds_lost_values_and_tells_unloadable_apart() -> None
         ("lost", ("Purchase Value",)), ("lost", ("Customer", "Segment ")), ("lost", ("Purchase Items",)),
         ("new", ("unheard_of",))}
     assert not result.ok
+
+
+# keys whose JSON type drifts inside one batch, at the top and one level down, beside lists, nesting and collisions
+DRIFTING = [
+    {"a": 1, "n": {"x": 1, "y": "s"}, "l": [1, 2], "b": True, "deep": {"l1": {"l2": {"l3": {"l4": {"l5": 1}}}}}},
+    {"a": "one", "n": {"x": "two", "y": None}, "l": "", "b": 1, "deep": 7},
+    {"a": 2.5, "n": "flat", "l": [3], "b": "true", "big": 1e300, "PurchaseValue": "12.5"},
+    {"a": None, "n": {"x": {"deeper": 1}}, "l": None, "A": "3", "big": 1, "purchase_value": 4},
+    {"a": True, "N": {"X": 5}, "n": {"x": 6}, "purchase_value": "n/a", "Purchase Value": 2.0},
+    {"a": [1, 2], "l": {"not": "a list"}, "huge": 10 ** 30},
+]
+
+
+def _varied_batch(seed: int, n: int = 300) -> list[dict]:
+    """Records whose extended_data the sandbox's variety generator made heterogeneous (pipelines/sandbox/variety.py)."""
+    import random
+
+    from pipelines.sandbox import variety
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        base = {"purchase_value": round(rng.random() * 100, 2), "external_purchase_id": f"X{i}",
+                "date_of_points_expiration": "2026-01-01", "campaign_id": "C7"}
+        if rng.random() < 0.7:
+            base["purchase_items"] = [{"sku": "A", "quantity": 2, "unit_price": 1.5}]
+        ext, _ = variety.vary(rng, orjson.dumps(base).decode())
+        out.append(rec(t=f"2026-01-{1 + i // 60:02d} 10:{i % 60:02d}:00", ext=ext))
+    return out
+
+
+def test_drifting_types_stay_on_arrow_and_agree_with_the_python_path() -> None:
+    """A batch whose keys change JSON type is flattened key by key with Arrow (only the drifting keys' values are
+    typed one by one); every table, cell and issue equals the plain-Python path's."""
+    import json
+
+    batches = [[rec(t=f"2026-01-10 10:00:{i:02d}", ext=json.dumps(o)) for i, o in enumerate(DRIFTING)]]
+    # (keys inside the deep object differ between records: its JSON text is the one thing the paths write apart)
+    batches += [_varied_batch(seed) for seed in range(4)]
+    for records in batches:
+        fast, fast_issues = build(records, arrow_only=True)
+        slow, slow_issues = build(records, python=True)
+        assert set(fast) == set(slow)
+        for name in fast:
+            assert set(fast[name].column_names) == set(slow[name].column_names), name
+            assert rows(fast[name]) == rows(slow[name].select(fast[name].column_names)), name
+        assert sorted(((i.code, i.customer_id, i.detail, i.message) for i in fast_issues), key=repr) == \
+            sorted(((i.code, i.customer_id, i.detail, i.message) for i in slow_issues), key=repr)
+    main = {r["extended_data_raw"]: r for r in fast["carecloud_point_history"].to_pylist()}
+    assert {"type_coerced", "extended_data_conflict", "invalid_extended_data"} <= {i.code for i in fast_issues}
+    assert any(r["extended_data__purchase_value"] is not None for r in main.values())

@@ -7,8 +7,10 @@ columns and list children) and all column building are Arrow compute over the wh
 Arrow, so dlt's row-by-row normalizer never runs.
 
 If Arrow cannot put a batch's `extended_data` into one struct type (a key that is a number in one record and a
-string in another), that batch is flattened in plain Python instead, with the same column names and the type rules
-of `pipelines.columns` (coerce or null, and record it).
+string in another), the batch is split key by key (`_leaves_by_key`): every key whose values Arrow can type still
+goes through Arrow, and only the values of a key whose type drifts are typed one by one, by the rules of
+`pipelines.columns` (coerce or null, and record it), exactly as the plain-Python path would type them. Only list
+items that Arrow cannot unify send a batch to that plain-Python path, which has the same column names and rules.
 """
 
 from __future__ import annotations
@@ -159,6 +161,9 @@ def _json_text(arr: pa.Array) -> pa.Array:
     return pa.array([None if v is None else orjson.dumps(v).decode() for v in arr.to_pylist()], pa.string())
 
 
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError)
+
+
 def _leaves(arr: pa.StructArray, prefix: str, cols: dict[str, list[Leaf]], lists: dict[str, list[Leaf]],
             depth: int = 0, path: tuple[str, ...] = ()) -> None:
     """Struct -> {column: [(key path, array), ...]} for scalar leaves (nested objects joined with `__`, dlt style)
@@ -166,29 +171,93 @@ def _leaves(arr: pa.StructArray, prefix: str, cols: dict[str, list[Leaf]], lists
     several spellings of a key normalise to it; `_merge_leaves` makes them one."""
     for f, child in zip(arr.type, arr.flatten()):
         name = child_name(prefix, f.name) if prefix else column_name(f.name)
-        t = f.type
-        here = (*path, f.name)
-        if pa.types.is_struct(t) and depth < MAX_DEPTH:
-            _leaves(child, name, cols, lists, depth + 1, here)
-        elif pa.types.is_list(t) or pa.types.is_large_list(t):
-            lists.setdefault(name, []).append((here, child))
-        elif pa.types.is_null(t):
-            continue
-        elif _arrow_kind(t) is not None:
-            cols.setdefault(name, []).append((here, child))
+        _leaf(child, name, (*path, f.name), depth, cols, lists)
+
+
+def _leaf(arr: pa.Array, name: str, here: tuple[str, ...], depth: int, cols: dict[str, list[Leaf]],
+          lists: dict[str, list[Leaf]]) -> None:
+    """One key's array (a struct field at `depth`) into `cols` / `lists`, as `_leaves` describes."""
+    t = arr.type
+    if pa.types.is_struct(t) and depth < MAX_DEPTH:
+        _leaves(arr, name, cols, lists, depth + 1, here)
+    elif pa.types.is_list(t) or pa.types.is_large_list(t):
+        lists.setdefault(name, []).append((here, arr))
+    elif pa.types.is_null(t):
+        return
+    elif _arrow_kind(t) is not None:
+        cols.setdefault(name, []).append((here, arr))
+    else:
+        cols.setdefault(name, []).append((here, _json_text(arr)))
+
+
+def _leaves_by_key(objs: list[dict | None], prefix: str, cols: dict[str, list[Leaf | tuple[tuple[str, ...], list]]],
+                   lists: dict[str, list[Leaf]], depth: int = 0, path: tuple[str, ...] = ()) -> None:
+    """`_leaves` for objects Arrow cannot put into one struct type, one key at a time: each key's values are one
+    `pa.array` when Arrow can type them (nearly all keys); a key whose values drift is split into its objects
+    (flattened the same way, one level down), its lists (a child table) and its scalars, which stay a plain list
+    that `_typed` types value by value with the column's rules, as the Python path does. Costs one Python step
+    per key and record (the split into columns) instead of the Python path's flattening, naming and typing of
+    every value. Raises _NeedsPython for list items Arrow cannot unify."""
+    n = len(objs)
+    columns: dict[str, list[Any]] = {}  # key -> its value in every row (None where absent), keys in order seen
+    for i, obj in enumerate(objs):
+        if obj is not None:
+            for k, v in obj.items():
+                values = columns.get(k)
+                if values is None:
+                    values = columns[k] = [None] * n
+                values[i] = v
+    for k, values in columns.items():
+        name = child_name(prefix, k) if prefix else column_name(k)
+        here = (*path, k)
+        try:
+            arr = pa.array(values)
+        except _ARROW_ERRORS:
+            pass
         else:
-            cols.setdefault(name, []).append((here, _json_text(child)))
+            _leaf(arr, name, here, depth, cols, lists)
+            continue
+        objects: list[Any] = [None] * len(values)
+        items: list[Any] = [None] * len(values)
+        scalars: list[Any] = [None] * len(values)
+        for i, v in enumerate(values):
+            t = type(v)
+            if t is dict:
+                if depth < MAX_DEPTH:
+                    objects[i] = v
+                else:  # deeper than flattened: its JSON text, like any scalar of the column
+                    scalars[i] = orjson.dumps(v).decode()
+            elif t is list:
+                items[i] = v
+            else:
+                scalars[i] = v
+        if any(o is not None for o in objects):
+            _leaves_by_key(objects, name, cols, lists, depth + 1, here)
+        if any(v is not None for v in items):
+            try:
+                lists.setdefault(name, []).append((here, pa.array(items)))
+            except _ARROW_ERRORS:
+                raise _NeedsPython(name) from None
+        if any(v is not None for v in scalars):
+            try:
+                arr = pa.array(scalars)
+            except _ARROW_ERRORS:
+                cols.setdefault(name, []).append((here, scalars))  # typed value by value in `_typed`
+            else:
+                _leaf(arr, name, here, depth, cols, lists)
 
 
 class _NeedsPython(Exception):
-    """Colliding list keys whose items Arrow cannot put into one type: the batch takes the Python path."""
+    """List items Arrow cannot put into one type (under one key or colliding ones): the batch takes the Python
+    path."""
 
 
 def _merge_leaves(found: dict[str, list[Leaf]], conflicts: list[Conflict], lists: bool = False
                   ) -> dict[str, pa.Array | list]:
     """One array per column. A single spelling (the usual case) is taken as it is; several spellings of one column
     are merged row by row in `collision_rank` order: a row gets the best-ranked non-null value, and every other
-    non-null value that differs is recorded in `conflicts`. Only batches that carry collisions pay for this."""
+    non-null value that differs is recorded in `conflicts`. Only batches that carry collisions pay for this. A
+    spelling whose values Arrow could not type comes as a plain list (`_leaves_by_key`) and is merged as values."""
     out: dict[str, pa.Array | list] = {}
     for name, leaves in found.items():
         if len(leaves) == 1:
@@ -198,51 +267,67 @@ def _merge_leaves(found: dict[str, list[Leaf]], conflicts: list[Conflict], lists
         arrays = [a for _, a in leaves]
         if lists:
             if len({a.type for a in arrays}) > 1:  # item types differ: merge as values, Arrow unifies the items
-                merged_values = _merge_values(name, [(p, a.to_pylist()) for (p, _), a in zip(leaves, arrays)],
-                                              conflicts)
+                merged_values = _merge_values(name, leaves, conflicts)
                 try:
                     out[name] = pa.array(merged_values)
                 except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
                     raise _NeedsPython(name) from None
                 continue
         else:
-            kinds = {_arrow_kind(a.type) or TEXT for a in arrays}
+            kinds = {TEXT, DOUBLE} if any(type(a) is list for a in arrays) else \
+                {_arrow_kind(a.type) or TEXT for a in arrays}
             if len(kinds) == 1:
                 target = ARROW_TYPES[kinds.pop()]
                 arrays = [a if a.type == target else a.cast(target) for a in arrays]
             else:  # e.g. a number under one spelling, a string under another: merged as values
-                out[name] = _merge_values(name, [(p, a.to_pylist()) for (p, _), a in zip(leaves, arrays)],
-                                          conflicts)
+                out[name] = _merge_values(name, leaves, conflicts)
                 continue
         merged = arrays[0]
         for j in range(1, len(arrays)):
             other = arrays[j]
             both = pc.and_(merged.is_valid(), other.is_valid())
             if pc.any(both).as_py():
-                for i in np.flatnonzero(both.to_numpy(zero_copy_only=False)).tolist():
-                    value = other[i].as_py()
-                    winner = next(k for k in range(j) if arrays[k][i].is_valid)
-                    kept = arrays[winner][i].as_py()
-                    if not same_value(kept, value):
-                        conflicts.append((i, name, leaves[winner][0], kept, leaves[j][0], value))
+                # the rows two spellings share, as Python values once (not one Arrow scalar per cell)
+                rows = np.flatnonzero(both.to_numpy(zero_copy_only=False))
+                at = pa.array(rows, pa.int64())
+                values = other.take(at).to_pylist()
+                earlier = [a.take(at).to_pylist() for a in arrays[:j]]
+                for r, i in enumerate(rows.tolist()):
+                    winner = next(k for k in range(j) if earlier[k][r] is not None)
+                    kept = earlier[winner][r]
+                    if not same_value(kept, values[r]):
+                        conflicts.append((i, name, leaves[winner][0], kept, leaves[j][0], values[r]))
             merged = pc.if_else(merged.is_valid(), merged, other)
         out[name] = merged
     return out
 
 
-def _merge_values(name: str, candidates: list[tuple[tuple[str, ...], list]], conflicts: list[Conflict]) -> list:
-    """`_merge_leaves` for spellings whose values are of different kinds: plain lists, best rank first."""
-    merged = list(candidates[0][1])
-    source = [0 if v is not None else -1 for v in merged]
+def _merge_values(name: str, candidates: list[tuple[tuple[str, ...], pa.Array | list]], conflicts: list[Conflict]
+                  ) -> list:
+    """`_merge_leaves` for spellings whose values are of different kinds, as Python values, best rank first; each
+    later spelling is visited at its non-null rows only."""
+    first = candidates[0][1]
+    merged = list(first) if type(first) is list else first.to_pylist()
+    source: dict[int, int] = {}  # rows a later spelling filled -> that spelling
     for j in range(1, len(candidates)):
-        for i, value in enumerate(candidates[j][1]):
-            if value is None:
-                continue
-            if merged[i] is None:
-                merged[i], source[i] = value, j
-            elif not same_value(merged[i], value):
-                conflicts.append((i, name, candidates[source[i]][0], merged[i], candidates[j][0], value))
+        rows, values = _present(candidates[j][1])
+        for i, value in zip(rows, values):
+            kept = merged[i]
+            if kept is None:
+                merged[i] = value
+                source[i] = j
+            elif not same_value(kept, value):
+                conflicts.append((i, name, candidates[source.get(i, 0)][0], kept, candidates[j][0], value))
     return merged
+
+
+def _present(values: pa.Array | list) -> tuple[list[int], list]:
+    """(rows, values) of a column's non-null cells."""
+    if type(values) is list:
+        rows = [i for i, v in enumerate(values) if v is not None]
+        return rows, [values[i] for i in rows]
+    at = np.flatnonzero(values.is_valid().to_numpy(zero_copy_only=False))
+    return at.tolist(), values.take(pa.array(at, pa.int64())).to_pylist()
 
 
 def _typed(table: str, cols: dict[str, pa.Array | list], types: ColumnTypes, problems: list[Problem]
@@ -478,17 +563,18 @@ class PointHistoryBatch:
     def _extended_arrow(self, parsed: list[dict | None], keys: pa.Array, problems: list[Problem],
                         children: list[tuple[str, pa.Table]], issues: list[Issue],
                         conflicts: list[Conflict]) -> dict[str, pa.Array] | None:
-        try:
-            struct = pa.array(parsed)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
-            return None  # types conflict inside this batch: the Python path coerces value by value
-        if not pa.types.is_struct(struct.type):
-            return {}
         found: dict[str, list[Leaf]] = {}
         found_lists: dict[str, list[Leaf]] = {}
-        _leaves(struct, EXT, found, found_lists)
         mine: list[Conflict] = []
         try:
+            try:
+                struct = pa.array(parsed)
+            except _ARROW_ERRORS:  # a key's type drifts inside this batch: the other keys still go through Arrow
+                _leaves_by_key(parsed, EXT, found, found_lists)
+            else:
+                if not pa.types.is_struct(struct.type):
+                    return {}
+                _leaves(struct, EXT, found, found_lists)
             lists = _merge_leaves(found_lists, mine, lists=True)
         except _NeedsPython:
             return None
