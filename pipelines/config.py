@@ -9,7 +9,8 @@ then `.dlt/config.toml`).
   keeps them equal).
 - A key a spec does not know (a misspelling such as `page_sizee`, or `SOURCES__CARECLOUD__PAGE_SIZEE` in the
   environment) is an error that names it and the nearest valid key: dlt itself would silently ignore it.
-- Every value found under a `credentials` section is registered for redaction the moment it is read.
+- Every value found under a `credentials` section, or of a secret-typed key, is registered for redaction the moment
+  it is read.
 
 `SOURCES__CARECLOUD__BASE_URL`, `SOURCES__CARECLOUD__CREDENTIALS__LOGIN`, `LOYALTY__BATCH_ROWS`,
 `DESTINATION__DUCKDB__CREDENTIALS`, ... override the files.
@@ -36,7 +37,7 @@ from dlt.common.configuration.exceptions import (
 from dlt.common.configuration.specs import BaseConfiguration, CredentialsConfiguration
 from dlt.common.configuration.specs.base_configuration import (
     NotResolved, extract_inner_hint, get_config_if_union_hint, is_base_configuration_inner_hint,
-    is_hint_not_resolvable,
+    is_hint_not_resolvable, is_secret_hint,
 )
 from dlt.common.typing import get_all_types_of_class_in_union, is_union_type
 
@@ -354,17 +355,16 @@ def _unknown_keys(path: tuple[str, ...], spec: type[BaseConfiguration] | list[ty
     for s in specs:
         for key, sub in config_keys(s).items():
             known.setdefault(key, []).extend(sub)
-    secret = any(issubclass(s, CredentialsConfiguration) for s in specs)
+    secret_section = any(issubclass(s, CredentialsConfiguration) for s in specs)
+    secret_keys = {k for s in specs for k, hint in s.get_resolvable_fields().items() if is_secret_hint(hint)}
     problems: list[str] = []
     seen: set[tuple[str, str]] = set()
     for key, where, value in _section_values(path):
-        if secret:
+        if secret_section or key in secret_keys:  # a credentials section may also be one native value
             _register_credentials(value)
         if key in known:
             if known[key] and isinstance(value, dict) and (key, "sub") not in seen:
                 seen.add((key, "sub"))
-                if issubclass(known[key][0], CredentialsConfiguration):
-                    _register_credentials(value)
                 problems += _unknown_keys(path + (key,), known[key])
             continue
         if (key, where) in seen:

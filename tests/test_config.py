@@ -205,3 +205,18 @@ def test_help_reads_a_setting_default_from_its_spec_and_only_then() -> None:
                            capture_output=True, text=True, timeout=60)
     assert " ".join(shown.stdout.split()).count(
         f"[loyalty] dashboard_timezone, which is {LOCAL_TIMEZONE} unless set") == 1, shown.stdout
+
+
+def test_secret_values_are_registered_while_the_keys_are_checked(clean_env) -> None:
+    """A secret is redacted from the moment it is read, even when the command then stops on a misspelt key and
+    nothing is resolved: under a credentials section (whatever the key) and in a secret-typed key elsewhere."""
+    from pipelines.logs import redact
+
+    clean_env.setenv("SOURCES__CARECLOUD__CREDENTIALS__PASSWROD", "pw-under-a-misspelt-key")
+    clean_env.setenv("SOURCES__CAPILLARY__WEBHOOK__SECRET", "webhook-secret-0123456789")
+    clean_env.setenv("SOURCES__CAPILLARY__WEBHOOK__HEADR", "X-Token")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "did you mean SOURCES__CARECLOUD__CREDENTIALS__PASSWORD?" in str(err.value)
+    assert "did you mean SOURCES__CAPILLARY__WEBHOOK__HEADER?" in str(err.value)
+    assert redact("a pw-under-a-misspelt-key b webhook-secret-0123456789") == "a *** b ***"
