@@ -421,26 +421,30 @@ def _resolve(spec: S, path: tuple[str, ...]) -> S:
         raise ConfigError(f"{where} {field + ': ' if field else ''}{exc}") from None
 
 
+@_without_streamlit_probe
+def load_section(spec: S, path: tuple[str, ...], check_keys: bool = True) -> S:
+    """The instance `spec` of a spec class resolved in section `path` (e.g. ("sources", "capillary", "webhook")):
+    keys it does not know refused first (naming the nearest valid one), then each dlt error turned into one
+    `ConfigError` naming the key."""
+    if check_keys and (problems := _unknown_keys(path, type(spec))):
+        raise ConfigError("\n".join(problems))
+    return _resolve(spec, path)
+
+
 def load_source(name: str, spec: type[SourceConfiguration], allow_insecure_http: bool = False,
                 check_keys: bool = True) -> SourceConfiguration:
     """`[sources.<name>]` resolved into `spec`; its credentials registered for redaction."""
-    path = ("sources", name)
-    if check_keys and (problems := _unknown_keys(path, spec)):
-        raise ConfigError("\n".join(problems))
     config = spec()
     config.name = name
-    config = _resolve(config, path)
+    config = load_section(config, ("sources", name), check_keys)
     _register_credentials(dict(getattr(config, "credentials", None) or {}))
     config.base_url = check_base_url(config.base_url, name, allow_insecure_http)
     return config
 
 
-@_without_streamlit_probe
 def load_loyalty(check_keys: bool = True) -> Settings:
     """`[loyalty]` alone (no sources, no warehouse): for code that needs only those settings."""
-    if check_keys and (problems := _unknown_keys(("loyalty",), Settings)):
-        raise ConfigError("\n".join(problems))
-    return _resolve(Settings(), ("loyalty",))
+    return load_section(Settings(), ("loyalty",), check_keys)
 
 
 @_without_streamlit_probe

@@ -59,15 +59,9 @@ def load_webhook_configuration() -> CapillaryWebhookConfiguration:
     """Resolve `[sources.capillary.webhook]` the way every section is (pipelines/config.py): environment,
     secrets.toml, config.toml; an unknown key stops with the nearest valid one. Raises `ConfigError` naming the
     missing or invalid setting."""
-    from pipelines.config import ConfigError, _resolve, _unknown_keys, _without_streamlit_probe
+    from pipelines.config import load_section
 
-    @_without_streamlit_probe
-    def load() -> CapillaryWebhookConfiguration:
-        if problems := _unknown_keys(SECTIONS, CapillaryWebhookConfiguration):
-            raise ConfigError("\n".join(problems))
-        return _resolve(CapillaryWebhookConfiguration(), SECTIONS)
-
-    return load()
+    return load_section(CapillaryWebhookConfiguration(), SECTIONS)
 
 
 def envelope(event: Any) -> tuple[str, str | None]:
