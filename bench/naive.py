@@ -10,8 +10,9 @@ the API requires.
 (a'') `--tuned`: the same source tuned the way dlt's own performance guide says
 (https://dlthub.com/docs/reference/performance): `parallelized=True` on the per-customer child resources, so each
 customer's pages are fetched by a deferred callable in dlt's extract thread pool; a larger pool and more items in
-flight; bigger in-memory buffers; file rotation so normalize can use a process pool; uncompressed intermediary
-files; Parquet loader files. See TUNED for the values and why.
+flight; bigger in-memory buffers; file rotation (so normalize could use a process pool); normalize workers as
+measured best on the bench machine; uncompressed intermediary files; Parquet loader files. See TUNED for the
+values and why.
 
 Run as a child of bench.run: `python -m bench.naive --env-json ENV.json --db FILE --result FILE [--tuned]`.
 """
@@ -48,7 +49,10 @@ TUNED = {
     # intermediary (extract) files are gzip'ed by default; the guide shows how to switch it off
     "DATA_WRITER__DISABLE_COMPRESSION": "true",
 }
-TUNED_NORMALIZE_WORKERS = 2   # "The number of processes in the pool is controlled by the workers config value"
+# "The number of processes in the pool is controlled by the workers config value" and "Never allow dlt to use all
+# cores on your local machine": on the 2-core bench machine 1 was faster than 2 in alternating runs
+# (docs/decisions/session-6-heterogeneous-and-tuned-dlt.md); NORMALIZE__WORKERS in the environment overrides it
+TUNED_NORMALIZE_WORKERS = 1
 TUNED_FILE_FORMAT = "parquet"
 
 
