@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -227,9 +228,15 @@ def test_every_2xx_follows_an_fsync(tmp_path):
         for i in range(5):
             assert r.post(event(f"f-{i}"))[0] == 200
     finally:
-        for child in psutil.Process(r.proc.pid).children(recursive=True):  # the receiver under strace
+        tree = psutil.Process(r.proc.pid).children(recursive=True)  # the receiver under strace
+        for child in tree:
             child.terminate()
-        r.proc.wait(60)
+        try:
+            r.proc.wait(60)
+        except subprocess.TimeoutExpired:  # never leave a traced receiver behind
+            for p in [*tree, psutil.Process(r.proc.pid)]:
+                p.kill()
+            r.proc.wait(30)
     calls = trace.read_text().splitlines()
     syncs = [n for n, line in enumerate(calls) if "fsync(" in line or "fdatasync(" in line]
     answers = [n for n, line in enumerate(calls) if "HTTP/1.1 200" in line]
