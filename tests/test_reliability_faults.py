@@ -9,32 +9,33 @@ maintenance window must make the whole warehouse (raw tables and ledger) equal t
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from tests.chaos.fixtures import chaos_seed, record_figures, rig_factory  # noqa: F401  (fixture)
+from tests.chaos.fixtures import chaos_seed, record_figures, rig_factory, source_settings  # noqa: F401  (fixture)
 from tests.chaos.harness import query, runs, sync_issues
 from pipelines.sandbox import FaultConfig
 
-# the retry budget of one request: 0.2 s doubling over 6 attempts = 6.2 s (+20 % jitter), far shorter than the
-# maintenance window, which lasts until the test ends it after the first run
+# The outcome is bounded by retries and state, never by wall time (issue 15: the fast variant failed once under the
+# load of its neighbours). The maintenance window has no wall-clock end the first run could outlast however slow the
+# machine: it lasts until the test ends it after the first run. In the first run a request has 6 attempts, so the
+# customers in maintenance exhaust them. The rerun keeps the random storm (about a quarter of the attempts fail in
+# the fast variant) and gets RERUN_ATTEMPTS attempts per request: with 6, one of its ~70 requests exhausted them by
+# chance in about 1.5 % of runs (0.25 ** 6 each), with 12 that is about 6e-8 per request. A customer that exhausts its
+# attempts by chance in the first run is failed and listed like the ones in maintenance, which the checks allow.
 SETTINGS = {"max_attempts": 6, "retry_backoff": 0.2}
+RERUN_ATTEMPTS = 12
+UNTIL_ENDED = 30 * 86400.0  # maintenance_seconds: ended by the test, not by the clock
 STORM = dict(random_429_share=0.10, retry_after_share=0.5, error_503_share=0.05, drop_share=0.02,
              truncate_share=0.01, token_max_requests=36, maintenance_share=0.12, maintenance_after_seconds=0.0)
 FAILURE_CODES = {"retries_exhausted", "http_error"}
 
 
-def _storm(rig_factory, name: str, customers: int, window_s: float, seed: int, data_seed: int,
-           models: bool = True, **extra) -> dict:
-    faults = FaultConfig(**{**STORM, **extra}, maintenance_seconds=window_s, seed=seed)
+def _storm(rig_factory, name: str, customers: int, seed: int, data_seed: int, models: bool = True, **extra) -> dict:
+    faults = FaultConfig(**{**STORM, **extra}, maintenance_seconds=UNTIL_ENDED, seed=seed)
     rig = rig_factory(name, customers=customers, seed=data_seed, faults=faults, settings=SETTINGS)
     first = rig.run(models=models)
-    elapsed = time.monotonic() - rig.sb.app.faults.started
-    assert elapsed < window_s, (f"seed {seed}: the first run outlasted the maintenance window ({elapsed:.0f}s >= "
-                                f"{window_s}s); the test cannot tell retries from recovery\n{first.describe()}")
     down = {s: set(rig.sb.customers_in_maintenance(s)) for s in ("carecloud", "capillary")}
-    # the maintenance ends now (rather than waiting out the wall-clock window)
+    # the maintenance ends now, by state: the first run saw it for its whole duration
     rig.sb.update_faults(maintenance_seconds=0)
     assert down["carecloud"] and down["capillary"], f"seed {seed}: no customer in maintenance: {down}"
     assert first.returncode == 2, f"seed {seed}: expected a partial run\n{first.describe()}"
@@ -76,7 +77,7 @@ def _storm(rig_factory, name: str, customers: int, window_s: float, seed: int, d
     assert inv.ok, f"seed {seed}: {inv}"
 
     # the rerun after the window: nothing left failing, everything equal to the truth, nothing doubled
-    second = rig.run(models=models)
+    second = rig.run(models=models, env=source_settings(max_attempts=RERUN_ATTEMPTS))
     assert second.returncode == 0, f"seed {seed}: the rerun did not recover\n{second.describe()}"
     final = rig.compare(ledger=models)
     assert final.ok, f"seed {seed}: after one rerun the warehouse differs from the truth:\n{final}"
@@ -100,7 +101,7 @@ def test_fault_storm_converges_after_one_rerun(rig_factory):
     to 5 % each and the token lasts 12 requests, so every kind of fault happens; the chaos variant uses the
     issue's shares."""
     # data seed 7 puts 1 CareCloud and 3 Capillary customers of 20 in maintenance; the fault dice vary per run
-    _storm(rig_factory, "storm_fast", customers=20, window_s=300.0, seed=chaos_seed(), data_seed=7, models=False,
+    _storm(rig_factory, "storm_fast", customers=20, seed=chaos_seed(), data_seed=7, models=False,
            drop_share=0.05, truncate_share=0.05, token_max_requests=12)
 
 
@@ -109,5 +110,5 @@ def test_fault_storm_converges_after_one_rerun(rig_factory):
 def test_fault_storm_large(rig_factory, n):
     """Bigger customer lists, a sandbox rate limit on top (the pipeline's limiter must keep 429s rare)."""
     seed = chaos_seed() + n
-    _storm(rig_factory, f"storm_{n}", customers=200, window_s=900.0, seed=seed, data_seed=seed % 1000,
+    _storm(rig_factory, f"storm_{n}", customers=200, seed=seed, data_seed=seed % 1000,
            rate_limit_rps=60.0)
