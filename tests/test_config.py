@@ -85,10 +85,13 @@ def test_values_are_typed_and_validated(clean_env) -> None:
     assert settings.source("carecloud").page_size == 250
     assert settings.source("capillary").lookback_duration.total_seconds() == 6 * 3600
     assert settings.source("capillary").initial_start.isoformat() == "2025-03-01T00:00:00+00:00"
+    assert settings.source("capillary").events_silence_duration.total_seconds() == 24 * 3600
     assert settings.worker_processes == 0
     for name, value, message in [("SOURCES__CARECLOUD__PAGE_SIZE", "many", "page_size"),
                                  ("SOURCES__CAPILLARY__LOOKBACK", "3 days", "lookback"),
                                  ("SOURCES__CAPILLARY__IDENTIFIER_NAME", "phone", "identifier_name"),
+                                 ("SOURCES__CAPILLARY__EVENTS_SILENCE", "a day", "events_silence"),
+                                 ("SOURCES__CAPILLARY__EVENTS_RETENTION_DAYS", "0", "events_retention_days"),
                                  ("LOYALTY__EXTRACT_PROCESSES", "many", "extract_processes")]:
         with clean_env.context() as env:
             env.setenv(name, value)

@@ -30,6 +30,13 @@ CREATE TABLE IF NOT EXISTS events (
     received_at TEXT NOT NULL,                      -- UTC, ISO 8601 with microseconds
     body        BLOB NOT NULL                       -- the request body exactly as received
 );
+-- How far the nightly run has committed the events to the warehouse (pipelines/events/ingest.py): written only
+-- after that commit, and read only to prune; the warehouse's own mark says what to read next.
+CREATE TABLE IF NOT EXISTS consumed (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    seq         INTEGER NOT NULL,
+    at          TEXT NOT NULL
+);
 """
 INSERT = "INSERT OR IGNORE INTO events (event_id, event_name, received_at, body) VALUES (?, ?, ?, ?)"
 # How long a writer waits for another process's write lock (a second receiver, an ingesting run) before the request
@@ -158,6 +165,32 @@ class EventStore:
             "SELECT seq, event_id, event_name, received_at, body FROM events WHERE seq > ? ORDER BY seq",
             (after_seq,)).fetchall()
         return [StoredEvent(*r) for r in rows]
+
+    def max_seq(self) -> int:
+        """The highest seq ever handed out (AUTOINCREMENT keeps it after deletes): lower than a reader's mark only
+        when the store file was replaced."""
+        row = self._connect().execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        return int(row[0]) if row else 0
+
+    def newest_received_at(self) -> str | None:
+        return self._connect().execute("SELECT max(received_at) FROM events").fetchone()[0]
+
+    def consumed_seq(self) -> int:
+        row = self._connect().execute("SELECT seq FROM consumed WHERE id = 1").fetchone()
+        return int(row[0]) if row else 0
+
+    def mark_consumed(self, seq: int) -> None:
+        """Record that every event up to `seq` is committed to the warehouse (never moves back)."""
+        self._connect().execute(
+            "INSERT INTO consumed (id, seq, at) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+            "seq = max(seq, excluded.seq), at = excluded.at", (seq, _utc_now()))
+
+    def prune_consumed(self, received_before: str) -> int:
+        """Delete consumed events received before `received_before` (ISO, UTC); the count deleted. Until then a
+        re-sent duplicate is still recognised by its eventId."""
+        return self._connect().execute(
+            "DELETE FROM events WHERE seq <= (SELECT coalesce(max(seq), 0) FROM consumed) AND received_at < ?",
+            (received_before,)).rowcount
 
     def close(self) -> None:
         with self._writer_lock:

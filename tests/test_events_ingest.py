@@ -1,0 +1,267 @@
+"""Ingestion of received Capillary events into the warehouse (pipelines/events/ingest.py) and the customers they name
+(pipelines/capillary/event_identifiers.py): the real receiver, the sandbox's live event delivery, the real SQLite
+store and a real DuckDB file; rows checked against the sandbox's ground truth (what it generated, lost, delivered)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from pipelines.capillary.event_identifiers import named_customers, own_customer_id
+from pipelines.events import ingest as ing
+from pipelines.events.store import EventStore
+from pipelines.sandbox.data import CAPILLARY_USER_BASE
+from pipelines.sandbox.events import EventDelivery, EventDeliveryConfig
+from tests.helpers.cli import REPO_ROOT
+from tests.helpers.receiver import SECRET, Receiver, event, stored
+
+DAY = 86_400
+UTC = dt.timezone.utc
+
+
+@pytest.fixture
+def receiver(tmp_path):
+    r = Receiver(tmp_path).start()
+    yield r
+    r.kill()
+
+
+def _rows(warehouse: Path) -> list[tuple]:
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
+        return conn.execute(f"SELECT event_id, event_name, customer_id, occurred_at, payload, received_at "
+                            f"FROM {ing.TABLE} ORDER BY store_seq").fetchall()
+
+
+def _ingest(warehouse: Path, store: Path, **kw) -> ing.IngestResult:
+    s = EventStore(store)
+    try:
+        with duckdb.connect(str(warehouse)) as conn:
+            return ing.ingest(conn, s, **kw)
+    finally:
+        s.close()
+
+
+def _listed(named: list[str], customers: int) -> set[int]:
+    return {int(c) for c in named if CAPILLARY_USER_BASE <= int(c) < CAPILLARY_USER_BASE + customers}
+
+
+# ---------------------------------------------------------------------------------------------- identifiers
+
+def test_identifiers_in_both_envelopes_and_both_parties():
+    ids = {"customerId": 564000007, "instore": {"mobile": "420600000007", "email": "c7@x.cz", "externalId": "E7"}}
+    other = {"customerId": 564000009, "instore": {"mobile": "420600000009"}}
+    data = {"transferId": 5, "customerIdentifiers": ids,
+            "transferredFrom": {"entityType": "CUSTOMER", "customerIdentifiers": ids},
+            "transferredTo": {"entityType": "CUSTOMER", "customerIdentifiers": other}}
+    flat = {"eventName": "pointsTransferred", "eventId": "a", "createdAt": 1, "data": data}
+    nested = {"eventId": "b", "eventType": "1800_pointsTransferred", "attributes": {"createdAt": 1, "data": data}}
+    for body in (flat, nested):
+        assert named_customers(body, "id").ids == ["564000007", "564000009"]
+        assert named_customers(body, "mobile").ids == ["420600000007", "420600000009"]
+        got = named_customers(body, "email")                     # the receiving party carries no email
+        assert got.ids == ["c7@x.cz"] and got.unresolved == ["564000009"]
+        assert own_customer_id(body) == "564000007"
+    # identifiers flattened into the party object, inside a list, and an event with none at all
+    odd = {"eventId": "c", "data": {"parties": [{"customerId": 11, "mobile": "777"}, {"userGroupId": 3}]}}
+    assert named_customers(odd, "mobile").ids == ["777"] and named_customers(odd, "id").ids == ["11"]
+    assert own_customer_id(odd) == "11"
+    assert named_customers({"eventId": "d", "data": {"x": 1}}, "id").ids == []
+    assert named_customers([1, 2], "id").ids == [] and own_customer_id("x") is None
+
+
+# ---------------------------------------------------------------------------------------------- ingestion
+
+def test_nights_of_live_delivery_match_the_sandbox_truth(sandbox_factory, receiver, tmp_path):
+    """Several nights: every event the receiver stored lands once in capillary_events with its fields; the events
+    each night's run uses are exactly those received since the previous one, whatever their own time (duplicates,
+    reordering, hours-late events); the customers they name are the truth's; lost events name nobody (the sweep's
+    job)."""
+    customers = 3000
+    sb = sandbox_factory(customers=customers)
+    cfg = EventDeliveryConfig(url=receiver.url, secret=SECRET, customer_added_share=0.1, duplicate_share=0.2,
+                              duplicate_max_seconds=DAY, reorder_share=0.3, late_share=0.2,
+                              late_min_seconds=3 * 3600, late_max_seconds=30 * 3600, lost_share=0.1)
+    warehouse = tmp_path / "warehouse.duckdb"
+    used: list[str] = []
+    named_by_night: list[set[int]] = []
+    with EventDelivery(sb, cfg) as d:
+        for night in range(5):
+            sb.advance(DAY)
+            assert d.wait_idle(60)
+            before = {i for i, _, _ in stored(receiver.store)}
+            result = _ingest(warehouse, receiver.store)
+            assert result.read == len(before) - len(used) and result.added == result.read and not result.issues
+            with duckdb.connect(str(warehouse)) as conn:
+                pending = ing.pending_events(conn)
+                assert {p.event_id for p in pending} == before - set(used)   # since the previous run, all of them
+                named: set[int] = set()
+                for p in pending:
+                    named |= _listed(named_customers(p.payload, "id").ids, customers)
+                ing.mark_selected(conn, [p.event_id for p in pending], dt.datetime.now(UTC))
+            named_by_night.append(named)
+            used += [p.event_id for p in pending]
+            assert named == d.customers_named({p.event_id for p in pending})
+        stats = d.stats()
+    assert stats["lost"] > 0 and stats["duplicates_sent"] > 0 and d.late
+    assert len(used) == len(set(used)) and set(used) == set(d.generated) - d.lost - {
+        e for e, due in d.due.items() if due > sb.now()}
+    # every row equals what the receiver stored
+    rows = _rows(warehouse)
+    bodies = {i: (n, b) for i, n, b in stored(receiver.store)}
+    assert [r[0] for r in rows] == list(bodies)
+    for event_id, name, customer_id, occurred_at, payload, received_at in rows:
+        body = json.loads(bodies[event_id][1])
+        assert name == bodies[event_id][0] and json.loads(payload) == body
+        created = body.get("createdAt") or body["attributes"]["createdAt"]
+        assert occurred_at == dt.datetime.fromtimestamp(created / 1000, UTC)
+        data = body.get("data") or body["attributes"]["data"]
+        if "customerIdentifiers" in data:                          # the event's own customer
+            assert customer_id == str(data["customerIdentifiers"]["customerId"])
+        else:                                                      # a transfer from a group: its receiver
+            receiving = data["transferredTo"].get("customerIdentifiers")
+            assert customer_id == (str(receiving["customerId"]) if receiving else None)
+        assert received_at is not None
+    # the lost events' customers were named by no event (unless another event named them too)
+    lost_only = d.customers_named(d.lost) - set().union(*named_by_night)
+    assert lost_only, "the lost events should leave customers only the sweep can find"
+    # identifier_name = mobile: the same customers, as the truth's mobiles
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
+        payloads = [json.loads(p) for (p,) in conn.execute(f"SELECT payload FROM {ing.TABLE}").fetchall()]
+    mobiles = {m for p in payloads for m in named_customers(p, "mobile").ids}
+    truth = {sb.app.data.capillary_identifiers(c - CAPILLARY_USER_BASE)["mobile"] for c in set().union(*named_by_night)}
+    assert truth <= mobiles and all(m in truth for m in mobiles)  # outside parties carry no mobile: unresolved
+
+
+def test_reingest_adds_nothing_and_duplicates_merge(tmp_path, receiver):
+    for n in range(5):
+        assert receiver.post(event(f"e{n}"))[0] == 200
+    warehouse = tmp_path / "warehouse.duckdb"
+    first = _ingest(warehouse, receiver.store)
+    assert (first.read, first.added, first.mark) == (5, 5, 5)
+    again = _ingest(warehouse, receiver.store)
+    assert (again.read, again.added, again.mark) == (0, 0, 5)
+    assert receiver.post(event("e2"))[0] == 200                    # the vendor re-sends: stored once
+    assert receiver.post(event("e5"))[0] == 200
+    third = _ingest(warehouse, receiver.store)
+    assert (third.read, third.added) == (1, 1)
+    assert [r[0] for r in _rows(warehouse)] == [f"e{n}" for n in range(6)]
+    s = EventStore(receiver.store)
+    assert s.consumed_seq() == third.mark == max(e.seq for e in s.events())  # seqs may have gaps: never assumed
+    s.close()
+
+
+def test_a_replaced_store_is_read_again_without_doubles(tmp_path):
+    warehouse = tmp_path / "warehouse.duckdb"
+    old, new = tmp_path / "old.sqlite3", tmp_path / "new.sqlite3"
+    s = EventStore(old)
+    for n in range(4):
+        s.add(f"e{n}", "pointsIssued", json.dumps(event(f"e{n}")).encode())
+    s.close()
+    _ingest(warehouse, old)
+    s = EventStore(new)
+    for n in (2, 9):
+        s.add(f"e{n}", "pointsIssued", json.dumps(event(f"e{n}")).encode())
+    s.close()
+    result = _ingest(warehouse, new)
+    assert result.store_replaced and [i.code for i in result.issues] == ["event_store_replaced"]
+    assert (result.read, result.added, result.duplicates) == (2, 1, 1)
+    assert sorted(r[0] for r in _rows(warehouse)) == ["e0", "e1", "e2", "e3", "e9"]
+
+
+def test_a_stored_body_that_is_not_an_event_is_an_issue_not_a_crash(tmp_path):
+    store = tmp_path / "s.sqlite3"
+    EventStore(store).close()
+    with sqlite3.connect(store) as c:                              # written by something other than the receiver
+        c.execute("INSERT INTO events (event_id, event_name, received_at, body) VALUES "
+                  "('x', NULL, '2026-12-01T00:00:00.000000Z', 'not json'), "
+                  "('z', NULL, '2026-12-01T00:00:00.500000Z', '{\"eventId\": \"z\", \"v\": NaN}'), "
+                  "('y', 'pointsIssued', '2026-12-01T00:00:01.000000Z', ?)", (json.dumps(event("y")),))
+    result = _ingest(tmp_path / "w.duckdb", store)
+    assert [i.code for i in result.issues] == ["bad_event"] * 2 and result.added == 1 and result.mark == 3
+    assert "NaN is not JSON" in result.issues[1].message
+    assert [r[0] for r in _rows(tmp_path / "w.duckdb")] == ["y"]
+
+
+def test_retention_prunes_only_used_events(tmp_path):
+    store = tmp_path / "s.sqlite3"
+    s = EventStore(store)
+    for n in range(3):
+        s.add(f"e{n}", "pointsIssued", json.dumps(event(f"e{n}")).encode())
+    s.close()
+    warehouse = tmp_path / "w.duckdb"
+    _ingest(warehouse, store)
+    with duckdb.connect(str(warehouse)) as conn:
+        ing.mark_selected(conn, ["e0", "e1"], dt.datetime.now(UTC))
+    later = dt.datetime.now(UTC) + dt.timedelta(days=31)
+    result = _ingest(warehouse, store, retention_days=30, now=later)
+    assert (result.pruned_warehouse, result.pruned_store) == (2, 3)   # e2 not used yet: kept in the warehouse
+    assert [r[0] for r in _rows(warehouse)] == ["e2"]
+    assert stored(store) == []
+    soon = _ingest(warehouse, store, retention_days=30, now=dt.datetime.now(UTC))
+    assert soon.pruned_warehouse == 0
+
+
+def test_silence_warning(tmp_path):
+    s = EventStore(tmp_path / "s.sqlite3")
+    now = dt.datetime.now(UTC)
+    assert "ever been received" in ing.silence_warning(s, now, dt.timedelta(hours=24))
+    s.add("e1", "pointsIssued", json.dumps(event("e1")).encode())
+    assert ing.silence_warning(s, now + dt.timedelta(hours=23), dt.timedelta(hours=24)) is None
+    warning = ing.silence_warning(s, now + dt.timedelta(hours=30), dt.timedelta(hours=24))
+    assert "no Capillary event received for 30.0 h" in warning and "silence limit 24 h" in warning
+    s.close()
+
+
+# ---------------------------------------------------------------------------------------------- kill -9
+
+INGEST_SCRIPT = """
+import sys, duckdb
+from pipelines.events.ingest import ingest
+from pipelines.events.store import EventStore
+with duckdb.connect(sys.argv[1]) as conn:
+    r = ingest(conn, EventStore(sys.argv[2]))
+print(r.read, r.added)
+"""
+
+
+def _ingest_process(warehouse: Path, store: Path, crash_at: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "LOYALTY_TEST_CRASH_AT"}
+    if crash_at:
+        env["LOYALTY_TEST_CRASH_AT"] = crash_at
+    return subprocess.run([sys.executable, "-c", INGEST_SCRIPT, str(warehouse), str(store)], cwd=REPO_ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("stage", ing.CRASH_STAGES)
+def test_kill_9_between_ingestion_and_commit_loses_and_doubles_nothing(tmp_path, receiver, stage):
+    for n in range(20):
+        assert receiver.post(event(f"e{n}"))[0] == 200
+    warehouse = tmp_path / "w.duckdb"
+    assert _ingest_process(warehouse, receiver.store).returncode == 0
+    for n in range(20, 50):                                       # the receiver keeps running throughout
+        assert receiver.post(event(f"e{n}"))[0] == 200
+    killed = _ingest_process(warehouse, receiver.store, crash_at=stage)
+    assert killed.returncode == -9, killed.stderr
+    rows = [r[0] for r in _rows(warehouse)]
+    s = EventStore(receiver.store)
+    consumed = s.consumed_seq()
+    s.close()
+    if stage == "events_ingest":      # killed before the warehouse COMMIT: nothing of the second batch is there
+        assert rows == [f"e{n}" for n in range(20)] and consumed == 20
+    else:                             # after it, before the store's consumed mark: rows there, mark behind
+        assert rows == [f"e{n}" for n in range(50)] and consumed == 20
+    again = _ingest_process(warehouse, receiver.store)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.split() == (["30", "30"] if stage == "events_ingest" else ["0", "0"])
+    assert [r[0] for r in _rows(warehouse)] == [f"e{n}" for n in range(50)]
+    s = EventStore(receiver.store)
+    assert s.consumed_seq() == 50 and s.count() == 50
+    s.close()
