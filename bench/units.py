@@ -7,7 +7,7 @@
 - fetch: CPU per customer of `CareCloudApi.fetch` / `CapillaryApi.fetch` (the transport plus retries, auth, limiter);
 - normalize: CPU per CareCloud record of `PointHistoryBatch.add` and `.build` (records -> Arrow);
 - sandbox: its CPU per request (it shares this machine's two cores with the pipeline in `make bench`);
-- in flight: user and kernel CPU per customer of fetch + normalize (`point_history_batches`, `transfer_batches`)
+- in flight: user and kernel CPU per customer of fetch + normalize (`extraction.produce` with each source's spec)
   with 1 and with 8 customers in flight (what a worker process runs at the default concurrency), all on one thread
   through libcurl's multi interface (`pipelines/multiplex.py`; these were once fetch threads, whose GIL hand-overs
   cost kernel CPU per customer: docs/decisions/session-5-multiplex.md).
@@ -127,25 +127,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"normalize, CPU per CareCloud record: add {(c1 - c0) / total * 1e6:.1f} us, "
               f"build {(c2 - c1) / total * 1e6:.1f} us; CPU probe {speed_probe():.0f} ms")
 
-        from pipelines.capillary import transfer_batches
-        from pipelines.carecloud import point_history_batches
-        from pipelines.extraction import ExtractJob
+        from pipelines import registry
+        from pipelines.extraction import ExtractJob, produce
 
-        def in_flight(api: object, produce: object, customers: list[str], concurrency: int) -> tuple[float, float]:
+        def in_flight(api: object, source: str, customers: list[str], concurrency: int) -> tuple[float, float]:
             """User and kernel CPU per customer, chunks of 200 customers as a worker gets them."""
             tasks = [(c, window) for c in customers]
             u0, s0 = _user_sys()
             for i in range(0, len(tasks), 200):
                 job = ExtractJob(source="units", run_id="units", tasks=tasks[i:i + 200], types=ColumnTypes(),
                                  concurrency=concurrency, batch_rows=10_000, stats=HttpStats(), crash_points=False)
-                for _ in produce(api, job):  # type: ignore[operator]
+                for _ in produce(registry.get(source), api, job):  # type: ignore[arg-type]
                     pass
             u1, s1 = _user_sys()
             return (u1 - u0) / len(customers) * 1e6, (s1 - s0) / len(customers) * 1e6
 
         for concurrency in (1, 8):
-            cu, cs = in_flight(cc, point_history_batches, ids, concurrency)
-            pu, ps = in_flight(cap, transfer_batches, cap_ids, concurrency)
+            cu, cs = in_flight(cc, "carecloud", ids, concurrency)
+            pu, ps = in_flight(cap, "capillary", cap_ids, concurrency)
             print(f"fetch + normalize with {concurrency} customer(s) in flight, CPU per customer (user + kernel): "
                   f"CareCloud {cu:.0f} + {cs:.0f} us, Capillary {pu:.0f} + {ps:.0f} us; CPU probe {speed_probe():.0f} ms")
     return 0

@@ -11,6 +11,7 @@ import datetime as dt
 from pathlib import Path
 
 from dashboard.db import Result, query
+from pipelines.registry import names as source_names
 
 MARTS = "loyalty"
 RAW = "loyalty_raw"
@@ -24,7 +25,7 @@ RUNS = "runs"
 SYNC_ISSUES = "sync_issues"
 SYNC_STATE = "_customer_sync_state"
 
-SYSTEMS = ("carecloud", "capillary")
+SYSTEMS = tuple(source_names())  # every registered source (pipelines/registry.py)
 MOVEMENT_TYPES = ("earn", "redeem", "expire", "transfer_in", "transfer_out", "adjust", "other")
 
 

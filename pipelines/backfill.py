@@ -19,9 +19,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import duckdb
 import pendulum
@@ -149,6 +149,17 @@ def record_chunk(conn: duckdb.DuckDBPyConnection, source: str, plan: ChunkPlan, 
     )
 
 
+@contextmanager
+def _worker_pool(settings: Any, sources: Sequence[str]) -> Iterator[ExtractPool | None]:
+    """The run's worker pool (or None: extract in this process), closed when the backfill ends."""
+    pool = start_pool(settings, sources)
+    try:
+        yield pool
+    finally:
+        if pool is not None:
+            pool.close()
+
+
 def backfill(settings: Any, sources: Sequence[str], since: dt.datetime, until: dt.datetime,
              chunk: dt.timedelta, *, models: bool = True, customers_file: str | None = None) -> RunReport:
     """Run (or resume) a backfill; returns the run report (also written as a `runs` row, command `backfill`).
@@ -159,7 +170,7 @@ def backfill(settings: Any, sources: Sequence[str], since: dt.datetime, until: d
                         chunk_s=chunk.total_seconds(), chunks=len(chunks))
     issues: list[state.Issue] = []
     progress: RunProgress | None = None
-    with RunLock(settings.warehouse), start_pool(settings, sources) or nullcontext() as pool:
+    with RunLock(settings.warehouse), _worker_pool(settings, sources) as pool:
         # the worker pool first: its processes fork before this one starts any thread (pipelines/workers.py)
         conn = connect_writer(settings.warehouse, memory_limit=settings.duckdb_memory_limit)
         try:

@@ -245,23 +245,11 @@ class Settings(BaseConfiguration):
 
 # ---------------------------------------------------------------------------------------------------- loading
 
-# Each source's spec class ("module:class"), by source name; imported by name because each of those modules
-# imports this one. Replaced by the source registry's `configspec` of each source once that lands (issue 16).
-SOURCE_CONFIGSPECS = {
-    "carecloud": "pipelines.carecloud.config:CareCloudConfiguration",
-    "capillary": "pipelines.capillary.config:CapillaryConfiguration",
-}
-
-
 def source_configspecs() -> dict[str, type[SourceConfiguration]]:
-    """Each source's spec class, by source name."""
-    import importlib
+    """Each registered source's section spec (`SourceSpec.configspec`, `pipelines/registry.py`), by source name."""
+    from pipelines import registry
 
-    specs = {}
-    for name, target in SOURCE_CONFIGSPECS.items():
-        module, _, attr = target.partition(":")
-        specs[name] = getattr(importlib.import_module(module), attr)
-    return specs
+    return {spec.name: spec.configspec for spec in registry.specs()}
 
 
 def _without_streamlit_probe(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -22,12 +22,12 @@ from typing import Any, Iterable, Iterator, Sequence
 import duckdb
 import pendulum
 
-from pipelines import state
+from pipelines import registry, state
 from pipelines.columns import ColumnTypes
 from pipelines.config import ConfigError, Settings
 from pipelines.customers import load_customers
 from pipelines.errors import SourceUnavailable
-from pipelines.extraction import ExtractJob
+from pipelines.extraction import ExtractJob, Extraction
 from pipelines.faultpoints import maybe_crash
 from pipelines.http import HttpStats
 from pipelines.lock import RunLock, RunLocked, connect_writer
@@ -35,14 +35,12 @@ from pipelines.logs import get_logger, redact
 from pipelines.progress import RunProgress
 from pipelines.report import RunReport, SourceReport, render_summary
 from pipelines.schema_export import export_schema
-from pipelines.sources import make_api
 from pipelines.state import Issue
 from pipelines.windows import Window, customer_window, utc, window_end
 from pipelines.workers import ExtractPool, start_pool
 
 log = get_logger("runner")
 
-SOURCES = ("carecloud", "capillary")
 PIPELINE_NAME = "loyalty_warehouse"
 DATASET = "loyalty_raw"
 SCHEMA_NAME = "loyalty_raw"
@@ -93,16 +91,6 @@ def _schema(pipeline: Any) -> Any:
     return dlt.Schema(SCHEMA_NAME)
 
 
-def _resource(source: str, api: Any, job: ExtractJob) -> Any:
-    if source == "carecloud":
-        from pipelines.carecloud import point_history_resource
-
-        return point_history_resource(api, job)
-    from pipelines.capillary import transfers_resource
-
-    return transfers_resource(api, job)
-
-
 # ---------------------------------------------------------------------------------------------- loading
 class SourceRun:
     """One source within one run: its API client (one login, one limiter) and counters."""
@@ -111,6 +99,7 @@ class SourceRun:
                  conn: duckdb.DuckDBPyConnection, pipeline: Any, pool: ExtractPool | None = None) -> None:
         self.settings = settings
         self.source = source
+        self.spec = registry.get(source)
         self.cfg = settings.source(source)
         self.report = report
         self.srep = report.sources.setdefault(source, SourceReport())
@@ -120,7 +109,7 @@ class SourceRun:
         self.stats = HttpStats(on_update=(lambda r, t, q: progress.update(source, requests=r, retries=t, http_429=q))
                                if progress else None)
         self.pool = pool
-        self.api = make_api(source, settings, self.stats, pool.slots.get(source) if pool else None)
+        self.api = self.spec.make_api(self.cfg, self.stats, pool.slots.get(source) if pool else None)
         self.api.check()
 
     def close(self) -> None:
@@ -198,7 +187,10 @@ def load_rounds(pipeline: Any, report: RunReport, plans: list[tuple[SourceRun, l
         started = time.monotonic()
         jobs = [(srun, srun.job(feed, settings.chunk_customers, settings.round_records), end)
                 for srun, feed, end in feeds if not feed.exhausted]
-        resources = [_resource(srun.source, srun.api, job) for srun, job, _ in jobs]
+        # each source's own @dlt.source function gives its resource; the resources go into ONE source (one schema,
+        # one package) so that dlt extracts them side by side (a list of sources would be extracted one by one)
+        resources = [r for srun, job, _ in jobs
+                     for r in srun.spec.source(extraction=Extraction(srun.api, job)).resources.values()]
         schema = _schema(pipeline)
         combined = dlt.source(name=SCHEMA_NAME, max_table_nesting=0)(lambda: resources)()
         pipeline.extract(combined, schema=schema, loader_file_format="parquet")

@@ -4,7 +4,7 @@ processes, while the run's own process only feeds dlt (extract, normalize, load)
 Why: the Python work per request and per record (HTTP handling, JSON parsing, records -> Arrow) is bound to one
 core by the GIL; the benchmark (`make bench`, docs/decisions/session-1-profiling.md) showed the single-process pipeline using one
 core fully while the other sat mostly idle. A process pool with the *same* producer functions the in-process path
-uses (`point_history_batches`, `transfer_batches`) spreads that work over the machine's cores.
+uses (`extraction.produce` with the source's spec) spreads that work over the machine's cores.
 
 How the processes stay one client towards the APIs:
 - the rate limiter of each credential and the login token are in shared memory created before the fork
@@ -37,16 +37,16 @@ import signal
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
+from pipelines import registry
 from pipelines.columns import ARROW_TYPES, BOOL, DOUBLE, TEXT, ColumnTypes, convert, problem_message
-from pipelines.extraction import ExtractJob, Tables
+from pipelines.extraction import ExtractJob, Tables, produce
 from pipelines.faultpoints import maybe_crash
 from pipelines.http import HttpStats, SharedToken
 from pipelines.logs import get_logger
-from pipelines.sources import make_api
 from pipelines.state import Issue
 from pipelines.windows import Window
 
@@ -98,7 +98,7 @@ def _api(source: str) -> tuple[Any, HttpStats]:
     apis = _WORKER["apis"]
     if source not in apis:
         stats = HttpStats()
-        apis[source] = (make_api(source, _WORKER["settings"], stats, _WORKER["slots"].get(source)), stats)
+        apis[source] = (registry.make_api(source, _WORKER["settings"], stats, _WORKER["slots"].get(source)), stats)
     return apis[source]
 
 
@@ -112,9 +112,8 @@ class ChunkResult:
     counters: tuple[int, int, int, int]   # requests, retries, 429s, logins
 
 
-def _extract_chunk(source: str, produce: Callable[[Any, ExtractJob], Iterator[Tables]], run_id: str,
-                   kinds: dict[str, dict[str, str]], tasks: list[tuple[str, Window]], concurrency: int,
-                   batch_rows: int) -> ChunkResult:
+def _extract_chunk(source: str, run_id: str, kinds: dict[str, dict[str, str]], tasks: list[tuple[str, Window]],
+                   concurrency: int, batch_rows: int) -> ChunkResult:
     # the previous chunk's Arrow buffers were freed after they were sent; hand that memory back to the OS, else the
     # allocator keeps each worker at its high-water mark (the memory run measures the whole process tree)
     pa.default_memory_pool().release_unused()
@@ -122,7 +121,7 @@ def _extract_chunk(source: str, produce: Callable[[Any, ExtractJob], Iterator[Ta
     job = ExtractJob(source=source, run_id=run_id, tasks=tasks, types=ColumnTypes(kinds), concurrency=concurrency,
                      batch_rows=batch_rows, stats=stats, crash_points=False)
     try:
-        tables = [t for batch in produce(api, job) for t in batch]
+        tables = [t for batch in produce(registry.get(source), api, job) for t in batch]
     finally:
         counters = stats.take()
     return ChunkResult(tables, job.succeeded, job.failed, job.issues, job.records_fetched, counters)
@@ -154,8 +153,8 @@ class ExtractPool:
         # everything a worker will run, imported once here rather than once per worker after the fork (importing
         # dlt is expensive: docs/decisions/session-2-worker-processes.md)
         import dlt  # noqa: F401
-        import pipelines.capillary  # noqa: F401
-        import pipelines.carecloud  # noqa: F401
+
+        registry.specs(sources)  # the packages of the sources it will extract
 
         # pyarrow imports pandas (when installed) on the first `pa.array` of Python objects: CPU and memory that
         # each worker paid on its own first batch unless done here (docs/decisions/session-4-staging-in-memory.md)
@@ -164,7 +163,7 @@ class ExtractPool:
         for source in sources:
             pool.slots[source] = SharedToken()
             # registers the credential's shared rate limiter before the fork (the client itself is thrown away)
-            make_api(source, settings, HttpStats(), pool.slots[source]).close()
+            registry.make_api(source, settings, HttpStats(), pool.slots[source]).close()
         pool._executor = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("fork"),
                                              initializer=_init_worker, initargs=(settings, pool.slots, os.getpid()))
         # the first submit forks every worker, now, while this process has no other threads. Objects frozen out of
@@ -200,8 +199,8 @@ class ExtractPool:
         """A worker's share of the source's customers in flight (on one thread, `pipelines/multiplex.py`)."""
         return max(1, math.ceil(concurrency / self.processes))
 
-    def extract(self, job: ExtractJob, produce: Callable[[Any, ExtractJob], Iterator[Tables]]) -> Iterator[Tables]:
-        """`produce` over the job's customers in the workers, chunk by chunk, at most its fair share of the workers
+    def extract(self, job: ExtractJob) -> Iterator[Tables]:
+        """`extraction.produce` over the job's customers in the workers, chunk by chunk, at most its fair share of the workers
         in flight; each finished chunk is merged into `job` and its tables yielded (types conformed).
 
         Working ahead: once the round has handed out its last chunk, up to `LOOKAHEAD_PER_WORKER` chunks per worker
@@ -220,7 +219,7 @@ class ExtractPool:
             feed.carried = {}
 
         def start(chunk: list[tuple[str, Window]]) -> Future:
-            return self._executor.submit(_extract_chunk, job.source, produce, job.run_id,  # type: ignore[union-attr]
+            return self._executor.submit(_extract_chunk, job.source, job.run_id,  # type: ignore[union-attr]
                                          job.types.snapshot(), chunk, per_worker, job.batch_rows)
 
         def submit() -> bool:

@@ -10,16 +10,17 @@ when they fall in the customer's window, three merged tables built as Arrow batc
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Iterator
+from typing import Any, Sequence
 
 import dlt
 import pyarrow as pa
 
+from pipelines.capillary.config import CapillaryConfiguration
 from pipelines.capillary.helpers import CapillaryApi
 from pipelines.capillary.settings import CUSTOMER_TRANSFERS_TABLE, PARTIES_TABLE, TRANSFERS_TABLE
-from pipelines.columns import convert, with_required
-from pipelines.extraction import ExtractJob, extract_batches, fetched
-from pipelines.http import Steps
+from pipelines.columns import convert
+from pipelines.extraction import ExtractJob, Extraction, source_resource
+from pipelines.spec import SourceSpec
 from pipelines.state import Issue
 from pipelines.windows import Window, local_to_utc
 
@@ -171,49 +172,30 @@ HINTS = {
 }
 
 
+def table_hints(table: str) -> dict[str, Any]:
+    return {"write_disposition": "merge", **HINTS[table]}
+
+
+def new_batch(api: CapillaryApi, job: ExtractJob) -> TransferBatch:
+    return TransferBatch(job.run_id, api.server_timezone)
+
+
 @dlt.source(name="capillary", max_table_nesting=0)
-def capillary_source(api: CapillaryApi, job: ExtractJob) -> Any:
-    """Points transfers of `job.tasks` (identifier value, window) through `api`."""
-    return transfers_resource(api, job)
+def capillary_source(customer_ids: Sequence[str] | None = None, start: Any = None, end: Any = None,
+                     extraction: Extraction | None = None) -> Any:
+    """Capillary points transfers of `customer_ids` (values of `identifier_name`) made in [`start`, `end`) (ISO
+    instants or datetimes; default `initial_start` to now - `safety_lag`), with the settings of
+    `[sources.capillary]`. The runner passes `extraction` instead: its API client and the round's job."""
+    return source_resource(SPEC, customer_ids, start, end, extraction)
 
 
-def transfer_batches(api: CapillaryApi, job: ExtractJob) -> Iterator[list[tuple[str, pa.Table]]]:
-    """Fetch `job.tasks` and build the three tables, `job.batch_rows` kept transfers at a time. Runs in this process
-    or in a worker process (`pipelines/workers.py`); no dlt here."""
-
-    def fetch(task: tuple[str, Window]) -> Steps:
-        return api.fetch_steps(task[0])
-
-    def build(batch: TransferBatch) -> list[tuple[str, pa.Table]]:
-        tables, issues = batch.build()
-        job.issues.extend(issues)
-        return tables
-
-    batch = TransferBatch(job.run_id, api.server_timezone)
-    for customer_id, window, (records, api_issues) in fetched(job, fetch):
-        for code, message, detail in api_issues:
-            job.issues.append(Issue(SOURCE, customer_id, code, message, detail))
-        batch.add(customer_id, window, records)
-        job.succeed(customer_id, len(records))
-        if len(batch) >= job.batch_rows:
-            yield build(batch)
-            batch = TransferBatch(job.run_id, api.server_timezone)
-    yield build(batch)
-
-
-def _hinted(tables: list[tuple[str, pa.Table]]) -> Iterator[Any]:
-    for name, table in tables:
-        required = [c for c, spec in HINTS[name]["columns"].items() if spec.get("nullable") is False]
-        hints = dlt.mark.make_hints(table_name=name, write_disposition="merge", **HINTS[name])
-        yield dlt.mark.with_hints(with_required(table, required), hints, create_table_variant=True)
-
-
-def transfers_resource(api: CapillaryApi, job: ExtractJob) -> Any:
-    """The resource on its own, so a run can extract both APIs' resources side by side in one package."""
-
-    @dlt.resource(name="capillary_transfers", write_disposition="merge", parallelized=True)
-    def transfers() -> Iterator[Any]:
-        for tables in extract_batches(job, api, transfer_batches):
-            yield from _hinted(tables)
-
-    return transfers
+SPEC = SourceSpec(
+    name=SOURCE,
+    make_api=CapillaryApi,
+    new_batch=new_batch,
+    table_hints=table_hints,
+    resource_name="capillary_transfers",
+    source=capillary_source,
+    configspec=CapillaryConfiguration,
+    sandbox="pipelines.capillary.sandbox:PART",
+)

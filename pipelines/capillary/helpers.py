@@ -14,6 +14,7 @@ from pipelines.errors import CustomerFailed, SourceUnavailable, failure_from_htt
 from pipelines.http import (Auth, HttpClient, HttpError, HttpStats, SharedToken, StaticAuth, Steps, TokenAuth,
                             shared_limiter)
 from pipelines.logs import register_secret
+from pipelines.windows import Window
 
 
 def _errors(body: Any) -> list[dict]:
@@ -82,6 +83,11 @@ class CapillaryApi:
         Raises CustomerFailed for 8015 (not found) and anything not retryable. Blocking; the extraction runs
         `fetch_steps` for many customers at once (`pipelines/multiplex.py`)."""
         return self.client.drive(self.fetch_steps(identifier))
+
+    def customer_steps(self, identifier: str, window: Window) -> Steps:
+        """`fetch_steps` for the engine (`spec.SourceApi`): the transfer endpoint has no time filter, so every
+        transfer is fetched and the batch keeps those inside `window`."""
+        return self.fetch_steps(identifier)
 
     def fetch_steps(self, identifier: str) -> Steps:
         """`fetch` as a generator of request steps."""

@@ -3,17 +3,16 @@ records turned into Arrow batches (see `normalize.py`) and merged on `record_key
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Sequence
 
 import dlt
 
+from pipelines.carecloud.config import CareCloudConfiguration
 from pipelines.carecloud.helpers import CareCloudApi
 from pipelines.carecloud.normalize import PointHistoryBatch
 from pipelines.carecloud.settings import POINT_HISTORY_TABLE
-from pipelines.columns import with_required
-from pipelines.extraction import ExtractJob, extract_batches, fetched
-from pipelines.http import Steps
-from pipelines.windows import Window, local_bounds
+from pipelines.extraction import ExtractJob, Extraction, source_resource
+from pipelines.spec import SourceSpec
 
 COLUMNS: dict[str, Any] = {
     "record_key": {"data_type": "text", "nullable": False},
@@ -37,56 +36,33 @@ CHILD_COLUMNS: dict[str, Any] = {"record_key": {"data_type": "text", "nullable":
                                  "_loaded_run_id": {"data_type": "text"}}
 
 
-def _hinted(tables: list[tuple[str, Any]]) -> Iterator[Any]:
-    for name, table in tables:
-        # every table as a variant with its own complete hints: hints set on the resource itself would be
-        # inherited by the child tables (dlt copies resource column hints into variants)
-        if name == POINT_HISTORY_TABLE:
-            hints = dlt.mark.make_hints(table_name=name, write_disposition=INSERT_ONLY, primary_key="record_key",
-                                        columns=COLUMNS)
-        else:
-            hints = dlt.mark.make_hints(table_name=name, write_disposition=INSERT_ONLY, primary_key=CHILD_PRIMARY_KEY,
-                                        columns=CHILD_COLUMNS)
-        yield dlt.mark.with_hints(with_required(table, CHILD_PRIMARY_KEY), hints, create_table_variant=True)
+def table_hints(table: str) -> dict[str, Any]:
+    """dlt hints of the point-history table and of its `extended_data` list tables."""
+    if table == POINT_HISTORY_TABLE:
+        return {"write_disposition": INSERT_ONLY, "primary_key": "record_key", "columns": COLUMNS}
+    return {"write_disposition": INSERT_ONLY, "primary_key": CHILD_PRIMARY_KEY, "columns": CHILD_COLUMNS}
 
 
-def point_history_batches(api: CareCloudApi, job: ExtractJob) -> Iterator[list[tuple[str, Any]]]:
-    """Fetch `job.tasks` and turn the records into Arrow tables, `job.batch_rows` records at a time. Runs in this
-    process or in a worker process (`pipelines/workers.py`); no dlt here."""
-
-    def fetch(task: tuple[str, Window]) -> Steps:
-        customer_id, window = task
-        time_from, time_to = local_bounds(window, api.timezone)
-        records, _ = yield from api.fetch_steps(customer_id, time_from, time_to)
-        return records
-
-    def build(batch: PointHistoryBatch) -> list[tuple[str, Any]]:
-        tables, issues = batch.build()
-        job.issues.extend(issues)
-        return tables
-
-    batch = PointHistoryBatch(api.timezone, job.run_id, job.types)
-    for customer_id, window, records in fetched(job, fetch):
-        batch.add(customer_id, window, records)
-        job.succeed(customer_id, len(records))
-        if len(batch) >= job.batch_rows:
-            yield build(batch)
-            batch = PointHistoryBatch(api.timezone, job.run_id, job.types)
-    yield build(batch)
+def new_batch(api: CareCloudApi, job: ExtractJob) -> PointHistoryBatch:
+    return PointHistoryBatch(api.timezone, job.run_id, job.types)
 
 
 @dlt.source(name="carecloud", max_table_nesting=0)
-def carecloud_source(api: CareCloudApi, job: ExtractJob) -> Any:
-    """Point history of `job.tasks` (customer, window) through `api`."""
-    return point_history_resource(api, job)
+def carecloud_source(customer_ids: Sequence[str] | None = None, start: Any = None, end: Any = None,
+                     extraction: Extraction | None = None) -> Any:
+    """CareCloud point history of `customer_ids` recorded in [`start`, `end`) (ISO instants or datetimes; default
+    `initial_start` to now - `safety_lag`), with the settings of `[sources.carecloud]`. The runner passes
+    `extraction` instead: its API client and the round's job."""
+    return source_resource(SPEC, customer_ids, start, end, extraction)
 
 
-def point_history_resource(api: CareCloudApi, job: ExtractJob) -> Any:
-    """The resource on its own, so a run can extract both APIs' resources side by side in one package."""
-
-    @dlt.resource(name=POINT_HISTORY_TABLE, write_disposition="merge", parallelized=True)
-    def point_history() -> Iterator[Any]:
-        for tables in extract_batches(job, api, point_history_batches):
-            yield from _hinted(tables)
-
-    return point_history
+SPEC = SourceSpec(
+    name="carecloud",
+    make_api=CareCloudApi,
+    new_batch=new_batch,
+    table_hints=table_hints,
+    resource_name=POINT_HISTORY_TABLE,
+    source=carecloud_source,
+    configspec=CareCloudConfiguration,
+    sandbox="pipelines.carecloud.sandbox:PART",
+)

@@ -18,7 +18,7 @@ from pipelines.logs import register_secret
 from pipelines.paging import (
     BasePaginator, DescendingStopPaginator, PagingUnstable, StableOffsetPaginator, paginate,
 )
-from pipelines.windows import local_to_utc
+from pipelines.windows import Window, local_bounds, local_to_utc
 
 
 def _invalid_params(body: Any) -> list[dict]:
@@ -77,6 +77,11 @@ class CareCloudApi:
         """Every record of the customer between the two local wall-clock strings, and the number of fetches
         (blocking; the extraction runs `fetch_steps` for many customers at once, `pipelines/multiplex.py`)."""
         return self.client.drive(self.fetch_steps(customer_id, time_from, time_to))
+
+    def customer_steps(self, customer_id: str, window: Window) -> Steps:
+        """The steps of every record of the customer in `window` (`spec.SourceApi`): (records, no API issues)."""
+        records, _ = yield from self.fetch_steps(customer_id, *local_bounds(window, self.timezone))
+        return records, ()
 
     def fetch_steps(self, customer_id: str, time_from: str, time_to: str) -> Steps:
         """`fetch` as a generator of request steps.

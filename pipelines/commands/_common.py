@@ -11,15 +11,15 @@ import argparse
 import sys
 from typing import Any, Sequence
 
-SOURCES = ["carecloud", "capillary"]
+from pipelines.registry import names as source_names
 
 
 def add_source_option(p: argparse.ArgumentParser, help: str, *, repeatable: bool = False) -> None:
     """`--source NAME`: one source or "all" (the default), or with `repeatable` one source per use (none: all)."""
     if repeatable:
-        p.add_argument("--source", action="append", choices=SOURCES, help=help)
+        p.add_argument("--source", action="append", choices=source_names(), help=help)
     else:
-        p.add_argument("--source", choices=[*SOURCES, "all"], default="all", help=help)
+        p.add_argument("--source", choices=[*source_names(), "all"], default="all", help=help)
 
 
 def add_customers_option(p: argparse.ArgumentParser, help: str) -> None:
@@ -38,7 +38,7 @@ def add_no_models_option(p: argparse.ArgumentParser, help: str) -> None:
 def chosen_sources(source: str | Sequence[str] | None) -> list[str]:
     """The sources an `--source` value selects: all for none or "all"."""
     if source is None or source == "all":
-        return list(SOURCES)
+        return source_names()
     return [source] if isinstance(source, str) else list(source)
 
 

@@ -7,7 +7,7 @@ import argparse
 import os
 from pathlib import Path
 
-HELP = "start the sandbox API, load both sources and build the marts (the README's first command)"
+HELP = "start the sandbox API, load every source it serves and build the marts (the README's first command)"
 
 EXAMPLE_QUERY = """\
 SELECT movement_type, count(*) AS movements, sum(points) AS points
@@ -39,12 +39,12 @@ def handle(args: argparse.Namespace) -> int:
         # the dlt way: environment variables override .dlt/ files, pointing both sources at the sandbox
         os.environ.update(sb.env(warehouse))
         # the sandbox is in-process and fast: no need to throttle it like a production API
-        os.environ.setdefault("SOURCES__CARECLOUD__RATE_LIMIT", "1000")
-        os.environ.setdefault("SOURCES__CAPILLARY__RATE_LIMIT", "1000")
+        for source in sb.sources:
+            os.environ.setdefault(f"SOURCES__{source.upper()}__RATE_LIMIT", "1000")
         from pipelines.config import load_settings
         from pipelines.runner import run
 
-        report = run(load_settings(), ["carecloud", "capillary"], models=not args.no_models, command="demo")
+        report = run(load_settings(), sb.sources, models=not args.no_models, command="demo")
     if report.exit_code != 1:
         print_loaded(warehouse, models=not args.no_models)
     return report.exit_code

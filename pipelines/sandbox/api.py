@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Callable
 from urllib.parse import parse_qs
 
 import orjson
@@ -73,6 +74,18 @@ def _cc_invalid(name: str, reason: str, value: object, message: str) -> Response
 
 def _cap_error(status: int, code: int, message: str) -> Response:
     return _json(status, {"warnings": [], "errors": [{"status": False, "code": code, "message": message}]})
+
+
+def _cc_fault(status: int, detail: str) -> Response:
+    """CareCloud's answer to a rate-limited (429) or unavailable (503) request."""
+    if status == 429:
+        return _cc_error(429, "too_many_requests_exception", "Too many requests", "more than the resource limit")
+    return _cc_error(status, "service_unavailable_exception", "Service unavailable", detail)
+
+
+def _cap_fault(status: int, detail: str) -> Response:
+    """Capillary's answer to a rate-limited (429) or unavailable (503) request."""
+    return _cap_error(status, status, "Rate limit exceeded" if status == 429 else detail)
 
 
 class SandboxApp:
@@ -145,22 +158,20 @@ class SandboxApp:
         resp.endpoint = endpoint
         return resp
 
-    def _fault(self, credential: str, customer_key: str, vendor: str) -> Response | None:
+    def _fault(self, credential: str, customer_key: str, error: Callable[[int, str], Response]) -> Response | None:
+        """The fault to answer with instead of the data, if any; `error(status, detail)` is the vendor's error body
+        (`_cc_fault`, `_cap_fault`)."""
         action, retry_after = self.faults.decide(credential, customer_key)
         if action == F.PASS:
             return None
         if action in (F.DROP, F.TRUNCATE):
             return Response(0, action=action)  # the body is filled in by the caller (truncate needs the real one)
         if action in (F.RATE_LIMITED, F.RANDOM_429):
-            resp = (_cc_error(429, "too_many_requests_exception", "Too many requests",
-                              "more than the resource limit") if vendor == "carecloud"
-                    else _cap_error(429, 429, "Rate limit exceeded"))
+            resp = error(429, "")
             if retry_after is not None:
                 resp.headers.append(("Retry-After", str(max(1, int(retry_after + 0.999)))))
             return resp
-        detail = "maintenance window" if action == F.MAINTENANCE else "service temporarily unavailable"
-        return (_cc_error(503, "service_unavailable_exception", "Service unavailable", detail)
-                if vendor == "carecloud" else _cap_error(503, 503, detail))
+        return error(503, "maintenance window" if action == F.MAINTENANCE else "service temporarily unavailable")
 
     # ------------------------------------------------------------------ CareCloud
     def carecloud_login(self, req: Request) -> Response:
@@ -210,7 +221,7 @@ class SandboxApp:
             return login
         q = req.query
         customer_id = q.get("customer_id")
-        fault = self._fault(login, customer_id or "", "carecloud")
+        fault = self._fault(login, customer_id or "", _cc_fault)
         if fault is not None and fault.action == F.PASS:
             return fault
         if not customer_id:
@@ -289,7 +300,7 @@ class SandboxApp:
         if isinstance(login, Response):
             return login
         q = req.query
-        fault = self._fault(login, "listing:" + name, "carecloud")
+        fault = self._fault(login, "listing:" + name, _cc_fault)
         if fault is not None and fault.action == F.PASS:
             return fault
         count = _int_param(q, "count", 100, 1)
@@ -460,7 +471,7 @@ class SandboxApp:
             return cred
         q = req.query
         name, value = q.get("identifierName", ""), q.get("identifierValue", "")
-        fault = self._fault(cred, f"{name}:{value}", "capillary")
+        fault = self._fault(cred, f"{name}:{value}", _cap_fault)
         if fault is not None and fault.action == F.PASS:
             return fault
         if q.get("source", "").upper() not in CAPILLARY_SOURCES:
@@ -484,7 +495,7 @@ class SandboxApp:
         if isinstance(cred, Response):
             return cred
         user_id = req.path[len("/v2/customers/"):-len("/pointsTransfers")]
-        fault = self._fault(cred, f"id:{user_id}", "capillary")
+        fault = self._fault(cred, f"id:{user_id}", _cap_fault)
         if fault is not None and fault.action == F.PASS:
             return fault
         q = req.query

@@ -14,12 +14,24 @@ from typing import Any
 
 from pipelines.sandbox.api import SandboxApp
 from pipelines.sandbox.clock import to_epoch
-from pipelines.sandbox.config import CARECLOUD_BASE_PATH, FaultConfig, SandboxConfig
-from pipelines.sandbox.data import CAPILLARY_USER_BASE
+from pipelines.sandbox.config import FaultConfig, SandboxConfig
 from pipelines.sandbox.server import ServerOptions, create_server
-from pipelines.sandbox.truth import Truth, capillary_truth, carecloud_listing_truth, carecloud_truth
+from pipelines.sandbox.truth import Truth, carecloud_listing_truth
 
-SOURCES = ("carecloud", "capillary")
+
+def source_parts() -> dict[str, Any]:
+    """The sandbox parts of the registered sources that have one (`SourceSpec.sandbox`), by source name: each
+    gives its base URL, customer ids, ground truth and the settings that point the real CLI at it."""
+    import importlib
+
+    from pipelines import registry
+
+    parts = {}
+    for spec in registry.specs():
+        if spec.sandbox:
+            module, _, attr = spec.sandbox.partition(":")
+            parts[spec.name] = getattr(importlib.import_module(module), attr or "PART")
+    return parts
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -45,8 +57,9 @@ class Sandbox:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
         self._thread: threading.Thread | None = None
+        self.parts = source_parts()
         # which customers the customer files list (truth covers exactly these); all unless narrowed
-        self._listed: dict[str, list[int] | range] = {s: range(self.config.customers) for s in SOURCES}
+        self._listed: dict[str, list[int] | range] = {s: range(self.config.customers) for s in self.parts}
         self.capillary_identifier = "id"
 
     # ------------------------------------------------------------------ lifecycle
@@ -117,13 +130,7 @@ class Sandbox:
     def warm(self, limit: int | None = None) -> int:
         """Generate (and cache) the listed customers' data up front, so a benchmark times the pipeline, not the
         generator (~25k records/s). Returns the number of CareCloud records generated."""
-        n = 0
-        gen = self.app.data
-        for i in list(self._listed["carecloud"])[:limit]:
-            n += len(gen.carecloud(i))
-        for i in list(self._listed["capillary"])[:limit]:
-            gen.capillary_view(i)
-        return n
+        return sum(part.warm(self, list(self._listed[name])[:limit]) for name, part in self.parts.items())
 
     # ------------------------------------------------------------------ addresses
     @property
@@ -134,12 +141,20 @@ class Sandbox:
         return f"http://{host}:{self.port}"
 
     @property
+    def sources(self) -> list[str]:
+        """The sources this sandbox serves (registered sources with a sandbox part)."""
+        return list(self.parts)
+
+    def base_url(self, source: str) -> str:
+        return self.parts[source].base_url(self)
+
+    @property
     def carecloud_base_url(self) -> str:
-        return self.url + CARECLOUD_BASE_PATH
+        return self.base_url("carecloud")
 
     @property
     def capillary_base_url(self) -> str:
-        return self.url
+        return self.base_url("capillary")
 
     # ------------------------------------------------------------------ clock
     def now(self) -> float:
@@ -159,35 +174,24 @@ class Sandbox:
 
     def customers_in_maintenance(self, source: str) -> list[str]:
         """The listed customers answered 503 right now because of the maintenance window."""
-        faults = self.app.faults
-        if source == "carecloud":
-            return [c for c in self.customer_ids(source) if faults.in_maintenance(c)]
-        return [c for c in self.customer_ids(source) if faults.in_maintenance(f"{self.capillary_identifier}:{c}")]
+        faults, part = self.app.faults, self.parts[source]
+        return [c for c in self.customer_ids(source) if faults.in_maintenance(part.maintenance_key(self, c))]
 
     # ------------------------------------------------------------------ customers
     def customer_ids(self, source: str, identifier_name: str | None = None) -> list[str]:
-        gen = self.app.data
-        indices = self._listed[source]
-        if source == "carecloud":
-            return [gen.carecloud_id(i) for i in indices]
-        if source == "capillary":
-            name = identifier_name or self.capillary_identifier
-            if name == "id":  # the common case, without building all four identifiers per customer
-                return [str(CAPILLARY_USER_BASE + i) for i in indices]
-            return [gen.capillary_identifiers(i)[name] for i in indices]
-        raise ValueError(f"unknown source {source!r}")
+        if source not in self.parts:
+            raise ValueError(f"unknown source {source!r}")
+        extra = {"identifier_name": identifier_name} if identifier_name else {}
+        return self.parts[source].customer_ids(self, self._listed[source], **extra)
 
     def list_customers(self, limit: int | None = None) -> None:
         """Narrow the customer list (files and truth) to the first `limit` customers; None = all."""
         n = self.config.customers if limit is None else min(limit, self.config.customers)
-        self._listed = {s: range(n) for s in SOURCES}
+        self._listed = {s: range(n) for s in self.parts}
 
     def unknown_customer_ids(self, source: str, n: int) -> list[str]:
         """Well-formed ids the API does not know (400 not_found / 8015)."""
-        gen = self.app.data
-        if source == "carecloud":
-            return [gen.carecloud_id(self.config.customers + k)[:16][::-1] + f"{k:010x}" for k in range(n)]
-        return [str(880_000_000 + k) for k in range(n)]
+        return self.parts[source].unknown_ids(self, n)
 
     def write_customer_files(self, out_dir: str | Path, *, limit: int | None = None, unknown: int = 0,
                              duplicates: int = 0, blanks: int = 0,
@@ -199,7 +203,7 @@ class Sandbox:
         self.list_customers(limit)
         self.capillary_identifier = capillary_identifier
         paths = {}
-        for source in SOURCES:
+        for source in self.parts:
             ids = self.customer_ids(source)
             extra = self.unknown_customer_ids(source, unknown)
             lines = ids + extra + ids[:duplicates] + [""] * blanks
@@ -218,37 +222,17 @@ class Sandbox:
     def env(self, warehouse_path: str | Path, **customer_file_options: Any) -> dict[str, str]:
         """Environment variables that point the real CLI (dlt-style settings) at this sandbox. Writes the
         customer files beside the warehouse file. Merge into `os.environ` for a subprocess."""
-        from pipelines.sandbox.config import (
-            CAPILLARY_PASSWORD, CAPILLARY_TILL_ID, CARECLOUD_APP_ID, CARECLOUD_LOGIN, CARECLOUD_PASSWORD,
-        )
-
         warehouse = Path(warehouse_path)
         files = self.write_customer_files(warehouse.parent, **customer_file_options)
-        return {
-            "SOURCES__CARECLOUD__BASE_URL": self.carecloud_base_url,
-            "SOURCES__CARECLOUD__CREDENTIALS__LOGIN": CARECLOUD_LOGIN,
-            "SOURCES__CARECLOUD__CREDENTIALS__PASSWORD": CARECLOUD_PASSWORD,
-            "SOURCES__CARECLOUD__CREDENTIALS__EXTERNAL_APP_ID": CARECLOUD_APP_ID,
-            "SOURCES__CARECLOUD__CUSTOMERS": str(files["carecloud"]),
-            "SOURCES__CARECLOUD__TIMEZONE": self.config.timezone,
-            "SOURCES__CAPILLARY__BASE_URL": self.capillary_base_url,
-            "SOURCES__CAPILLARY__CREDENTIALS__TILL_ID": CAPILLARY_TILL_ID,
-            "SOURCES__CAPILLARY__CREDENTIALS__PASSWORD": CAPILLARY_PASSWORD,
-            "SOURCES__CAPILLARY__CUSTOMERS": str(files["capillary"]),
-            "SOURCES__CAPILLARY__IDENTIFIER_NAME": self.capillary_identifier,
-            "SOURCES__CAPILLARY__SERVER_TIMEZONE": self.config.capillary_timezone,
-            "DESTINATION__DUCKDB__CREDENTIALS": str(warehouse),
-        }
+        env = {k: v for name, part in self.parts.items() for k, v in part.env(self, files[name]).items()}
+        env["DESTINATION__DUCKDB__CREDENTIALS"] = str(warehouse)
+        return env
 
     # ------------------------------------------------------------------ truth and stats
     def truth(self, now: Any = None) -> Truth:
         at = self.now() if now is None else to_epoch(now)
-        gen = self.app.data
-        return Truth(
-            carecloud_point_history=carecloud_truth(gen, at, self._listed["carecloud"]),
-            capillary_customer_transfers=capillary_truth(gen, at, self._listed["capillary"],
-                                                         self.capillary_identifier),
-        )
+        tables = {k: v for name, part in self.parts.items() for k, v in part.truth(self, at, self._listed[name]).items()}
+        return Truth(**tables)
 
     def listing_truth(self, now: Any = None) -> dict[str, Any]:
         """The CareCloud listings at `now` (roster of every customer; /points and /purchases of the listed ones)
