@@ -13,7 +13,7 @@ import pytest
 from pipelines.config import load_settings
 from pipelines.errors import ListingIncomplete
 from pipelines.http import HttpStats
-from pipelines.sources import make_api
+from pipelines.registry import make_api
 
 WINDOW = ("2026-03-01 00:00:00", "2026-11-20 01:00:00")
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import dlt
 import pytest
 
-from chaos.compare import compare
-from helpers.cli import FAST
+from tests.chaos.compare import compare
+from tests.helpers.cli import FAST
 from pipelines.capillary import capillary_source
 from pipelines.carecloud import carecloud_source
 
