@@ -265,3 +265,67 @@ def test_kill_9_between_ingestion_and_commit_loses_and_doubles_nothing(tmp_path,
     s = EventStore(receiver.store)
     assert s.consumed_seq() == 50 and s.count() == 50
     s.close()
+
+
+# ---------------------------------------------------------------------------------------------- change discovery
+
+def test_event_changes_name_the_truths_customers_night_by_night(sandbox_factory, receiver, tmp_path):
+    """Capillary's change discovery from events: each night names exactly the customers of the events received
+    since the last run that committed (a run that dies before its commit leaves them for the next); customerAdded
+    customers join the customer list for good; events that never arrived name nobody (left to the sweep)."""
+    from pipelines.capillary.event_changes import discover_from_events, with_added_customers
+
+    customers = 3000
+    sb = sandbox_factory(customers=customers)
+    cfg = EventDeliveryConfig(url=receiver.url, secret=SECRET, customer_added_share=0.6, lost_share=0.1,
+                              duplicate_share=0.2, duplicate_max_seconds=DAY)
+    warehouse = tmp_path / "w.duckdb"
+    base_list = [str(CAPILLARY_USER_BASE + i) for i in range(customers)]
+    kw = dict(identifier_name="id", retention_days=30, silence=dt.timedelta(hours=24))
+    with EventDelivery(sb, cfg) as d:
+        sb.advance(DAY)
+        assert d.wait_idle(60)
+        with duckdb.connect(str(warehouse)) as conn:
+            dead = discover_from_events(conn, receiver.store, **kw)   # this run dies before its commit
+        used: set[str] = set()
+        for night in range(3):
+            sb.advance(3 * DAY)                     # nights apart: customerAdded events are sparse
+            assert d.wait_idle(60)
+            with duckdb.connect(str(warehouse)) as conn:
+                found = discover_from_events(conn, receiver.store, **kw)
+                if night == 0:
+                    assert set(dead.event_ids) <= set(found.event_ids)    # not lost with the dead run
+                assert found.complete and found.requests == 0 and found.silence is None
+                events = set(found.event_ids)
+                assert not events & used and len(found.event_ids) == len(events)
+                assert _listed(list(found.named()), customers) == d.customers_named(events)
+                truth_added = {str(CAPILLARY_USER_BASE + i) for e, (k, i) in d.generated.items()
+                               if e in events and k == "c"}
+                assert set(found.added) == truth_added
+                found.commit(conn)
+                used |= events
+        assert used == {e for e in d.generated if e not in d.lost and d.due[e] <= sb.now()}
+        assert d.customers_named(d.lost) - d.customers_named(used)          # only the sweep finds these
+    # customerAdded customers join a list that lacks them, and stay after their events are pruned
+    all_added = {str(CAPILLARY_USER_BASE + i) for e, (k, i) in d.generated.items() if e in used and k == "c"}
+    assert all_added
+    short = [c for c in base_list if c not in all_added]
+    with duckdb.connect(str(warehouse)) as conn:
+        assert set(with_added_customers(short, conn)) == set(base_list)
+        assert with_added_customers(short, conn)[:len(short)] == short
+        conn.execute(f"DELETE FROM {ing.TABLE}")
+        assert all_added <= set(with_added_customers(short, conn))
+
+
+def test_event_changes_without_a_store_warn_and_go_on(tmp_path):
+    from pipelines.capillary.event_changes import discover_from_events
+
+    (tmp_path / "dir.sqlite3").mkdir()
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as conn:
+        broken = discover_from_events(conn, tmp_path / "dir.sqlite3", identifier_name="id", retention_days=30,
+                                      silence=dt.timedelta(hours=24))
+        assert not broken.complete and "cannot be read" in broken.errors[0] and broken.named() == set()
+        quiet = discover_from_events(conn, tmp_path / "new.sqlite3", identifier_name="id", retention_days=30,
+                                     silence=dt.timedelta(hours=24))
+        assert quiet.complete and "ever been received" in quiet.silence
+        assert [i.code for i in quiet.issues] == ["events_silent"]
