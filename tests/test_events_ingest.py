@@ -210,12 +210,19 @@ def test_retention_prunes_only_used_events(tmp_path):
 
 
 def test_silence_warning(tmp_path):
-    s = EventStore(tmp_path / "s.sqlite3")
+    from pipelines.events.store import newest_receipt
+
+    path = tmp_path / "s.sqlite3"
+    assert newest_receipt(path) is None and not path.exists()       # read-only: nothing created
+    s = EventStore(path)
     now = dt.datetime.now(UTC)
-    assert "ever been received" in ing.silence_warning(s, now, dt.timedelta(hours=24))
+    assert newest_receipt(path) is None
+    assert "ever been received" in ing.silence_warning(None, now, dt.timedelta(hours=24), path)
     s.add("e1", "pointsIssued", json.dumps(event("e1")).encode())
-    assert ing.silence_warning(s, now + dt.timedelta(hours=23), dt.timedelta(hours=24)) is None
-    warning = ing.silence_warning(s, now + dt.timedelta(hours=30), dt.timedelta(hours=24))
+    newest = newest_receipt(path)
+    assert newest == s.newest_received_at()
+    assert ing.silence_warning(newest, now + dt.timedelta(hours=23), dt.timedelta(hours=24), path) is None
+    warning = ing.silence_warning(newest, now + dt.timedelta(hours=30), dt.timedelta(hours=24), path)
     assert "no Capillary event received for 30.0 h" in warning and "silence limit 24 h" in warning
     s.close()
 
@@ -329,3 +336,27 @@ def test_event_changes_without_a_store_warn_and_go_on(tmp_path):
                                      silence=dt.timedelta(hours=24))
         assert quiet.complete and "ever been received" in quiet.silence
         assert [i.code for i in quiet.issues] == ["events_silent"]
+
+
+def test_status_warns_when_the_webhook_went_silent(tmp_path, receiver):
+    """`loyalty-etl status` reads the store (read-only) beside the warehouse and warns past `events_silence`."""
+    import time
+
+    from tests.helpers.cli import CLI
+
+    assert receiver.post(event("e1"))[0] == 200
+    _ingest(receiver.warehouse, receiver.store)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SOURCES__", "DESTINATION__", "LOYALTY__"))}
+    env.update({"DESTINATION__DUCKDB__CREDENTIALS": str(receiver.warehouse),
+                "SOURCES__CAPILLARY__WEBHOOK__STORE": str(receiver.store)})
+    fresh = subprocess.run([*CLI, "status"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert fresh.returncode == 0, fresh.stderr
+    assert "Capillary events: last received" in fresh.stdout and "warning" not in fresh.stdout
+    time.sleep(1.5)
+    env["SOURCES__CAPILLARY__EVENTS_SILENCE"] = "1s"
+    quiet = subprocess.run([*CLI, "status", "--json"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert quiet.returncode == 0, quiet.stderr
+    events = json.loads(quiet.stdout)["capillary_events"]
+    assert events["store"] == str(receiver.store) and "no Capillary event received for" in events["warning"]
+    assert SECRET not in quiet.stdout + quiet.stderr

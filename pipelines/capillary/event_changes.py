@@ -104,7 +104,7 @@ def discover_from_events(conn: duckdb.DuckDBPyConnection, store_path: str | Path
     else:
         try:
             out.ingested = events_ingest.ingest(conn, store, retention_days=retention_days, now=now)
-            out.silence = events_ingest.silence_warning(store, now, silence)
+            out.silence = events_ingest.silence_warning(store.newest_received_at(), now, silence, store.path)
         finally:
             store.close()
     pending = events_ingest.pending_events(conn)

@@ -52,7 +52,7 @@ class CapillaryWebhookConfiguration(BaseConfiguration):
                               f"not {self.max_body_bytes}")
 
     def store_path(self, warehouse: Path) -> Path:
-        return Path(self.store).expanduser() if self.store else warehouse.parent / DEFAULT_STORE_NAME
+        return _store_path(self.store, warehouse)
 
 
 def load_webhook_configuration() -> CapillaryWebhookConfiguration:
@@ -62,6 +62,25 @@ def load_webhook_configuration() -> CapillaryWebhookConfiguration:
     from pipelines.config import load_section
 
     return load_section(CapillaryWebhookConfiguration(), SECTIONS)
+
+
+@configspec
+class CapillaryEventStoreLocation(BaseConfiguration):
+    """The nightly run and `status` read only where the store is from the webhook's section, never the secret (the
+    section's keys are checked where the receiver and [sources.capillary] resolve it)."""
+
+    store: Optional[str] = None
+
+
+def event_store_path(warehouse: Path) -> Path:
+    """Where the receiver stores events (`[sources.capillary.webhook] store`, default beside the warehouse)."""
+    from pipelines.config import load_section
+
+    return _store_path(load_section(CapillaryEventStoreLocation(), SECTIONS, check_keys=False).store, warehouse)
+
+
+def _store_path(store: str | None, warehouse: Path) -> Path:
+    return Path(store).expanduser() if store else warehouse.parent / DEFAULT_STORE_NAME
 
 
 def envelope(event: Any) -> tuple[str, str | None]:

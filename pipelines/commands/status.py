@@ -82,6 +82,27 @@ def read_status(warehouse: Path, runs: int = 10, failing: int = 20) -> dict[str,
         con.close()
 
 
+def events_status(warehouse: Path) -> dict[str, Any] | None:
+    """The Capillary event store's newest receipt and the silence warning, when a store exists (read-only)."""
+    import datetime as dt
+
+    from pipelines.capillary.webhook import event_store_path
+    from pipelines.config import ConfigError, load_settings
+    from pipelines.events.ingest import silence_warning
+    from pipelines.events.store import newest_receipt
+
+    try:
+        store = event_store_path(warehouse)
+        silence = load_settings().source("capillary").events_silence_duration
+    except (ConfigError, KeyError):
+        return None
+    if not store.exists():
+        return None
+    newest = newest_receipt(store)
+    return {"store": str(store), "newest_received_at": newest,
+            "warning": silence_warning(newest, dt.datetime.now(dt.timezone.utc), silence, store)}
+
+
 def _ts(value: Any) -> str:
     if value is None:
         return "-"
@@ -141,6 +162,13 @@ def render(status: dict[str, Any], console: Any) -> None:
                             escape(redact(f["last_error"] or "")[:200]))
         console.print(failing)
 
+    events = status.get("capillary_events")
+    if events:
+        if events["warning"]:
+            console.print(f"[yellow]warning:[/] {escape(events['warning'])}")
+        else:
+            console.print(f"Capillary events: last received {events['newest_received_at']}", markup=False)
+
     if status["backfill"]:
         bf = Table(title="Backfill coverage", title_justify="left")
         for col in ["source", "from", "until", "chunks", "records", "customer-chunks failed (rerun to retry)",
@@ -168,6 +196,7 @@ def handle(args: argparse.Namespace) -> int:
     except WarehouseBusy:
         err.print(f"a load is running on {warehouse} (it holds the file); retry shortly", markup=False)
         return EXIT_BUSY
+    status["capillary_events"] = events_status(warehouse)
     if args.json:
         print(json.dumps(status, default=str, indent=2))
         return 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -218,17 +219,17 @@ def mark_selected(conn: duckdb.DuckDBPyConnection, event_ids: list[str], at: dt.
         conn.unregister("_selected")
 
 
-def silence_warning(store: EventStore, now: dt.datetime, silence: dt.timedelta) -> str | None:
-    """A warning when no event has been received for longer than `silence` (or none ever): a webhook that broke
-    must not quietly turn into stale data. None when events are arriving."""
-    newest = store.newest_received_at()
-    if newest is None:
-        return (f"no Capillary event has ever been received in {store.path}: is the webhook registered and "
+def silence_warning(newest_received_at: str | None, now: dt.datetime, silence: dt.timedelta,
+                    where: str | Path) -> str | None:
+    """A warning when no event has been received for longer than `silence` (or none ever) in the store at `where`:
+    a webhook that broke must not quietly turn into stale data. None when events are arriving."""
+    if newest_received_at is None:
+        return (f"no Capillary event has ever been received in {where}: is the webhook registered and "
                 "`loyalty-etl events serve` running? Changed selection sees only the sweep")
-    quiet = now - _received(newest)
+    quiet = now - _received(newest_received_at)
     if quiet > silence:
         hours = quiet.total_seconds() / 3600
-        return (f"no Capillary event received for {hours:.1f} h (last at {newest}; silence limit "
+        return (f"no Capillary event received for {hours:.1f} h (last at {newest_received_at}; silence limit "
                 f"{silence.total_seconds() / 3600:g} h): check the webhook in InTouch and the receiver; until then "
                 "changed selection sees only the sweep")
     return None

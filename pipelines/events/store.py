@@ -62,6 +62,21 @@ def _utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1_000_000):06d}Z"
 
 
+def newest_receipt(path: str | Path) -> str | None:
+    """The newest `received_at` in the store, read through a read-only connection (for `status`, which must not
+    create or change anything); None when the store has no event or does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        return conn.execute("SELECT max(received_at) FROM events").fetchone()[0]
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+
+
 class EventStore:
     """Thread-safe: one connection per thread (SQLite connections are not shared between threads); writes go
     through one writer thread (group commit)."""
