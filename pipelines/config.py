@@ -143,8 +143,8 @@ class SourceConfiguration(BaseConfiguration):
     base_url: str = None
     """The API's base URL (plain `http://` only to loopback unless `[loyalty] allow_insecure_http`)."""
     customers: Optional[str] = None
-    """CSV with a `customer_id` column, or `sql: SELECT customer_id FROM ...` on the warehouse; unset:
-    `customers/<name>.csv`."""
+    """CSV with a `customer_id` column, `sql: SELECT customer_id FROM ...` on the warehouse, or `api` (the source's
+    customer list endpoint, CareCloud `GET /customers`); unset: `customers/<name>.csv`."""
     initial_start: pendulum.DateTime = pendulum.datetime(2024, 1, 1, tz="UTC")
     """Where a customer seen for the first time starts (ISO 8601; no offset = UTC)."""
     rate_limit: float = 20.0
@@ -161,6 +161,11 @@ class SourceConfiguration(BaseConfiguration):
     """How much before a customer's last window end is read again (late records): `3d`, `6h`, ..."""
     safety_lag: str = "10m"
     """Window end = now minus this."""
+    selection: str = "all"
+    """`all`: every listed customer every night; `changed`: the customers the source's change discovery names, the
+    new and the failing ones, and a rolling sweep (docs/change-discovery.md; `loyalty-etl run --all` forces all)."""
+    sweep_days: int = 7
+    """With `selection = "changed"`: every customer is fully checked at least once every this many nights."""
 
     name: Annotated[Optional[str], NotResolved()] = None
     """The source's name (its registry name and section); set by `load_source`, not configurable."""
@@ -180,6 +185,10 @@ class SourceConfiguration(BaseConfiguration):
                 parse_duration(self[key])
             except ConfigError as exc:
                 raise ConfigError(f"[sources.{self.name}] {key}: {exc}") from None
+        if self.selection not in ("all", "changed"):
+            raise ConfigError(f"[sources.{self.name}] selection must be \"all\" or \"changed\", not {self.selection!r}")
+        if self.sweep_days < 1:
+            raise ConfigError(f"[sources.{self.name}] sweep_days must be 1 or more, not {self.sweep_days}")
         if not isinstance(self.initial_start, pendulum.DateTime):  # an explicit value given in code
             self.initial_start = parse_instant(self.initial_start, f"[sources.{self.name}] initial_start")
         self.initial_start = self.initial_start.in_timezone("UTC")

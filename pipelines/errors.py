@@ -43,8 +43,9 @@ class ListingIncomplete(Exception):
     """A cross-customer listing (CareCloud /customers, /points, /purchases) could not be read to its end: whatever
     it would have named is unknown, so the caller must not treat its window as read."""
 
-    def __init__(self, what: str, message: str, detail: str | None = None) -> None:
+    def __init__(self, what: str, message: str, detail: str | None = None, requests: int = 0) -> None:
         super().__init__(f"{what}: {message}")
         self.what = what
         self.message = message
         self.detail = detail
+        self.requests = requests          # pages requested before giving up (they cost the rate budget too)

@@ -32,6 +32,20 @@ class SourceReport:
     retries: int = 0
     http_429: int = 0
     records: int = 0
+    # issue 17: the customer list from the API and change-driven selection (docs/operations.md)
+    selection: str = "all"                           # all | changed | all (--all)
+    customers_by_discovery: int = 0                  # loaded because discovery named them
+    customers_by_sweep: int = 0                      # loaded by tonight's share of the rolling sweep
+    customers_new: int = 0                           # never loaded before (their first load counts as a sweep)
+    customers_retried: int = 0                       # their last attempt failed
+    customers_not_due: int = 0                       # listed, but nothing selected them tonight
+    discovery_requests: int = 0                      # requests spent reading the listings
+    discovery_window_start: pendulum.DateTime | None = None
+    discovery_window_end: pendulum.DateTime | None = None
+    discovery_error: str | None = None               # a listing not read to its end: the window is read again
+    roster_requests: int = 0
+    roster_new: int = 0
+    roster_error: str | None = None
 
 
 @dataclass
@@ -56,7 +70,8 @@ class RunReport:
         self.ended_at = pendulum.now("UTC")
         if self.error:
             self.exit_code = EXIT_FAILED
-        elif any(s.customers_failed for s in self.sources.values()) or self.models == "failed":
+        elif (any(s.customers_failed or s.discovery_error or s.roster_error for s in self.sources.values())
+              or self.models == "failed"):
             self.exit_code = EXIT_PARTIAL
         else:
             self.exit_code = EXIT_OK
@@ -80,8 +95,10 @@ class RunReport:
             "ended_at": iso(self.ended_at),
             "duration_s": round(self.duration_s, 3),
             "sources": {
-                name: {**{k: v for k, v in vars(s).items() if k not in ("window_start", "window_end")},
+                name: {**{k: v for k, v in vars(s).items() if not k.endswith(("window_start", "window_end"))},
                        "window_start": iso(s.window_start), "window_end": iso(s.window_end),
+                       "discovery_window_start": iso(s.discovery_window_start),
+                       "discovery_window_end": iso(s.discovery_window_end),
                        # the full list lives in `_customer_sync_state` / `sync_issues`; keep alerts and rows small
                        "failed_customers": s.failed_customers[:MAX_LISTED_FAILURES]}
                 for name, s in self.sources.items()
@@ -103,6 +120,15 @@ def render_summary(report: RunReport) -> str:
             f"{s.customers_skipped} skipped; {s.records:,} records; {s.requests:,} requests "
             f"({s.retries} retries, {s.http_429} x429); window {window}"
         )
+        if s.selection != "all" or s.roster_requests:
+            lines.append(
+                f"    selection {s.selection}: {s.customers_by_discovery:,} by discovery, {s.customers_by_sweep:,} by "
+                f"sweep, {s.customers_new:,} new, {s.customers_retried:,} retried, {s.customers_not_due:,} not due; "
+                f"discovery {s.discovery_requests:,} requests, roster {s.roster_requests:,} requests "
+                f"({s.roster_new:,} new customers)")
+        for what, error in (("change discovery", s.discovery_error), ("customer list", s.roster_error)):
+            if error:
+                lines.append(f"    {what} INCOMPLETE, read again next run: {error}")
         if s.failed_customers:
             shown = ", ".join(s.failed_customers[:10])
             more = f" and {len(s.failed_customers) - 10} more" if len(s.failed_customers) > 10 else ""

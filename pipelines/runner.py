@@ -22,10 +22,9 @@ from typing import Any, Iterable, Iterator, Sequence
 import duckdb
 import pendulum
 
-from pipelines import registry, state
+from pipelines import changes, registry, state
 from pipelines.columns import ColumnTypes
 from pipelines.config import ConfigError, Settings
-from pipelines.customers import load_customers
 from pipelines.errors import SourceUnavailable
 from pipelines.extraction import ExtractJob, Extraction
 from pipelines.faultpoints import maybe_crash
@@ -258,9 +257,56 @@ def _tasks(conn: duckdb.DuckDBPyConnection, source: str, ids: Iterable[str], end
     return out
 
 
+def _load_tables(pipeline: Any, report: RunReport, tables: list[tuple[str, list[dict], dict]]) -> None:
+    """Load raw tables a source's change discovery read (rows + dlt hints) as one load package."""
+    import dlt
+
+    @dlt.resource(name="discovered")
+    def discovered() -> Iterator[Any]:
+        for table, rows, hints in tables:
+            # a variant per table with its own complete hints (resource-level hints would leak between tables)
+            yield dlt.mark.with_hints(rows, dlt.mark.make_hints(table_name=table, **hints), create_table_variant=True)
+
+    pipeline.extract(dlt.source(name=SCHEMA_NAME, max_table_nesting=0)(lambda: [discovered])(), schema=_schema(pipeline))
+    info = pipeline.normalize()
+    for table, n in (info.row_counts if info else {}).items():
+        if not table.startswith("_dlt"):
+            report.rows_by_table[table] = report.rows_by_table.get(table, 0) + n
+    pipeline.load(raise_on_failed_jobs=True)
+
+
+def _plan_source(settings: Settings, source: str, conn: duckdb.DuckDBPyConnection, pipeline: Any,
+                 report: RunReport, pool: ExtractPool | None, customers_file: str | None, end: dt.datetime,
+                 full: bool) -> tuple[changes.Plan, list[Issue]]:
+    """The source's customers and their windows; with `customers = "api"` or `selection = "changed"` its API is
+    asked first (roster, change discovery: `pipelines/changes.py`)."""
+    cfg = settings.source(source)
+    srep = report.sources.setdefault(source, SourceReport())
+    api, stats = None, HttpStats()
+    if (not customers_file and cfg.customers == changes.API_CUSTOMERS) or (
+            not full and cfg.selection == "changed"):
+        api = registry.get(source).make_api(cfg, stats, pool.slots.get(source) if pool else None)
+    try:
+        listed = changes.customer_list(api, cfg, conn, DATASET, customers_file, report.run_id, srep)
+        tasks = _tasks(conn, source, listed.ids, end, cfg.lookback_duration, cfg.initial_start)
+        plan = changes.plan(api, cfg, conn, DATASET, listed, tasks, end, srep, report.run_id, full,
+                            lambda tables: _load_tables(pipeline, report, tables))
+    finally:
+        if api is not None:
+            api.close()
+        srep.requests += stats.requests
+        srep.retries += stats.retries
+        srep.http_429 += stats.http_429
+    srep.window_start = min((w.start for _, w in plan.tasks), default=None)
+    srep.window_end = end
+    srep.customers_total = len(listed.ids)
+    srep.customers_skipped = listed.skipped
+    return plan, listed.issues(source)
+
+
 def run(settings: Settings, sources: Sequence[str], customers_file: str | None = None,
         until: dt.datetime | str | None = None, models: bool = True, command: str = "run",
-        print_summary: bool = True) -> RunReport:
+        print_summary: bool = True, full: bool = False) -> RunReport:
     report = RunReport(command=command)
     lock = RunLock(settings.warehouse)
     try:
@@ -280,19 +326,16 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
         conn = connect_writer(settings.warehouse, memory_limit=settings.duckdb_memory_limit)
         state.ensure_tables(conn)
         now = pendulum.now("UTC")
-        plans = []
-        for source in sources:
-            cfg = settings.source(source)
-            listed = load_customers(customers_file or cfg.customers, conn)
-            pre_issues.extend(listed.issues(source))
-            end = window_end(now, cfg.safety_lag_duration, utc(until) if until is not None else None)
-            tasks = _tasks(conn, source, listed.ids, end, cfg.lookback_duration, cfg.initial_start)
-            report.sources[source] = SourceReport(
-                window_start=min((w.start for _, w in tasks), default=None), window_end=end,
-                customers_total=len(listed.ids), customers_skipped=listed.skipped)
-            plans.append((source, tasks, end))
-        progress = RunProgress({s: len(t) for s, t, _ in plans})
         pipeline = make_pipeline(settings, conn)
+        plans = []
+        selections: dict[str, changes.Plan] = {}
+        for source in sources:
+            end = window_end(now, settings.source(source).safety_lag_duration, utc(until) if until is not None else None)
+            selections[source], issues = _plan_source(settings, source, conn, pipeline, report, pool,
+                                                      customers_file, end, full)
+            pre_issues.extend(issues)
+            plans.append((source, selections[source].tasks, end))
+        progress = RunProgress({s: len(t) for s, t, _ in plans})
         errors = []
         sruns = []
         for source, tasks, end in plans:
@@ -303,6 +346,8 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
                 pre_issues.append(Issue(source, None, "source_unavailable", str(exc)))
         try:
             load_rounds(pipeline, report, sruns, settings, update_customer_state=True)
+            for srun, _, _ in sruns:  # every round of the source committed: its discovery window counts as read
+                changes.commit(conn, srun.source, selections[srun.source], report.run_id)
         except SourceUnavailable as exc:
             errors.append(str(exc))
             pre_issues.append(Issue("", None, "source_unavailable", str(exc)))

@@ -180,3 +180,36 @@ def write_run(conn: duckdb.DuckDBPyConnection, report: RunReport, issues: list[I
     """The `runs` row (and any last issues) on its own, e.g. for a run that failed before loading anything."""
     commit(conn, run_id=report.run_id, source="", window_end=None, succeeded=[], failed={}, issues=issues or [],
            report=report, update_customer_state=False)
+
+
+# Change discovery (issue 17): the end of the last discovery window read completely, per source. Its own table (not
+# `_customer_sync_state`): it belongs to the source's listings, not to any customer.
+DISCOVERY_DDL = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA}._discovery_state (
+    source TEXT PRIMARY KEY,
+    last_end TIMESTAMPTZ NOT NULL,
+    last_run_id TEXT,
+    updated_at TIMESTAMPTZ
+);
+"""
+
+
+def discovery_end(conn: duckdb.DuckDBPyConnection, source: str) -> dt.datetime | None:
+    """The end of the source's last discovery window read completely (None before the first)."""
+    conn.execute(DISCOVERY_DDL)
+    row = conn.execute(f"SELECT last_end FROM {SCHEMA}._discovery_state WHERE source = ?", [source]).fetchone()
+    return row[0].astimezone(dt.timezone.utc) if row else None
+
+
+def set_discovery_end(conn: duckdb.DuckDBPyConnection, source: str, end: dt.datetime, run_id: str) -> None:
+    conn.execute(DISCOVERY_DDL)
+    conn.execute(f"INSERT INTO {SCHEMA}._discovery_state VALUES (?, ?, ?, ?) ON CONFLICT (source) DO UPDATE SET "
+                 "last_end = excluded.last_end, last_run_id = excluded.last_run_id, updated_at = excluded.updated_at",
+                 [source, end, run_id, dt.datetime.now(dt.timezone.utc)])
+
+
+def failing_customers(conn: duckdb.DuckDBPyConnection, source: str) -> set[str]:
+    """Customers whose last attempt failed (a `changed` run retries them whatever discovery says)."""
+    return {r[0] for r in conn.execute(
+        f"SELECT customer_id FROM {SCHEMA}._customer_sync_state WHERE source = ? AND consecutive_failures > 0",
+        [source]).fetchall()}

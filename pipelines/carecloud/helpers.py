@@ -8,6 +8,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote_plus, urlencode
 
+from pipelines.carecloud import discovery, roster
 from pipelines.carecloud.config import CareCloudConfiguration
 from pipelines.carecloud.settings import (
     CUSTOMERS_PATH, LISTINGS, LOGIN_PATH, MAX_PAGING_ATTEMPTS, POINT_HISTORY_PATH, ROSTER_SORT_FIELD, SORT_FIELD,
@@ -165,7 +166,11 @@ class CareCloudApi:
             items = yield from paginate(page_steps, query, paginator)
         except PagingUnstable as exc:
             raise ListingIncomplete(f"CareCloud {path}", f"{exc}; the window is read again next run",
-                                    detail=f"totals seen {exc.totals}, fetched {exc.fetched}") from None
+                                    detail=f"totals seen {exc.totals}, fetched {exc.fetched}",
+                                    requests=requests) from None
+        except ListingIncomplete as exc:
+            exc.requests = requests
+            raise
         return items, requests
 
     def _listing_page(self, path: str, key: str, query: str) -> Steps:
@@ -180,3 +185,12 @@ class CareCloudApi:
             raise ListingIncomplete(f"CareCloud {path}", f"answer without a `data.{key}` list of objects",
                                     detail=_short(body))
         return items, data
+
+    # ------------------------------------------------------------------ hooks of pipelines/changes.py
+    def sync_roster(self, conn: Any, schema: str, lookback: dt.timedelta, run_id: str) -> Any:
+        """`customers = "api"`: the roster from GET /customers (`pipelines/carecloud/roster.py`)."""
+        return roster.sync(self, conn, schema, lookback, run_id)
+
+    def discover(self, conn: Any, schema: str, window: Any) -> Any:
+        """`selection = "changed"`: change discovery for `window` (`pipelines/carecloud/discovery.py`)."""
+        return discovery.discover(self, conn, schema, window)

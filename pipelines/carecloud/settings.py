@@ -27,3 +27,6 @@ LISTINGS = {
     "purchases": (PURCHASES_PATH, "purchases", ("payment_time_from", "payment_time_to"), "payment_time"),
 }
 ROSTER_SORT_FIELD = "last_change"
+POINTS_TABLE = "carecloud_points"          # raw, the vendor's field names, merge on point_id
+PURCHASES_TABLE = "carecloud_purchases"    # raw, the vendor's field names, merge on purchase_id
+CUSTOMERS_TABLE = "carecloud_customers"    # the roster: customer_id, state, last_change, first_seen

@@ -18,6 +18,11 @@ Each customer is fetched for the window [its last successful end - lookback, end
 minus the safety lag; a customer new to the pipeline starts at initial_start; a customer that failed resumes from
 its own last success. Re-running any window is safe: loads merge on stable keys.
 
+With selection = "changed" in a source's section, a run first asks the vendor which customers changed (CareCloud:
+GET /points by creation time, GET /purchases by payment time, known point records expiring) and loads those, the
+new ones, the ones that failed last time and a rolling sweep of the rest (each customer at least once every
+sweep_days nights); --all loads everyone. customers = "api" takes CareCloud's customer list from GET /customers.
+
 Settings: .dlt/config.toml, secrets in .dlt/secrets.toml or environment variables
 (SOURCES__CARECLOUD__CREDENTIALS__PASSWORD, DESTINATION__DUCKDB__CREDENTIALS, ...).
 """
@@ -25,7 +30,8 @@ Settings: .dlt/config.toml, secrets in .dlt/secrets.toml or environment variable
 EPILOG = """\
 exit codes:
   0  all customers done
-  2  finished, but some customers failed (listed; recorded in loyalty_raw.sync_issues; retried next run)
+  2  finished, but some customers failed (listed; recorded in loyalty_raw.sync_issues; retried next run), or change
+     discovery / the customer list could not be read completely (that window is read again next run)
   1  the run failed (nothing committed for the failed part; see the error line)
 
 examples:
@@ -43,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_until_option(p, "end of this run's window, ISO 8601 (default: now minus the safety lag); no offset = UTC",
                      metavar="INSTANT")
     add_no_models_option(p, "load only; do not run dbt afterwards")
+    p.add_argument("--all", action="store_true", dest="full",
+                   help="load every listed customer tonight, even with selection = \"changed\" (a full pass)")
     p.set_defaults(func=handle)
 
 
@@ -56,5 +64,5 @@ def handle(args: argparse.Namespace) -> int:
     from pipelines.runner import run
 
     report = run(settings, chosen_sources(args.source), customers_file=args.customers, until=until,
-                 models=not args.no_models)
+                 models=not args.no_models, full=args.full)
     return report.exit_code

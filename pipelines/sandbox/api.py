@@ -158,9 +158,13 @@ class SandboxApp:
         resp.endpoint = endpoint
         return resp
 
-    def _fault(self, credential: str, customer_key: str, error: Callable[[int, str], Response]) -> Response | None:
+    def _fault(self, credential: str, customer_key: str, error: Callable[[int, str], Response],
+               endpoint: str) -> Response | None:
         """The fault to answer with instead of the data, if any; `error(status, detail)` is the vendor's error body
         (`_cc_fault`, `_cap_fault`)."""
+        only = self.fault_config.endpoints
+        if only and endpoint not in {e.strip() for e in only.split(",")}:
+            return None
         action, retry_after = self.faults.decide(credential, customer_key)
         if action == F.PASS:
             return None
@@ -221,7 +225,7 @@ class SandboxApp:
             return login
         q = req.query
         customer_id = q.get("customer_id")
-        fault = self._fault(login, customer_id or "", _cc_fault)
+        fault = self._fault(login, customer_id or "", _cc_fault, "carecloud.point_history")
         if fault is not None and fault.action == F.PASS:
             return fault
         if not customer_id:
@@ -300,7 +304,7 @@ class SandboxApp:
         if isinstance(login, Response):
             return login
         q = req.query
-        fault = self._fault(login, "listing:" + name, _cc_fault)
+        fault = self._fault(login, "listing:" + name, _cc_fault, "carecloud." + name)
         if fault is not None and fault.action == F.PASS:
             return fault
         count = _int_param(q, "count", 100, 1)
@@ -471,7 +475,7 @@ class SandboxApp:
             return cred
         q = req.query
         name, value = q.get("identifierName", ""), q.get("identifierValue", "")
-        fault = self._fault(cred, f"{name}:{value}", _cap_fault)
+        fault = self._fault(cred, f"{name}:{value}", _cap_fault, "capillary.transfers")
         if fault is not None and fault.action == F.PASS:
             return fault
         if q.get("source", "").upper() not in CAPILLARY_SOURCES:
@@ -495,7 +499,7 @@ class SandboxApp:
         if isinstance(cred, Response):
             return cred
         user_id = req.path[len("/v2/customers/"):-len("/pointsTransfers")]
-        fault = self._fault(cred, f"id:{user_id}", _cap_fault)
+        fault = self._fault(cred, f"id:{user_id}", _cap_fault, "capillary.summary")
         if fault is not None and fault.action == F.PASS:
             return fault
         q = req.query

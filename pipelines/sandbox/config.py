@@ -135,6 +135,8 @@ class FaultConfig:
     maintenance_after_seconds: float = 0.0     # window starts this long after the server started (wall clock)
     maintenance_seconds: float = 0.0           # window length; 0 = off
     seed: int = 1                              # fault dice are seeded too: a failing chaos test can be re-run
+    endpoints: str = ""                        # comma list of stats endpoint names (carecloud.points, ...) the
+                                               # faults apply to; "" = every data endpoint
 
     @classmethod
     def field_names(cls) -> set[str]:
