@@ -88,7 +88,7 @@ def plan(api: Any, cfg: Any, conn: duckdb.DuckDBPyConnection, schema: str, liste
     windows = dict(tasks)
     last_success = state.last_success_ends(conn, cfg.name)
     chosen = select_customers(listed.ids, last_success, state.failing_customers(conn, cfg.name),
-                              found.named(windows), until, cfg.sweep_days, api.timezone)
+                              found.named(windows, last_success), until, cfg.sweep_days, api.timezone)
     srep.customers_by_discovery += chosen.by_discovery
     srep.customers_by_sweep += chosen.by_sweep
     srep.customers_new += chosen.new

@@ -197,8 +197,8 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}._discovery_state (
 def discovery_end(conn: duckdb.DuckDBPyConnection, source: str) -> dt.datetime | None:
     """The end of the source's last discovery window read completely (None before the first)."""
     conn.execute(DISCOVERY_DDL)
-    row = conn.execute(f"SELECT last_end FROM {SCHEMA}._discovery_state WHERE source = ?", [source]).fetchone()
-    return row[0].astimezone(dt.timezone.utc) if row else None
+    rows = conn.execute(f"SELECT last_end FROM {SCHEMA}._discovery_state WHERE source = ?", [source]).fetchall()
+    return rows[0][0].astimezone(dt.timezone.utc) if rows else None
 
 
 def set_discovery_end(conn: duckdb.DuckDBPyConnection, source: str, end: dt.datetime, run_id: str) -> None:

@@ -52,7 +52,7 @@ def sync(api: Any, conn: duckdb.DuckDBPyConnection, schema: str, lookback: dt.ti
     """Read the new and changed customers and store them. When the roster cannot be read down to the floor nothing
     is written and `error` says why (the stored customers are still returned)."""
     ensure_table(conn, schema)
-    newest = conn.execute(f"SELECT max(last_change) FROM {schema}.{CUSTOMERS_TABLE}").fetchone()[0]
+    newest = conn.execute(f"SELECT max(last_change) FROM {schema}.{CUSTOMERS_TABLE}").fetchall()[0][0]
     try:
         items, requests = api.roster(change_floor(newest, lookback))
     except ListingIncomplete as exc:
