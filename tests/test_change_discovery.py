@@ -144,3 +144,28 @@ def test_run_all_forces_a_full_pass(sandbox_factory, sandbox_env, tmp_path: Path
     report = _last_run(wh)
     assert report["selection"] == "all (--all)" and report["customers_done"] == 30 and report["discovery_requests"] == 0
     assert "30/30 customers done" in out
+
+
+def test_roster_that_cannot_be_read(sandbox_factory, sandbox_env, tmp_path: Path) -> None:
+    """customers = "api": without a stored roster the run fails (exit 1); with one, it loads the stored customers,
+    exits 2 and says the list was not read; the next night reads it (a customer created meanwhile included)."""
+    sb = sandbox_factory(customers=60, now=_night(0) + LAG, joining_share=0.5, data_start="2026-11-01",
+                         data_end="2026-11-30")
+    wh = tmp_path / "w" / "loyalty_warehouse.duckdb"
+    env = cli_env(sandbox_env(sb, wh), SOURCES__CARECLOUD__CUSTOMERS="api", SOURCES__CARECLOUD__MAX_ATTEMPTS="2",
+                  LOYALTY__EXTRACT_PROCESSES="0")
+    sb.update_faults(error_503_share=1.0, endpoints="carecloud.customers")
+    out = _run(env, sb, 0, expect=1)
+    assert "could not be read from the API and none is stored" in out
+    sb.update_faults(error_503_share=0.0)
+    _run(env, sb, 1)
+    stored = query(wh, "SELECT count(*) FROM loyalty_raw.carecloud_customers")[0][0]
+    sb.update_faults(error_503_share=1.0)
+    out = _run(env, sb, 2, expect=2)
+    assert "customer list INCOMPLETE" in out and f"{stored}/{stored} customers done" in out
+    sb.update_faults(error_503_share=0.0)
+    _run(env, sb, 3)
+    joined = sb.joined_between(_night(1) + LAG, _night(3) + LAG)
+    roster = {r[0] for r in query(wh, "SELECT customer_id FROM loyalty_raw.carecloud_customers")}
+    assert joined and set(joined) <= roster
+    assert len(roster) == sb.listing_truth()["carecloud_customers"].num_rows
