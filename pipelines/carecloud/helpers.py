@@ -8,7 +8,8 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote_plus, urlencode
 
-from pipelines.carecloud import discovery, roster
+from pipelines.carecloud.discovery import discover as discover_changes
+from pipelines.carecloud.roster import sync as sync_roster
 from pipelines.carecloud.config import CareCloudConfiguration
 from pipelines.carecloud.settings import (
     CUSTOMERS_PATH, LISTINGS, LOGIN_PATH, MAX_PAGING_ATTEMPTS, POINT_HISTORY_PATH, ROSTER_SORT_FIELD, SORT_FIELD,
@@ -189,8 +190,8 @@ class CareCloudApi:
     # ------------------------------------------------------------------ hooks of pipelines/changes.py
     def sync_roster(self, conn: Any, schema: str, lookback: dt.timedelta, run_id: str) -> Any:
         """`customers = "api"`: the roster from GET /customers (`pipelines/carecloud/roster.py`)."""
-        return roster.sync(self, conn, schema, lookback, run_id)
+        return sync_roster(self, conn, schema, lookback, run_id)
 
     def discover(self, conn: Any, schema: str, window: Any) -> Any:
         """`selection = "changed"`: change discovery for `window` (`pipelines/carecloud/discovery.py`)."""
-        return discovery.discover(self, conn, schema, window)
+        return discover_changes(self, conn, schema, window)

@@ -132,6 +132,15 @@ class Sandbox:
         generator (~25k records/s). Returns the number of CareCloud records generated."""
         return sum(part.warm(self, list(self._listed[name])[:limit]) for name, part in self.parts.items())
 
+    def warm_listings(self) -> None:
+        """Build the cross-customer indexes of GET /points and /purchases and the roster up front. The first listing
+        request would otherwise build them on the server's event loop, which answers nothing meanwhile (minutes
+        for 100,000 customers: a client times out)."""
+        listings = self.app.listings
+        listings.index("points")
+        listings.index("purchases")
+        listings.roster_view(self.now())
+
     # ------------------------------------------------------------------ addresses
     @property
     def url(self) -> str:
