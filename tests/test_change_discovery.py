@@ -16,7 +16,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from helpers.cli import cli_env, query, run_cli
+from tests.helpers.cli import cli_env, query, run_cli
 
 UTC = dt.timezone.utc
 NIGHT0 = dt.datetime(2026, 11, 20, 1, 0, tzinfo=UTC)
