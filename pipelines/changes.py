@@ -39,6 +39,7 @@ class Plan:
     tasks: list[tuple[str, Window]]
     listed: CustomerList
     discovery_end: dt.datetime | None = None    # commit as the new discovery end after the loads (None: do not)
+    discovery: Any = None                       # the source's change discovery (its `commit(conn)`, if any)
 
 
 def customer_list(api: Any, cfg: Any, conn: duckdb.DuckDBPyConnection, schema: str, customers_file: str | None,
@@ -99,11 +100,14 @@ def plan(api: Any, cfg: Any, conn: duckdb.DuckDBPyConnection, schema: str, liste
         "source": cfg.name, "discovery": chosen.by_discovery, "sweep": chosen.by_sweep, "new": chosen.new,
         "retry": chosen.retry, "not_due": srep.customers_not_due, "discovery_requests": found.requests,
         "discovery_complete": found.complete}})
-    return Plan([t for t in tasks if t[0] in keep], listed, window.end if found.complete else None)
+    return Plan([t for t in tasks if t[0] in keep], listed, window.end if found.complete else None, found)
 
 
 def commit(conn: duckdb.DuckDBPyConnection, source: str, plan_: Plan, run_id: str) -> None:
-    """After the run's loads committed: the discovery window counts as read."""
+    """After the run's loads committed: the discovery window counts as read (and a discovery with its own
+    bookkeeping, such as the Capillary events it used, commits it)."""
     if plan_.discovery_end is not None:
         state.set_discovery_end(conn, source, plan_.discovery_end, run_id)
+    if plan_.discovery is not None and hasattr(plan_.discovery, "commit"):
+        plan_.discovery.commit(conn)
 

@@ -28,6 +28,13 @@ class SourceApi(Protocol):
         (`windows.Window`), returning (records, issues the API reported). Raise `errors.CustomerFailed` for a
         customer that cannot be loaded this time."""
 
+    # Optional (`pipelines/changes.py` asks with hasattr; docs/change-discovery.md):
+    # - `sync_roster(conn, schema, lookback, run_id)` -> an object with `ids`, `new`, `requests`, `error`: the
+    #   customer list from the API (`customers = "api"`);
+    # - `discover(conn, schema, window)` -> a change discovery with `requests`, `errors`, `complete`, `tables()`
+    #   (raw tables to load: (table, rows, dlt hints)), `named(windows, last_success)` (the customers to load) and
+    #   optionally `commit(conn)` (called after the run's loads committed): `selection = "changed"`.
+
 
 class RecordBatch(Protocol):
     """Records of many customers on their way to Arrow tables (`new_batch` makes one per `batch_rows` rows)."""
