@@ -245,7 +245,8 @@ class Settings(BaseConfiguration):
         """`extract_processes` as a number of processes for this machine (0 = none)."""
         return extract_processes(self.extract_processes)
 
-    def source(self, name: str) -> Any:
+    def source(self, name: str) -> SourceConfiguration:
+        """The resolved section of source `name`."""
         return self.sources[name]
 
     def on_resolved(self) -> None:
