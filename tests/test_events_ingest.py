@@ -360,3 +360,30 @@ def test_status_warns_when_the_webhook_went_silent(tmp_path, receiver):
     events = json.loads(quiet.stdout)["capillary_events"]
     assert events["store"] == str(receiver.store) and "no Capillary event received for" in events["warning"]
     assert SECRET not in quiet.stdout + quiet.stderr
+
+
+def test_the_capillary_api_discovers_from_the_store_beside_its_warehouse(tmp_path, receiver, monkeypatch):
+    """`CapillaryApi.discover` (what the engine asks a source for in a changed run) finds the store beside the
+    warehouse its connection has open, and names customers as the configured identifier."""
+    from pipelines.capillary.helpers import CapillaryApi
+    from pipelines.config import load_settings
+    from pipelines.http import HttpStats
+    from pipelines.windows import Window
+
+    ids = {"customerId": 564000007, "instore": {"mobile": "420600000007"}}
+    assert receiver.post(event("e1", customerIdentifiers=ids))[0] == 200
+    assert receiver.post(event("e2", name="customerAdded",
+                               customerIdentifiers={"customerId": 9, "instore": {"mobile": "420999"}}))[0] == 200
+    for name in list(os.environ):
+        if name.startswith(("SOURCES__", "LOYALTY__", "DESTINATION__")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setenv("SOURCES__CAPILLARY__CREDENTIALS__TILL_ID", "till")
+    monkeypatch.setenv("SOURCES__CAPILLARY__CREDENTIALS__PASSWORD", "pw-0123456789")
+    monkeypatch.setenv("SOURCES__CAPILLARY__IDENTIFIER_NAME", "mobile")
+    api = CapillaryApi(load_settings().source("capillary"), HttpStats())
+    until = dt.datetime.now(UTC)
+    with duckdb.connect(str(receiver.warehouse)) as conn:            # the store is beside it: found by default
+        found = api.discover(conn, "loyalty_raw", Window(until - dt.timedelta(days=1), until))
+        assert found.requests == 0 and found.complete and found.named() == {"420600000007", "420999"}
+        assert found.added == ["420999"]

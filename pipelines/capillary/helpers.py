@@ -47,6 +47,24 @@ class CapillaryApi:
         )
         self.client.auth = self._auth(stats)
 
+    def discover(self, conn: Any, schema: str, window: Window) -> Any:
+        """Change discovery for `selection = "changed"`: Capillary cannot be queried for "who changed", so the
+        customers come from its event notifications received since the previous run, whatever `window` (an event
+        about a transfer after the window's end still names its customers). No API request
+        (pipelines/capillary/event_changes.py). The store is found beside the warehouse `conn` has open, or at
+        `[sources.capillary.webhook] store`."""
+        from pathlib import Path
+
+        from pipelines.capillary.event_changes import discover_from_events
+        from pipelines.capillary.webhook import event_store_path
+
+        warehouse = conn.execute("SELECT path FROM duckdb_databases() "
+                                 "WHERE database_name = current_database()").fetchall()[0][0]
+        return discover_from_events(conn, event_store_path(Path(warehouse)),
+                                    identifier_name=self.identifier_name,
+                                    retention_days=self.settings.events_retention_days,
+                                    silence=self.settings.events_silence_duration)
+
     def _auth(self, stats: HttpStats) -> Auth:
         creds = self.credentials
         if isinstance(creds, CapillaryOAuthCredentials):
