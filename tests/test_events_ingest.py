@@ -387,3 +387,29 @@ def test_the_capillary_api_discovers_from_the_store_beside_its_warehouse(tmp_pat
         found = api.discover(conn, "loyalty_raw", Window(until - dt.timedelta(days=1), until))
         assert found.requests == 0 and found.complete and found.named() == {"420600000007", "420999"}
         assert found.added == ["420999"]
+
+
+def test_a_store_locked_after_the_commit_delays_only_pruning(tmp_path, monkeypatch):
+    import pipelines.events.store as store_module
+
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 300)
+    path = tmp_path / "s.sqlite3"
+    s = EventStore(path)
+    for n in range(3):
+        s.add(f"e{n}", "pointsIssued", json.dumps(event(f"e{n}")).encode())
+    s.close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")                              # another writer holds the lock throughout
+    try:
+        result = _ingest(tmp_path / "w.duckdb", path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert [i.code for i in result.issues] == ["event_store_busy"] and result.added == 3 and result.mark == 3
+    s = EventStore(path)
+    assert s.consumed_seq() == 0 and s.count() == 3                 # written next run; nothing lost
+    s.close()
+    assert _ingest(tmp_path / "w.duckdb", path).added == 0
+    s = EventStore(path)
+    assert s.consumed_seq() == 3
+    s.close()

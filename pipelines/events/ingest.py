@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,8 +188,13 @@ def ingest(conn: duckdb.DuckDBPyConnection, store: EventStore, *, retention_days
         raise
     out.mark = new_mark
     maybe_crash("events_consumed")
-    store.mark_consumed(new_mark)
-    out.pruned_store = store.prune_consumed(cutoff.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    try:
+        store.mark_consumed(new_mark)
+        out.pruned_store = store.prune_consumed(cutoff.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    except sqlite3.Error as exc:  # e.g. the receiver held the write lock past the busy timeout: prune next run
+        out.issues.append(Issue(SOURCE, None, "event_store_busy",
+                                f"the event store's consumed mark was not written ({exc}); pruning waits for the "
+                                "next run, nothing is lost"))
     return out
 
 
