@@ -1,4 +1,4 @@
-"""Ingestion of received Capillary events into the warehouse (pipelines/events/ingest.py) and the customers they name
+"""Ingestion of received Capillary events into the warehouse (pipelines/capillary/events_ingest.py) and the customers they name
 (pipelines/capillary/event_identifiers.py): the real receiver, the sandbox's live event delivery, the real SQLite
 store and a real DuckDB file; rows checked against the sandbox's ground truth (what it generated, lost, delivered)."""
 
@@ -16,7 +16,7 @@ import duckdb
 import pytest
 
 from pipelines.capillary.event_identifiers import named_customers, own_customer_id
-from pipelines.events import ingest as ing
+from pipelines.capillary import events_ingest as ing
 from pipelines.events.store import EventStore
 from pipelines.sandbox.data import CAPILLARY_USER_BASE
 from pipelines.sandbox.events import EventDelivery, EventDeliveryConfig
@@ -231,7 +231,7 @@ def test_silence_warning(tmp_path):
 
 INGEST_SCRIPT = """
 import sys, duckdb
-from pipelines.events.ingest import ingest
+from pipelines.capillary.events_ingest import ingest
 from pipelines.events.store import EventStore
 with duckdb.connect(sys.argv[1]) as conn:
     r = ingest(conn, EventStore(sys.argv[2]))

@@ -2,7 +2,7 @@
 
 Capillary cannot be asked "who changed since T"; it pushes events instead (`loyalty-etl events serve` stores them).
 At the start of a `selection = "changed"` run, `discover_from_events`:
-1. ingests the event store into `loyalty_raw.capillary_events` (pipelines/events/ingest.py, its own transaction);
+1. ingests the event store into `loyalty_raw.capillary_events` (pipelines/capillary/events_ingest.py, its own transaction);
 2. takes every event no run has used yet (whatever the event's own time: an event about a transfer after `--until`
    still names its customers) and collects the customers each names as `identifier_name`
    (pipelines/capillary/event_identifiers.py);
@@ -28,7 +28,7 @@ import duckdb
 import pyarrow as pa
 
 from pipelines.capillary.event_identifiers import named_customers
-from pipelines.events import ingest as events_ingest
+import pipelines.capillary.events_ingest as events_ingest
 from pipelines.events.store import EventStore
 from pipelines.state import Issue
 

@@ -88,7 +88,7 @@ def events_status(warehouse: Path) -> dict[str, Any] | None:
 
     from pipelines.capillary.webhook import event_store_path
     from pipelines.config import ConfigError, load_settings
-    from pipelines.events.ingest import silence_warning
+    from pipelines.capillary.events_ingest import silence_warning
     from pipelines.events.store import newest_receipt
 
     try:

@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS events (
     received_at TEXT NOT NULL,                      -- UTC, ISO 8601 with microseconds
     body        BLOB NOT NULL                       -- the request body exactly as received
 );
--- How far the nightly run has committed the events to the warehouse (pipelines/events/ingest.py): written only
+-- How far the nightly run has committed the events to the warehouse (pipelines/capillary/events_ingest.py): written only
 -- after that commit, and read only to prune; the warehouse's own mark says what to read next.
 CREATE TABLE IF NOT EXISTS consumed (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
