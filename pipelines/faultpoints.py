@@ -2,18 +2,30 @@
 atexit, like a power cut or the OOM killer) when env `LOYALTY_TEST_CRASH_AT` names the stage, optionally `stage:N`
 to die on its N-th call. Stages: `STAGES` (the reliability suite kills a run at each). No effect when the variable is
 unset.
+
+Every crash point is also a hold point: with `LOYALTY_TEST_HOLD_AT=stage` and `LOYALTY_TEST_HOLD_UNTIL=<file>` the
+process stops at the stage's first call, says so on stderr (`HOLD_MARKER`), and goes on once the file exists. A test
+then knows the run is at that stage (holding its lock) for as long as it needs, whatever the machine's load, instead
+of hoping the run is still busy when it looks.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
+import time
+from pathlib import Path
 
 ENV = "LOYALTY_TEST_CRASH_AT"
+HOLD_ENV = "LOYALTY_TEST_HOLD_AT"
+HOLD_UNTIL_ENV = "LOYALTY_TEST_HOLD_UNTIL"
+HOLD_MARKER = "test hold at"
 STAGES = ("extract", "normalize", "load", "state", "models")   # every `maybe_crash` call site names one
 
 _calls: dict[str, int] = {}
+_held: set[str] = set()
 _lock = threading.Lock()
 
 
@@ -28,7 +40,22 @@ def _target() -> tuple[str, int] | None:
         return stage.strip(), 1
 
 
+def _maybe_hold(stage: str) -> None:
+    until = os.environ.get(HOLD_UNTIL_ENV, "").strip()
+    if not until or os.environ.get(HOLD_ENV, "").strip() != stage:
+        return
+    release = Path(until)
+    with _lock:
+        if stage in _held:
+            return
+        _held.add(stage)
+    print(f"{HOLD_MARKER} {stage} (pid {os.getpid()}): waiting for {release}", file=sys.stderr, flush=True)
+    while not release.exists():
+        time.sleep(0.05)
+
+
 def maybe_crash(stage: str) -> None:
+    _maybe_hold(stage)
     target = _target()
     if target is None or target[0] != stage:
         return

@@ -77,7 +77,9 @@ def open_page(page: str, path: Path, monkeypatch: pytest.MonkeyPatch, at: AppTes
     installed package for Streamlit components (seconds), so loops over pages reuse one."""
     monkeypatch.setenv(WAREHOUSE_ENV, str(path))
     monkeypatch.setenv(TIMEZONE_ENV, TZ)
-    at = at or AppTest.from_file(str(APP), default_timeout=60)
+    # the timeout only catches a hung script: a page's run is waited for to its end, however loaded the machine
+    # (at 60 s, a first run importing pandas/altair on a busy 2-core box could time out)
+    at = at or AppTest.from_file(str(APP), default_timeout=600)
     at.switch_page(f"views/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at

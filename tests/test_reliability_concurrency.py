@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.faultpoints import HOLD_ENV, HOLD_MARKER, HOLD_UNTIL_ENV
 from tests.chaos.fixtures import record_figures, rig_factory  # noqa: F401  (fixture)
 from tests.chaos.harness import ROOT, connect_ro, query
 from tests.chaos.reader import snapshot
@@ -30,37 +32,39 @@ def _wait_until(pred, timeout: float, what: str, every: float = 0.05) -> None:
         time.sleep(every)
 
 
-def _data_requests(sb) -> int:
-    req = sb.stats()["requests"]
-    return sum(n for ep, by in req.items() if ep in ("carecloud.point_history", "capillary.transfers")
-               for n in by.values())
+def _lock_is_held(warehouse: Path) -> bool:
+    """Whether some process holds the run lock (pipelines/lock.py) right now: try it ourselves, without waiting."""
+    fd = os.open(str(warehouse) + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def _two_runs(rig, models: bool, during_models: bool, ctx: str) -> int:
-    before = _data_requests(rig.sb)
-    first = rig.spawn(models=models, verbose=during_models)
-    if during_models:
-        # the first run is inside dbt (it logs "dbt build on ..." at -v)
-        _wait_until(lambda: "dbt build on" in first.err.read_text(errors="replace") or not first.running(), 300,
-                    "the first run to start dbt")
-    else:
-        # the first run is loading (it took the lock before its first request)
-        _wait_until(lambda: _data_requests(rig.sb) > before + 5 or not first.running(), 120,
-                    "the first run to start loading")
-        # hold the first run in its load until the second has been refused: every answer now takes HOLD_MS, so
-        # the first cannot finish however slowly the second starts on a busy machine (state, not wall time)
-        latency = rig.sb.app.faults.config.latency_ms
-        rig.sb.update_faults(latency_ms=HOLD_MS)
-    assert first.running(), f"{ctx}: the first run ended before the second could start; make it slower"
-    second = rig.run(models=models)
-    # still running: the second was refused while the first held the lock, it did not wait for it
-    assert first.running(), f"{ctx}: the second run must not wait for the first"
-    if not during_models:
-        rig.sb.update_faults(latency_ms=latency)
-    assert second.returncode == 1, f"{ctx}: {second.describe()}"
-    msg = second.output.lower()
-    assert "another run" in msg and ".lock" in msg, f"{ctx}: the refusal should say why and where:\n{second.describe()}"
-    assert "traceback" not in msg, second.describe()
+    """The first run is held at a crash point of the phase (faultpoints.py: before its first normalize, i.e. loading,
+    or before dbt) until the second has been refused: bound by the runs' state, not by how fast this machine is."""
+    stage = "models" if during_models else "normalize"
+    release = rig.dir / f"release-{stage}-{time.monotonic_ns()}"
+    first = rig.spawn(models=models, env={HOLD_ENV: stage, HOLD_UNTIL_ENV: str(release)})
+    try:
+        _wait_until(lambda: f"{HOLD_MARKER} {stage}" in first.err.read_text(errors="replace") or not first.running(),
+                    600, f"the first run to reach {stage}")
+        assert first.running(), f"{ctx}: the first run ended before reaching {stage}:\n{first.wait(60).describe()}"
+        assert _lock_is_held(rig.warehouse), f"{ctx}: the first run is at {stage} but does not hold the run lock"
+        second = rig.run(models=models)
+        assert first.running(), f"{ctx}: the first run ended while held"
+        assert second.returncode == 1, f"{ctx}: {second.describe()}"
+        msg = second.output.lower()
+        assert "another run" in msg and ".lock" in msg, f"{ctx}: the refusal should say why and where:\n{second.describe()}"
+        assert "traceback" not in msg, second.describe()
+    finally:
+        release.touch()
     done = first.wait(600)
     assert done.returncode == 0, f"{ctx}: {done.describe()}"
     cmp = rig.compare(ledger=models)
@@ -68,11 +72,8 @@ def _two_runs(rig, models: bool, during_models: bool, ctx: str) -> int:
     return cmp.rows_compared
 
 
-HOLD_MS = 30_000  # below the client's request timeout: the held requests are slow, not failed
-
-
 def test_second_run_is_refused_and_the_first_is_unharmed(rig_factory):
-    rig = rig_factory("two", customers=30, latency_ms=40)
+    rig = rig_factory("two", customers=30)
     compared = _two_runs(rig, models=False, during_models=False, ctx="during the load")
     rows = query(rig.warehouse, "select count(*), count(distinct run_id) from loyalty_raw.runs")
     assert rows == [(1, 1)], f"only the first run should have a run row: {rows}"
@@ -82,7 +83,7 @@ def test_second_run_is_refused_and_the_first_is_unharmed(rig_factory):
 @pytest.mark.chaos
 def test_second_run_is_refused_at_any_moment(rig_factory):
     """Nights where the second run arrives during the load or while the first builds the marts."""
-    rig = rig_factory("two_many", customers=60, latency_ms=20)
+    rig = rig_factory("two_many", customers=60)
     compared = 0
     for night, during_models in enumerate([True, False, True]):
         compared += _two_runs(rig, models=True, during_models=during_models, ctx=f"night {night}")

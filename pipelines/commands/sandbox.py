@@ -165,7 +165,7 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
 
 def _event_flags(parser: argparse.ArgumentParser) -> None:
     """`--events-<field>` for every EventDeliveryConfig switch (docs/sandbox.md, "Event notifications")."""
-    from pipelines.sandbox.events import EventDeliveryConfig
+    from pipelines.sandbox.config import EventDeliveryConfig
 
     group = parser.add_argument_group("Capillary event notifications (delivered to --events-url; off without it)")
     for f in dataclasses.fields(EventDeliveryConfig):
@@ -180,7 +180,7 @@ def _event_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _event_config(args: argparse.Namespace):
-    from pipelines.sandbox.events import EventDeliveryConfig
+    from pipelines.sandbox.config import EventDeliveryConfig
 
     values = {f.name: getattr(args, "events_" + f.name) for f in dataclasses.fields(EventDeliveryConfig)}
     values["non_retriable"] = tuple(values["non_retriable"])

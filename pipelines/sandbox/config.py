@@ -1,4 +1,5 @@
-"""Sandbox settings: the data it generates (`SandboxConfig`) and the faults it injects (`FaultConfig`).
+"""Sandbox settings: the data it generates (`SandboxConfig`), the faults it injects (`FaultConfig`) and how it
+delivers Capillary events (`EventDeliveryConfig`, used by pipelines/sandbox/events.py).
 
 Every behaviour the vendor docs leave open (../shared/api-notes.md, "[I]") is a switch here with the default the
 notes recommend, so a test can pin the pipeline against either reading of the docs.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 from pipelines.windows import LOCAL_TIMEZONE
 
@@ -162,3 +164,48 @@ def split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
             raise TypeError(f"unknown sandbox setting {k!r}")
     return sb, fa
 
+
+# here, not in events.py: `loyalty-etl sandbox` builds its --events-* flags from these fields on every start of the
+# CLI (also `run`), and events.py imports the delivery machinery (http.client, the data generator)
+@dataclass
+class EventDeliveryConfig:
+    """Where and how the sandbox delivers events (CLI: `loyalty-etl sandbox --events-url ... --events-<field>`)."""
+
+    url: str = ""                          # the receiver, e.g. http://127.0.0.1:8787/capillary/events; "" = off
+    header: str = "Authorization"          # the webhook's authentication header, sent verbatim
+    secret: str = ""                       # its value
+    org_id: int = 100_458
+    envelope: str = "mixed"                # flat | attributes | mixed (both shapes appear in the docs)
+    transfer_event: str = "pointsTransferred"  # [I] the docs name "points transfer" events without a sample
+    customer_added_share: float = 0.05     # share of customers registered during the data span (customerAdded)
+    connections: int = 2                   # parallel connections (the webhook's maxAllowedConnections)
+    retry_backoff: float = 0.2             # wall seconds before the 2nd attempt; doubles per attempt
+    retry_max_backoff: float = 5.0
+    max_attempts: int = 0                  # 0 = retry until delivered (the vendor retries for at least 7 days)
+    non_retriable: tuple[int, ...] = (400,)  # answered with these, an event is marked failed and never retried
+    timeout: float = 10.0                  # seconds per attempt
+    duplicate_share: float = 0.0           # events delivered twice (the second copy up to duplicate_max_seconds later)
+    duplicate_max_seconds: float = 86_400.0
+    reorder_share: float = 0.0             # events held back up to reorder_max_seconds: delivered out of order
+    reorder_max_seconds: float = 900.0
+    late_share: float = 0.0                # events delivered hours late: late_min..late_max_seconds after occurring
+    late_min_seconds: float = 3_600.0
+    late_max_seconds: float = 6 * 3_600.0
+    lost_share: float = 0.0                # events never delivered at all
+    seed: int = 3
+    poll_seconds: float = 0.02             # how often the sandbox clock is looked at
+
+    def __post_init__(self) -> None:
+        if self.envelope not in ("flat", "attributes", "mixed"):
+            raise ValueError("envelope must be flat, attributes or mixed")
+        for name in ("customer_added_share", "duplicate_share", "reorder_share", "late_share", "lost_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+        if self.connections < 1:
+            raise ValueError("connections must be >= 1")
+        if self.url and urlsplit(self.url).scheme not in ("http", "https"):
+            raise ValueError(f"events url {self.url!r} is not an http(s) URL")
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}

@@ -23,12 +23,13 @@ import threading
 import time
 import uuid
 from bisect import bisect_right
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
 
+from pipelines.sandbox.config import EventDeliveryConfig
 from pipelines.sandbox.data import CAPILLARY_USER_BASE, PROGRAM_NAME, TRANSFER_ID_BASE, TRANSFERS_PER_GROUP_MAX
 
 if TYPE_CHECKING:
@@ -36,50 +37,6 @@ if TYPE_CHECKING:
 
 TRANSFER = "t"
 CUSTOMER = "c"
-
-
-@dataclass
-class EventDeliveryConfig:
-    """Where and how the sandbox delivers events (CLI: `loyalty-etl sandbox --events-url ... --events-<field>`)."""
-
-    url: str = ""                          # the receiver, e.g. http://127.0.0.1:8787/capillary/events; "" = off
-    header: str = "Authorization"          # the webhook's authentication header, sent verbatim
-    secret: str = ""                       # its value
-    org_id: int = 100_458
-    envelope: str = "mixed"                # flat | attributes | mixed (both shapes appear in the docs)
-    transfer_event: str = "pointsTransferred"  # [I] the docs name "points transfer" events without a sample
-    customer_added_share: float = 0.05     # share of customers registered during the data span (customerAdded)
-    connections: int = 2                   # parallel connections (the webhook's maxAllowedConnections)
-    retry_backoff: float = 0.2             # wall seconds before the 2nd attempt; doubles per attempt
-    retry_max_backoff: float = 5.0
-    max_attempts: int = 0                  # 0 = retry until delivered (the vendor retries for at least 7 days)
-    non_retriable: tuple[int, ...] = (400,)  # answered with these, an event is marked failed and never retried
-    timeout: float = 10.0                  # seconds per attempt
-    duplicate_share: float = 0.0           # events delivered twice (the second copy up to duplicate_max_seconds later)
-    duplicate_max_seconds: float = 86_400.0
-    reorder_share: float = 0.0             # events held back up to reorder_max_seconds: delivered out of order
-    reorder_max_seconds: float = 900.0
-    late_share: float = 0.0                # events delivered hours late: late_min..late_max_seconds after occurring
-    late_min_seconds: float = 3_600.0
-    late_max_seconds: float = 6 * 3_600.0
-    lost_share: float = 0.0                # events never delivered at all
-    seed: int = 3
-    poll_seconds: float = 0.02             # how often the sandbox clock is looked at
-
-    def __post_init__(self) -> None:
-        if self.envelope not in ("flat", "attributes", "mixed"):
-            raise ValueError("envelope must be flat, attributes or mixed")
-        for name in ("customer_added_share", "duplicate_share", "reorder_share", "late_share", "lost_share"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1")
-        if self.connections < 1:
-            raise ValueError("connections must be >= 1")
-        if self.url and urlsplit(self.url).scheme not in ("http", "https"):
-            raise ValueError(f"events url {self.url!r} is not an http(s) URL")
-
-    @classmethod
-    def field_names(cls) -> set[str]:
-        return {f.name for f in fields(cls)}
 
 
 @dataclass(order=True)
