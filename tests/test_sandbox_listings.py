@@ -185,3 +185,27 @@ def test_last_change_on_points_switch(sandbox_factory):
     a = {r["customer_id"]: r["last_change"] for r in plain}
     b = {r["customer_id"]: r["last_change"] for r in moved}
     assert a.keys() == b.keys() and all(b[k] >= a[k] for k in a) and any(b[k] > a[k] for k in a)
+
+
+def test_cross_customer_index_lists_what_each_customer_derives():
+    """The index is built from the history's operation types alone (`Listings.positions`), not from `_derive`: every
+    (time key, visible_from, customer, position) it holds is the derived lot or purchase at that position, and
+    nothing derived is missing, for both `point_records_for` settings (late records included)."""
+    from pipelines.sandbox.config import SandboxConfig
+    from pipelines.sandbox.data import DataGenerator
+    from pipelines.sandbox.listing import Listings
+
+    for point_records_for in ("earnings", "purchases"):
+        listings = Listings(DataGenerator(SandboxConfig(customers=120, point_records_for=point_records_for,
+                                                        late_share=0.2)))
+        for kind in ("points", "purchases"):
+            expected = []
+            for i in range(120):
+                cl = listings.customer(i)
+                keys, vis = (cl.lot_keys, cl.lot_visible) if kind == "points" else (cl.purchase_keys,
+                                                                                   cl.purchase_visible)
+                expected += [(key, i, j, vis[j]) for j, key in enumerate(keys)]
+            expected.sort()
+            keys, vis, cust, pos = listings.index(kind)
+            assert list(zip(keys, cust, pos, vis)) == expected
+            assert expected and len({(c, p) for _, c, p, _ in expected}) == len(expected)
