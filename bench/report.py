@@ -102,6 +102,15 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
             "requests_per_customer": n["no_change"]["requests_per_customer"],
             "ok": None,   # reported, no threshold in the issue
         }
+    cd = results.get("change_driven")
+    if cd:
+        # issue 17: at ~1 % change, changed mode at most a quarter of all mode's requests, nothing missed
+        out["change_driven_at_most_quarter_of_all"] = {
+            "customers": cd["customers"], "value": cd["ratio_changed_to_all"],
+            "requests_changed_mode": cd["requests_changed_mode"], "requests_all_mode": cd["requests_all_mode"],
+            "discovery_requests": cd["discovery_requests"], "sweep_customers": cd["sweep_customers"],
+            "missed_same_night_visible": cd["missed_same_night_visible"],
+            "missed_after_sweep": cd["missed_after_sweep"], "ok": cd["target"]["met"]}
     return out
 
 

@@ -17,7 +17,10 @@ Scenarios (each sandbox lives in its own process; every variant is a measured ch
 3. memory: (b) at --big-customers (>= 1,000,000 records), RSS sampled over time, compared with the run in 1.;
 4. rate-limit saturation: sandbox limiting each credential to R req/s with 50 ms latency, (b) with its limiter at R;
 5. events: the Capillary webhook receiver's events/s and p99 latency to a durable 2xx (bench/events.py, key
-   `event_receiver`; alone: `python -m bench.events`).
+   `event_receiver`; alone: `python -m bench.events`);
+6. change_driven (issue 17): a nightly run's requests with `selection = "changed"` vs `"all"` at
+   --change-customers (default 100,000; bench/change_driven.py, key `change_driven`; alone:
+   `python -m bench.change_driven`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from bench.variants import DATA_ENDPOINTS, pipeline_available, run_limit, run_na
 
 NOW = "2026-11-20T00:00:00+00:00"      # the sandbox's frozen clock: every run sees the same data
 DAY = 86400
+SCENARIOS = ["throughput", "heterogeneous", "nightly", "memory", "ratelimit", "events", "change_driven"]
 
 
 def _sandbox(out: Path, name: str, customers: int, seed: int, faults: dict | None = None,
@@ -135,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variety", type=float, default=1.0, help="share of CareCloud records with heterogeneous "
                                                                  "extended_data in the heterogeneous scenario "
                                                                  "(default 1.0: every record)")
-    ap.add_argument("--only", nargs="*", choices=["throughput", "heterogeneous", "nightly", "memory", "ratelimit",
-                                                  "events"],
+    ap.add_argument("--change-customers", type=int, help="customers in the change_driven scenario (default "
+                                                          "100000; quick 300)")
+    ap.add_argument("--only", nargs="*", choices=SCENARIOS,
                     help="run only these scenarios")
     ap.add_argument("--tuned-share", type=float, help="share of the customers (a'') loads (default 0.25; quick "
                                                        "0.5): a larger subset than (a)'s, so its fixed start-up cost "
@@ -159,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     big = args.big_customers if args.big_customers is not None else (3000 if quick else 100000)
     rate_customers = args.rate_customers or (200 if quick else 1500)
     repeats = max(1, args.repeats or (1 if quick else 3))
-    scenarios = set(args.only or ["throughput", "heterogeneous", "nightly", "memory", "ratelimit", "events"])
+    change_customers = args.change_customers or (300 if quick else 100_000)
+    scenarios = set(args.only or SCENARIOS)
     results_path = args.out or (ROOT / "bench" / "out" / "results-quick.json" if quick else ROOT / "bench" / "results.json")
     out = args.workdir or ROOT / "bench" / "out" / ("quick" if quick else "full")
     shutil.rmtree(out, ignore_errors=True)
@@ -305,6 +311,12 @@ def main(argv: list[str] | None = None) -> int:
         from bench.events import measure
 
         results["event_receiver"] = measure(quick, log=_log)
+
+    if "change_driven" in scenarios and have_b:
+        from bench.change_driven import measure as measure_change_driven
+
+        _log(f"change_driven: {change_customers:,} customers, changed vs all selection")
+        results["change_driven"] = measure_change_driven(quick, change_customers, log=_log)
 
     results["total_seconds"] = round(time.perf_counter() - t_start, 1)
     results["targets"] = report.targets(results)
