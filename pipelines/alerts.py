@@ -1,4 +1,5 @@
-"""Alerting: tell someone when a run failed or ended partial.
+"""Alerting: tell someone when a run failed or ended partial, or ended OK with a warning (the run report's
+`warnings`, e.g. `events_silent`: the Capillary webhook has gone quiet; `LOYALTY_RUN_STATUS` stays `ok`).
 
 Two targets, either or both, from `[loyalty]` settings:
 - `alert_command`: a shell command run with the human summary on stdin and the JSON report in the environment
@@ -51,9 +52,9 @@ def payload(report: RunReport) -> dict[str, Any]:
 
 
 def notify(settings: AlertSettings, report: RunReport) -> None:
-    """Send the report to the configured targets when the run did not end OK. Never raises."""
+    """Send the report to the configured targets when the run did not end OK or warned. Never raises."""
     try:
-        if report.exit_code == EXIT_OK:
+        if report.exit_code == EXIT_OK and not report.warnings:
             return
         _mark_reported(report)
         command = (getattr(settings, "alert_command", "") or "").strip()

@@ -14,7 +14,7 @@ A source offers these by giving its API client the two methods; nothing here nam
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import duckdb
@@ -25,6 +25,7 @@ from pipelines.customers import CustomerList, load_customers
 from pipelines.errors import SourceUnavailable
 from pipelines.logs import get_logger
 from pipelines.report import SourceReport
+from pipelines.state import Issue
 from pipelines.sweep import select_customers
 from pipelines.windows import Window, customer_window
 
@@ -40,6 +41,7 @@ class Plan:
     listed: CustomerList
     discovery_end: dt.datetime | None = None    # commit as the new discovery end after the loads (None: do not)
     discovery: Any = None                       # the source's change discovery (its `commit(conn)`, if any)
+    issues: list[Issue] = field(default_factory=list)   # what discovery reports (sync_issues; warnings alert)
 
 
 def customer_list(api: Any, cfg: Any, conn: duckdb.DuckDBPyConnection, schema: str, customers_file: str | None,
@@ -66,13 +68,23 @@ def customer_list(api: Any, cfg: Any, conn: duckdb.DuckDBPyConnection, schema: s
 
 def plan(api: Any, cfg: Any, conn: duckdb.DuckDBPyConnection, schema: str, listed: CustomerList,
          tasks: list[tuple[str, Window]], until: dt.datetime, srep: SourceReport, run_id: str, full: bool,
-         load_tables: Callable[[list[tuple[str, list[dict], dict]]], None]) -> Plan:
+         load_tables: Callable[[list[tuple[str, list[dict], dict]]], None], observe: bool = False) -> Plan:
     """Narrow `tasks` (every listed customer with its window) to what a `changed` run loads; `load_tables` loads the
-    raw tables discovery read (table, rows, dlt hints) before the customers are chosen."""
+    raw tables discovery read (table, rows, dlt hints) before the customers are chosen. `observe` (the source's
+    `SourceSpec.observe_in_all_mode`): an `all` run still calls `api.observe` for its bookkeeping, list additions
+    and issues, and narrows nothing."""
     mode = "all" if full else cfg.selection
     srep.selection = "all (--all)" if full and cfg.selection == "changed" else mode
     if mode == "all":
-        return Plan(tasks, listed)
+        if not (observe and api is not None and hasattr(api, "observe")):
+            return Plan(tasks, listed)
+        seen = api.observe(conn, schema)
+        listed, tasks = _with_announced(seen, conn, cfg, listed, tasks, state.last_success_ends(conn, cfg.name),
+                                        until)
+        # nothing tonight depends on it: a bookkeeping error is a warning, not a partial run
+        issues = _report_issues(seen, srep) + [Issue(cfg.name, None, "discovery_error", e) for e in seen.errors]
+        srep.warnings += [f"discovery_error: {e}" for e in seen.errors]
+        return Plan(tasks, listed, None, seen if seen.complete else None, issues)
     if not hasattr(api, "discover"):
         raise ConfigError(f"[sources.{cfg.name}] selection = \"changed\": this source has no change discovery yet")
     last_end = state.discovery_end(conn, cfg.name)
@@ -86,8 +98,10 @@ def plan(api: Any, cfg: Any, conn: duckdb.DuckDBPyConnection, schema: str, liste
     tables = found.tables()
     if tables:
         load_tables(tables)
-    windows = dict(tasks)
     last_success = state.last_success_ends(conn, cfg.name)
+    listed, tasks = _with_announced(found, conn, cfg, listed, tasks, last_success, until)
+    issues = _report_issues(found, srep)
+    windows = dict(tasks)
     chosen = select_customers(listed.ids, last_success, state.failing_customers(conn, cfg.name),
                               found.named(windows, last_success), until, cfg.sweep_days, api.timezone)
     srep.customers_by_discovery += chosen.by_discovery
@@ -100,7 +114,35 @@ def plan(api: Any, cfg: Any, conn: duckdb.DuckDBPyConnection, schema: str, liste
         "source": cfg.name, "discovery": chosen.by_discovery, "sweep": chosen.by_sweep, "new": chosen.new,
         "retry": chosen.retry, "not_due": srep.customers_not_due, "discovery_requests": found.requests,
         "discovery_complete": found.complete}})
-    return Plan([t for t in tasks if t[0] in keep], listed, window.end if found.complete else None, found)
+    return Plan([t for t in tasks if t[0] in keep], listed, window.end if found.complete else None, found, issues)
+
+
+def _with_announced(found: Any, conn: duckdb.DuckDBPyConnection, cfg: Any, listed: CustomerList,
+                    tasks: list[tuple[str, Window]], last_success: dict[str, dt.datetime], until: dt.datetime
+                    ) -> tuple[CustomerList, list[tuple[str, Window]]]:
+    """A discovery that learns of customers the list lacks (Capillary's customerAdded events) offers
+    `listed(ids, conn)`: the list with them added. They join the list and get their window like any listed one."""
+    if not hasattr(found, "listed"):
+        return listed, tasks
+    ids = found.listed(listed.ids, conn)
+    extra = ids[len(listed.ids):]
+    if not extra:
+        return listed, tasks
+    log.info("customers announced by discovery joined the list", extra={"fields": {
+        "source": cfg.name, "customers": len(extra)}})
+    return (CustomerList(ids=ids, blank=listed.blank, duplicates=listed.duplicates),
+            tasks + [(c, customer_window(last_success.get(c), until, cfg.lookback_duration, cfg.initial_start))
+                     for c in extra])
+
+
+def _report_issues(found: Any, srep: SourceReport) -> list[Issue]:
+    """A discovery's `issues` (if it has any) go to sync_issues; their messages to the run report's warnings,
+    which alert even when the run is otherwise OK (a webhook gone silent must not turn quietly into stale data)."""
+    issues = list(getattr(found, "issues", None) or [])
+    srep.warnings += [f"{i.code}: {i.message}" for i in issues]
+    for i in issues:
+        log.warning("change discovery: %s: %s", i.code, i.message)
+    return issues
 
 
 def commit(conn: duckdb.DuckDBPyConnection, source: str, plan_: Plan, run_id: str) -> None:

@@ -46,6 +46,7 @@ class SourceReport:
     roster_requests: int = 0
     roster_new: int = 0
     roster_error: str | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. events_silent: alerted even when the run is OK
 
 
 @dataclass
@@ -76,6 +77,11 @@ class RunReport:
         else:
             self.exit_code = EXIT_OK
         return self
+
+    @property
+    def warnings(self) -> list[str]:
+        """Every source's warnings as `source: warning` (they alert even when the run ended OK)."""
+        return [f"{name}: {w}" for name, s in self.sources.items() for w in s.warnings]
 
     @property
     def status(self) -> str:
@@ -112,7 +118,9 @@ class RunReport:
 
 def render_summary(report: RunReport) -> str:
     """A short human summary printed at the end of every run."""
-    lines = [f"run {report.run_id} ({report.command}): {report.status.upper()} in {report.duration_s:.1f}s, exit code {report.exit_code}"]
+    warned = f" with {len(report.warnings)} warning(s)" if report.warnings else ""
+    lines = [f"run {report.run_id} ({report.command}): {report.status.upper()}{warned} in {report.duration_s:.1f}s, "
+             f"exit code {report.exit_code}"]
     for name, s in report.sources.items():
         window = f"{s.window_start} .. {s.window_end}" if s.window_start else "-"
         lines.append(
@@ -129,6 +137,8 @@ def render_summary(report: RunReport) -> str:
         for what, error in (("change discovery", s.discovery_error), ("customer list", s.roster_error)):
             if error:
                 lines.append(f"    {what} INCOMPLETE, read again next run: {error}")
+        for warning in s.warnings:
+            lines.append(f"    WARNING {warning}")
         if s.failed_customers:
             shown = ", ".join(s.failed_customers[:10])
             more = f" and {len(s.failed_customers) - 10} more" if len(s.failed_customers) > 10 else ""

@@ -283,14 +283,15 @@ def _plan_source(settings: Settings, source: str, conn: duckdb.DuckDBPyConnectio
     cfg = settings.source(source)
     srep = report.sources.setdefault(source, SourceReport())
     api, stats = None, HttpStats()
+    spec = registry.get(source)
     if (not customers_file and cfg.customers == changes.API_CUSTOMERS) or (
-            not full and cfg.selection == "changed"):
-        api = registry.get(source).make_api(cfg, stats, pool.slots.get(source) if pool else None)
+            not full and cfg.selection == "changed") or spec.observe_in_all_mode:
+        api = spec.make_api(cfg, stats, pool.slots.get(source) if pool else None)
     try:
         listed = changes.customer_list(api, cfg, conn, DATASET, customers_file, report.run_id, srep)
         tasks = _tasks(conn, source, listed.ids, end, cfg.lookback_duration, cfg.initial_start)
         plan = changes.plan(api, cfg, conn, DATASET, listed, tasks, end, srep, report.run_id, full,
-                            lambda tables: _load_tables(pipeline, report, tables))
+                            lambda tables: _load_tables(pipeline, report, tables), spec.observe_in_all_mode)
     finally:
         if api is not None:
             api.close()
@@ -299,9 +300,9 @@ def _plan_source(settings: Settings, source: str, conn: duckdb.DuckDBPyConnectio
         srep.http_429 += stats.http_429
     srep.window_start = min((w.start for _, w in plan.tasks), default=None)
     srep.window_end = end
-    srep.customers_total = len(listed.ids)
+    srep.customers_total = len(plan.listed.ids)
     srep.customers_skipped = listed.skipped
-    return plan, listed.issues(source)
+    return plan, listed.issues(source) + plan.issues
 
 
 def run(settings: Settings, sources: Sequence[str], customers_file: str | None = None,
@@ -384,7 +385,7 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
                 log.error("could not write the runs row: %s", redact(str(exc)))
             conn.close()
         lock.release()
-    if report.exit_code != 0:
+    if report.exit_code != 0 or report.warnings:
         _alert(settings, report)
     if print_summary:
         print(render_summary(report), flush=True)

@@ -33,7 +33,13 @@ class SourceApi(Protocol):
     #   customer list from the API (`customers = "api"`);
     # - `discover(conn, schema, window)` -> a change discovery with `requests`, `errors`, `complete`, `tables()`
     #   (raw tables to load: (table, rows, dlt hints)), `named(windows, last_success)` (the customers to load) and
-    #   optionally `commit(conn)` (called after the run's loads committed): `selection = "changed"`.
+    #   optionally `commit(conn)` (called after the run's loads committed): `selection = "changed"`, which also reads
+    #   the client's `timezone` (the zone whose date is "the night" for the rolling sweep); the discovery may also
+    #   offer `issues` (`state.Issue`s for sync_issues, and warnings that alert) and `listed(ids, conn)` (the customer
+    #   list with the customers it learnt of, e.g. Capillary's customerAdded);
+    # - `observe(conn, schema)` -> the same kind of object, costing no API request, for `all` mode: the discovery's
+    #   bookkeeping that must follow every run (Capillary ingests its events and marks them used). Called only when
+    #   the spec says `observe_in_all_mode`.
 
 
 class RecordBatch(Protocol):
@@ -64,6 +70,8 @@ class SourceSpec:
     - `configspec`: the typed dlt `@configspec` of its section `[sources.<name>]`, a subclass of
       `config.SourceConfiguration` (the keys every source has) with its own keys and `credentials`; the resolved
       instance is what `make_api` gets.
+    - `observe_in_all_mode`: its API client has `observe(conn, schema)` (see `SourceApi`), which the engine calls in
+      `all` mode (and with `--all`) too, so e.g. received events are ingested and used whatever the selection.
     - `sandbox`: "module:attribute" of its part of the local sandbox (`pipelines/sandbox/service.py`), imported only
       by the sandbox; None when it has none.
     """
@@ -76,6 +84,7 @@ class SourceSpec:
     source: Callable[..., Any]
     configspec: type
     sandbox: str | None = None
+    observe_in_all_mode: bool = False
 
     @property
     def section(self) -> str:

@@ -198,4 +198,5 @@ SPEC = SourceSpec(
     source=capillary_source,
     configspec=CapillaryConfiguration,
     sandbox="pipelines.capillary.sandbox:PART",
+    observe_in_all_mode=True,
 )

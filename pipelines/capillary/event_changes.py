@@ -65,6 +65,10 @@ class EventChanges:
               last_success: Mapping[str, dt.datetime] | None = None) -> set[str]:
         return set(self.named_ids) | set(self.added)
 
+    def listed(self, ids: list[str], conn: duckdb.DuckDBPyConnection) -> list[str]:
+        """The customer list with every customer a customerAdded event announced (`with_added_customers`)."""
+        return with_added_customers(ids, conn)
+
     def commit(self, conn: duckdb.DuckDBPyConnection, at: dt.datetime | None = None) -> None:
         """After the run's loads committed: the events count as used."""
         events_ingest.mark_selected(conn, self.event_ids, at or dt.datetime.now(dt.timezone.utc))
@@ -90,23 +94,31 @@ def with_added_customers(listed: list[str], conn: duckdb.DuckDBPyConnection) -> 
     return listed + [c for c in added_customers(conn) if c not in have]
 
 
-def discover_from_events(conn: duckdb.DuckDBPyConnection, store_path: str | Path, *, identifier_name: str,
-                         retention_days: int, silence: dt.timedelta,
-                         now: dt.datetime | None = None) -> EventChanges:
-    """Steps 1-4 of the module docstring. A store that cannot be read is an error in `errors` (the run goes on with
-    the sweep and warns), not an exception."""
-    now = now or dt.datetime.now(dt.timezone.utc)
-    out = EventChanges()
+def _ingest_store(out: EventChanges, conn: duckdb.DuckDBPyConnection, store_path: str | Path, retention_days: int,
+                  silence: dt.timedelta, now: dt.datetime) -> None:
+    """Step 1 and 4: the store's new events into the warehouse, and whether it has gone silent."""
     try:
         store = EventStore(store_path)
     except Exception as exc:  # StoreError, sqlite3 errors: the run must still load the sweep's customers
         out.errors.append(f"the Capillary event store cannot be read: {exc}")
-    else:
-        try:
-            out.ingested = events_ingest.ingest(conn, store, retention_days=retention_days, now=now)
-            out.silence = events_ingest.silence_warning(store.newest_received_at(), now, silence, store.path)
-        finally:
-            store.close()
+        return
+    try:
+        out.ingested = events_ingest.ingest(conn, store, retention_days=retention_days, now=now)
+        out.silence = events_ingest.silence_warning(store.newest_received_at(), now, silence, store.path)
+    finally:
+        store.close()
+
+
+def discover_from_events(conn: duckdb.DuckDBPyConnection, store_path: str | Path, *, identifier_name: str,
+                         retention_days: int, silence: dt.timedelta,
+                         now: dt.datetime | None = None, store_optional: bool = False) -> EventChanges:
+    """Steps 1-4 of the module docstring. A store that cannot be read is an error in `errors` (the run goes on with
+    the sweep and warns), not an exception. `store_optional` (an `all`-mode run): no store file is no webhook, not
+    silence; only the events already in the warehouse are used."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    out = EventChanges()
+    if not (store_optional and not Path(store_path).exists()):
+        _ingest_store(out, conn, store_path, retention_days, silence, now)
     pending = events_ingest.pending_events(conn)
     seen: set[str] = set()
     added_rows: list[tuple[str, str]] = []

@@ -35,6 +35,7 @@ class CapillaryApi:
         self.identifier_name = settings.identifier_name
         self.identifier_source = settings.identifier_source
         self.server_timezone = settings.server_timezone
+        self.timezone = settings.server_timezone  # the engine's night (sweep share) is a date in the source's zone
         self._fixed_query = urlencode({"source": self.identifier_source, "identifierName": self.identifier_name})
         self.credentials = settings.require_credentials("key + secret (OAuth) or till_id + password (Basic)")
         oauth = isinstance(self.credentials, CapillaryOAuthCredentials)
@@ -53,6 +54,15 @@ class CapillaryApi:
         about a transfer after the window's end still names its customers). No API request
         (pipelines/capillary/event_changes.py). The store is found beside the warehouse `conn` has open, or at
         `[sources.capillary.webhook] store`."""
+        return self._from_events(conn, store_optional=False)
+
+    def observe(self, conn: Any, schema: str) -> Any:
+        """`selection = "all"` (and `--all`): the same ingestion, list additions and used-mark as `discover`, so
+        `loyalty_raw.capillary_events` fills in both modes; a warehouse with no event store beside it (no webhook
+        set up) is not warned about, as an all-mode run does not depend on events."""
+        return self._from_events(conn, store_optional=True)
+
+    def _from_events(self, conn: Any, store_optional: bool) -> Any:
         from pathlib import Path
 
         from pipelines.capillary.event_changes import discover_from_events
@@ -63,7 +73,7 @@ class CapillaryApi:
         return discover_from_events(conn, event_store_path(Path(warehouse)),
                                     identifier_name=self.identifier_name,
                                     retention_days=self.settings.events_retention_days,
-                                    silence=self.settings.events_silence_duration)
+                                    silence=self.settings.events_silence_duration, store_optional=store_optional)
 
     def _auth(self, stats: HttpStats) -> Auth:
         creds = self.credentials
