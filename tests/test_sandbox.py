@@ -501,3 +501,15 @@ def test_sandbox_event_loop_is_uvloop_when_installed() -> None:
         assert type(loop).__module__.split(".")[0] == expected
     finally:
         loop.close()
+
+
+def test_scripted_faults_come_first_then_the_dice():
+    from pipelines.sandbox.config import FaultConfig
+    from pipelines.sandbox.faults import Faults
+
+    faults = Faults(FaultConfig(scripted="dropped_connection, truncated_body,503_random"))
+    got = [faults.decide("cred", f"c{i}")[0] for i in range(5)]
+    assert got == ["dropped_connection", "truncated_body", "503_random", "pass", "pass"]
+    assert faults.counts["dropped_connection"] == 1 and faults.counts["truncated_body"] == 1
+    with pytest.raises(ValueError, match="unknown scripted fault kind.*dropped"):
+        Faults(FaultConfig(scripted="dropped"))

@@ -139,6 +139,10 @@ class FaultConfig:
     seed: int = 1                              # fault dice are seeded too: a failing chaos test can be re-run
     endpoints: str = ""                        # comma list of stats endpoint names (carecloud.points, ...) the
                                                # faults apply to; "" = every data endpoint
+    scripted: str = ""                         # comma list of fault kinds (429_random, 503_random,
+                                               # dropped_connection, truncated_body) the first data requests get,
+                                               # in order, before the dice take over: a test that must see every
+                                               # kind happen gets it by construction, not by chance
 
     @classmethod
     def field_names(cls) -> set[str]:

@@ -47,6 +47,7 @@ class Faults:
         self.buckets: dict[str, TokenBucket] = {}
         self.counts: Counter[str] = Counter()
         self.started = time.monotonic()
+        self.script = _script(config.scripted)
 
     def count(self, kind: str) -> None:
         with self.lock:
@@ -62,6 +63,8 @@ class Faults:
                 setattr(self.config, name, type(getattr(self.config, name))(value))
             if {"rate_limit_rps", "rate_limit_burst"} & set(changes):
                 self.buckets.clear()
+            if "scripted" in changes:
+                self.script = _script(self.config.scripted)
             if "seed" in changes:
                 self.rng.seed(self.config.seed)
 
@@ -90,6 +93,10 @@ class Faults:
             if self.in_maintenance(customer_key):
                 self.counts[MAINTENANCE] += 1
                 return MAINTENANCE, None
+            if self.script:
+                kind = self.script.pop(0)
+                self.counts[kind] += 1
+                return kind, None
             roll = self.rng.random()
             for kind, share in ((RANDOM_429, c.random_429_share), (ERROR_503, c.error_503_share),
                                 (DROP, c.drop_share), (TRUNCATE, c.truncate_share)):
@@ -109,3 +116,14 @@ class Faults:
         with self.lock:
             jitter = self.rng.random() * c.jitter_ms
         return (c.latency_ms + jitter) / 1000.0
+
+
+SCRIPTABLE = (RANDOM_429, ERROR_503, DROP, TRUNCATE)
+
+
+def _script(text: str) -> list[str]:
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(SCRIPTABLE))
+    if unknown:
+        raise ValueError(f"unknown scripted fault kind(s): {', '.join(unknown)}; use {', '.join(SCRIPTABLE)}")
+    return kinds
