@@ -111,6 +111,13 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
             "discovery_requests": cd["discovery_requests"], "sweep_customers": cd["sweep_customers"],
             "missed_same_night_visible": cd["missed_same_night_visible"],
             "missed_after_sweep": cd["missed_after_sweep"], "ok": cd["target"]["met"]}
+        cap = cd.get("capillary")
+        if cap:
+            # issue 18: a Capillary night costs the customers events named plus the sweep, nothing missed after it
+            out["change_driven_capillary_below_all"] = {
+                "customers": cap["customers"], "value": cap["ratio_changed_to_all"],
+                "missed_after_sweep": cap["missed_after_sweep"],
+                "ok": cap["ratio_changed_to_all"] < 1 and cap["missed_after_sweep"] == 0}
     return out
 
 

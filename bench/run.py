@@ -20,7 +20,8 @@ Scenarios (each sandbox lives in its own process; every variant is a measured ch
    `event_receiver`; alone: `python -m bench.events`);
 6. change_driven (issue 17): a nightly run's requests with `selection = "changed"` vs `"all"` at
    --change-customers (default 100,000; bench/change_driven.py, key `change_driven`; alone:
-   `python -m bench.change_driven`).
+   `python -m bench.change_driven`); then Capillary's side, events + sweep, at the same size
+   (bench/change_driven_capillary.py, key `change_driven.capillary`).
 """
 
 from __future__ import annotations
@@ -317,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
 
         _log(f"change_driven: {change_customers:,} customers, changed vs all selection")
         results["change_driven"] = measure_change_driven(quick, change_customers, log=_log)
+        from bench.change_driven_capillary import measure as measure_capillary
+
+        _log(f"change_driven (Capillary, events + sweep): {change_customers:,} customers")
+        results["change_driven"]["capillary"] = measure_capillary(change_customers, 3 if quick else 7, log=_log)
 
     results["total_seconds"] = round(time.perf_counter() - t_start, 1)
     results["targets"] = report.targets(results)
