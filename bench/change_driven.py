@@ -63,7 +63,8 @@ def _rows(db: Path) -> Counter:
         con.close()
 
 
-def _report(db: Path) -> dict[str, Any]:
+def source_report(db: Path, source: str) -> dict[str, Any]:
+    """The source's part of the last run's report (the `runs.sources` JSON)."""
     import duckdb
 
     con = duckdb.connect(str(db), read_only=True)
@@ -71,20 +72,29 @@ def _report(db: Path) -> dict[str, Any]:
         (sources,) = con.execute("SELECT sources FROM loyalty_raw.runs ORDER BY started_at DESC LIMIT 1").fetchone()
     finally:
         con.close()
-    return json.loads(sources)["carecloud"]
+    return json.loads(sources)[source]
 
 
-def _run(sb: Any, env: dict[str, str], k: int, log: Callable[[str], None], what: str) -> dict[str, Any]:
+def _report(db: Path) -> dict[str, Any]:
+    return source_report(db, "carecloud")
+
+
+def run_night(sb: Any, env: dict[str, str], k: int, what: str, source: str) -> tuple[dict[str, int], float]:
+    """One nightly `loyalty-etl run --source SOURCE` at night k: the sandbox's requests by endpoint, wall seconds."""
     sb.set_now(_night(k) + LAG)
     before = sb.stats()
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--source", "carecloud", "--no-models",
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--source", source, "--no-models",
                            "--until", _night(k).strftime("%Y-%m-%dT%H:%M:%SZ")], cwd=ROOT, env=env,
                           capture_output=True, text=True)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"{what} night {k}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}")
-    requests = _requests(before, sb.stats())
+    return _requests(before, sb.stats()), wall
+
+
+def _run(sb: Any, env: dict[str, str], k: int, log: Callable[[str], None], what: str) -> dict[str, Any]:
+    requests, wall = run_night(sb, env, k, what, "carecloud")
     total = sum(n for e, n in requests.items() if e != "carecloud.login")
     log(f"{what} night {k}: {total:,} requests in {wall:.1f} s")
     return {"requests": requests, "data_requests": total, "wall_s": round(wall, 2)}

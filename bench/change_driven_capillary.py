@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.change_driven import LAG, _night, _requests
+from bench.change_driven import LAG, _night, run_night, source_report
 from bench.harness import ROOT
 
 CAPILLARY_RATE_LIMIT = 16.0       # [sources.capillary] rate_limit default (1,000 requests per minute)
@@ -63,27 +63,12 @@ def _rows(db: Path) -> Counter:
 
 
 def _report(db: Path) -> dict[str, Any]:
-    import duckdb
-
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        (sources,) = con.execute("SELECT sources FROM loyalty_raw.runs ORDER BY started_at DESC LIMIT 1").fetchone()
-    finally:
-        con.close()
-    return json.loads(sources)["capillary"]
+    return source_report(db, "capillary")
 
 
 def _run(sb: Any, env: dict[str, str], k: int, log: Callable[[str], None], what: str) -> dict[str, Any]:
-    sb.set_now(_night(k) + LAG)
-    before = sb.stats()
-    started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--source", "capillary", "--no-models",
-                           "--until", _night(k).strftime("%Y-%m-%dT%H:%M:%SZ")], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise RuntimeError(f"{what} night {k}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}")
-    requests = _requests(before, sb.stats()).get("capillary.transfers", 0)
+    by_endpoint, wall = run_night(sb, env, k, what, "capillary")
+    requests = by_endpoint.get("capillary.transfers", 0)
     log(f"capillary {what} night {k}: {requests:,} requests in {wall:.1f} s")
     return {"requests": requests, "wall_s": round(wall, 2)}
 
