@@ -30,7 +30,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.harness import ROOT, machine_facts
+from bench.harness import ROOT, save_scenario
 
 NIGHT0 = dt.datetime(2026, 11, 20, 1, 0, tzinfo=dt.timezone.utc)
 LAG = dt.timedelta(minutes=10)
@@ -202,16 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     result = measure(args.quick, args.customers)
     result["seconds"] = round(time.perf_counter() - started, 1)
-    result["measured_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    result["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                          text=True).stdout.strip()
-    result["machine"] = machine_facts()
     path = args.out or (ROOT / "bench" / "out" / "results-change-driven-quick.json" if args.quick
                         else ROOT / "bench" / "results.json")
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data["change_driven"] = result   # only this key: the other scenarios' results stay as they are
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    save_scenario(path, ("change_driven",), result)
     print(f"{result['customers']:,} customers, {result['changed_customers']:,} changed "
           f"({result['invisible_only_customers']:,} by invisible kinds only): changed mode "
           f"{result['requests_changed_mode']:,} requests (discovery {result['discovery_requests']:,}, "

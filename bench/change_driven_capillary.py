@@ -13,7 +13,6 @@ configured limit is requests / rate_limit (the vendor limit, not CPU, sets a pro
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import shutil
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench.change_driven import LAG, _night, run_night, source_report
-from bench.harness import ROOT
+from bench.harness import ROOT, save_scenario
 
 CAPILLARY_RATE_LIMIT = 16.0       # [sources.capillary] rate_limit default (1,000 requests per minute)
 SECRET = "bench-webhook-secret-0123"
@@ -148,12 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     result = measure(args.customers, args.sweep_days)
     result["seconds"] = round(time.perf_counter() - started, 1)
-    result["measured_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    result["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                          text=True).stdout.strip()
-    data = json.loads(args.out.read_text()) if args.out.exists() else {}
-    data.setdefault("change_driven", {})["capillary"] = result   # additively: CareCloud's keys stay
-    args.out.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    save_scenario(args.out, ("change_driven", "capillary"), result)   # additively: CareCloud's keys stay
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=1))
     return 0 if result["missed_after_sweep"] == 0 else 1
 

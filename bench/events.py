@@ -14,7 +14,6 @@ taken within one run (this machine's speed drifts). Every acknowledged event is 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import http.client
 import json
 import os
@@ -31,7 +30,7 @@ from typing import Any
 
 import psutil
 
-from bench.harness import ROOT, machine_facts
+from bench.harness import ROOT, save_scenario
 
 SECRET = "bench-secret-0123456789abcdef"
 PATH = "/capillary/events"
@@ -191,16 +190,9 @@ def main(argv: list[str] | None = None) -> int:
                                              "quick: bench/out/results-events-quick.json)")
     args = ap.parse_args(argv)
     result = measure(args.quick)
-    result["measured_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    result["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                          text=True).stdout.strip()
-    result["machine"] = machine_facts()
     path = args.out or (ROOT / "bench" / "out" / "results-events-quick.json" if args.quick
                         else ROOT / "bench" / "results.json")
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data["event_receiver"] = result   # only this key: the other scenarios' results stay as they are
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    save_scenario(path, ("event_receiver",), result)
     for r in result["runs"]:
         print(f"concurrency {r['concurrency']:>2}  group commit {'on ' if r['group_commit'] else 'off'}  "
               f"{r['events_per_s']:>8.1f} events/s  p50 {r['p50_ms']:>7.2f} ms  p99 {r['p99_ms']:>7.2f} ms  "

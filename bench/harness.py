@@ -214,3 +214,21 @@ def machine_facts() -> dict[str, Any]:
     except Exception:
         pass
     return facts
+
+
+def save_scenario(path: Path, keys: tuple[str, ...], result: dict[str, Any]) -> None:
+    """Stamp a scenario's result (when, which commit, which machine) and merge it into the results file under
+    `keys` only: the other scenarios' results stay as they are (a scenario run alone must not erase them)."""
+    import datetime as dt
+
+    result["measured_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    result["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                          text=True).stdout.strip()
+    result["machine"] = machine_facts()
+    data = json.loads(path.read_text()) if path.exists() else {}
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = result
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
