@@ -64,6 +64,10 @@ HELP = {
                              "(default %(default)s)",
     "rate_limit_rps": "fault: token bucket per credential, requests/s; 0 = off (default %(default)s)",
     "rate_limit_burst": "fault: bucket size; 0 = max(1, rps)",
+    "rate_limit_scope": "fault: one bucket per API user/key (credential) or per vendor (tenant) "
+                        "(default %(default)s)",
+    "api_users": "API users (CareCloud) / keys (Capillary) accepted per vendor: user k >= 2 is the default "
+                 "credentials with -k appended (sandbox-2 / sandbox-password-2) (default %(default)s)",
     "retry_after_share": "fault: share of 429s carrying Retry-After (default %(default)s)",
     "random_429_share": "fault: share of requests answered 429 regardless of the bucket",
     "error_503_share": "fault: share of requests answered 503",
@@ -79,7 +83,7 @@ HELP = {
 }
 EXPLICIT = {"customers", "seed", "now"}
 CHOICES = {"point_amount_sign": ["signed", "unsigned"], "unknown_customer": ["400", "empty"],
-           "default_sort": ["point_history_record_time", "insertion"]}
+           "default_sort": ["point_history_record_time", "insertion"], "rate_limit_scope": ["credential", "tenant"]}
 
 
 def _setting_flags(parser: argparse.ArgumentParser) -> None:

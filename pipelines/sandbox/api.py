@@ -25,8 +25,7 @@ import orjson
 from pipelines.sandbox import faults as F
 from pipelines.sandbox.clock import Clock
 from pipelines.sandbox.config import (
-    CAPILLARY_OAUTH_KEY, CAPILLARY_OAUTH_SECRET, CAPILLARY_PASSWORD, CAPILLARY_TILL_ID, CARECLOUD_APP_ID,
-    CARECLOUD_BASE_PATH, CARECLOUD_LEGACY_BASE_PATH, CARECLOUD_LOGIN, CARECLOUD_PASSWORD, FaultConfig, SandboxConfig,
+    CARECLOUD_BASE_PATH, CARECLOUD_LEGACY_BASE_PATH, FaultConfig, SandboxConfig, api_users,
 )
 from pipelines.sandbox.data import CARECLOUD_FIELDS, EXTRA_FIELDS, IDENTIFIER_NAMES, DataGenerator, parse_local_param
 from pipelines.sandbox.listing import CUSTOMER_FIELDS, POINT_FIELDS, PURCHASE_FIELDS, Listings
@@ -96,15 +95,23 @@ class SandboxApp:
         self.clock = clock or Clock(config.now)
         self.faults = F.Faults(faults)
         self._lock = threading.Lock()
-        self._cc_tokens: dict[str, list] = {}       # token -> [login, expires (monotonic), data requests]
+        self._cc_tokens: dict[str, list] = {}       # token -> [credential, expires (monotonic), data requests]
         self._cap_tokens: dict[str, tuple[str, float]] = {}
         self.requests: Counter[str] = Counter()
         self.records_served: Counter[str] = Counter()
         self.sort_fields = set(CARECLOUD_FIELDS) | (set(EXTRA_FIELDS) if config.extra_fields else set())
         self.listings = Listings(self.data)
         self._listings = {"/customers": self.customers, "/points": self.points, "/purchases": self.purchases}
-        self._basic_ok = "Basic " + base64.b64encode(
-            f"{CAPILLARY_TILL_ID}:{hashlib.md5(CAPILLARY_PASSWORD.encode()).hexdigest()}".encode()).decode()
+        # the API users / keys it accepts (`SandboxConfig.api_users`), read once: a test swaps the constants first
+        self._cc_users = {(u["login"], u["password"], u["external_app_id"]): "carecloud:" + u["login"]
+                          for u in api_users("carecloud", config.api_users)}
+        capillary = api_users("capillary", config.api_users)
+        self._cap_keys = {(u["key"], u["secret"]): "capillary:" + u["key"] for u in capillary}
+        self._basic_ok = {"Basic " + base64.b64encode(
+            f"{u['till_id']}:{hashlib.md5(u['password'].encode()).hexdigest()}".encode()).decode():
+            "capillary:" + u["till_id"] for u in capillary}
+        # per credential ("vendor:principal"): data requests, 429s, and the busiest wall-clock second
+        self.by_credential: dict[str, Counter[str]] = {}
 
     # ------------------------------------------------------------------ dispatch
     def handle(self, req: Request) -> Response:
@@ -164,8 +171,10 @@ class SandboxApp:
         (`_cc_fault`, `_cap_fault`)."""
         only = self.fault_config.endpoints
         if only and endpoint not in {e.strip() for e in only.split(",")}:
-            return None
-        action, retry_after = self.faults.decide(credential, customer_key)
+            action, retry_after = F.PASS, None
+        else:
+            action, retry_after = self.faults.decide(credential, customer_key)
+        self._count_credential(credential, action)
         if action == F.PASS:
             return None
         if action in (F.DROP, F.TRUNCATE):
@@ -176,6 +185,20 @@ class SandboxApp:
                 resp.headers.append(("Retry-After", str(max(1, int(retry_after + 0.999)))))
             return resp
         return error(503, "maintenance window" if action == F.MAINTENANCE else "service temporarily unavailable")
+
+    def _count_credential(self, credential: str, action: str) -> None:
+        second = int(time.monotonic())
+        with self._lock:
+            counts = self.by_credential.get(credential)
+            if counts is None:
+                counts = self.by_credential[credential] = Counter()
+            counts["requests"] += 1
+            if action in (F.RATE_LIMITED, F.RANDOM_429):
+                counts["429"] += 1
+            if counts["second"] != second:
+                counts["second"], counts["in_second"] = second, 0
+            counts["in_second"] += 1
+            counts["peak_per_second"] = max(counts["peak_per_second"], counts["in_second"])
 
     # ------------------------------------------------------------------ CareCloud
     def carecloud_login(self, req: Request) -> Response:
@@ -188,15 +211,16 @@ class SandboxApp:
         for name in ("user_external_application_id", "login", "password"):
             if not body.get(name):
                 return _cc_invalid(name, "required", "", f"{name} is required")
-        if (body.get("login"), body.get("password"), body.get("user_external_application_id")) != (
-                CARECLOUD_LOGIN, CARECLOUD_PASSWORD, CARECLOUD_APP_ID):
+        credential = self._cc_users.get(
+            (body.get("login"), body.get("password"), body.get("user_external_application_id")))
+        if credential is None:
             return _cc_error(401, "unauthorized_exception", "Unauthorized", "invalid login, password or application")
         token = secrets.token_hex(20)
         ttl = self.fault_config.token_ttl_seconds
         with self._lock:
-            self._cc_tokens[token] = [CARECLOUD_LOGIN, time.monotonic() + ttl, 0]
+            self._cc_tokens[token] = [credential, time.monotonic() + ttl, 0]
         valid_to = self.data.local(self.clock.now() + ttl)
-        user = {"user_id": "5a1e0000000000000000000001", "login": CARECLOUD_LOGIN, "first_name": "Sandbox",
+        user = {"user_id": "5a1e0000000000000000000001", "login": body["login"], "first_name": "Sandbox",
                 "last_name": "User", "email": "sandbox@sandbox.example", "phone": "420000000000",
                 "user_role_ids": []}
         return _json(200, {"data": {"bearer_token": token, "valid_to": valid_to, "user": user}})
@@ -438,16 +462,16 @@ class SandboxApp:
             body = orjson.loads(req.body or b"{}")
         except orjson.JSONDecodeError:
             body = None
-        if not isinstance(body, dict) or (body.get("key"), body.get("secret")) != (
-                CAPILLARY_OAUTH_KEY, CAPILLARY_OAUTH_SECRET):
+        credential = self._cap_keys.get((body.get("key"), body.get("secret"))) if isinstance(body, dict) else None
+        if credential is None:
             return _cap_error(401, 401, "Invalid key or secret")
         ttl = self.config.capillary_oauth_ttl_seconds
         header = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=").decode()
-        payload = base64.urlsafe_b64encode(orjson.dumps({"sub": CAPILLARY_OAUTH_KEY, "iat": int(self.clock.now()),
+        payload = base64.urlsafe_b64encode(orjson.dumps({"sub": body["key"], "iat": int(self.clock.now()),
                                                          "exp": int(self.clock.now()) + ttl})).rstrip(b"=").decode()
         token = f"{header}.{payload}.{secrets.token_urlsafe(32)}"
         with self._lock:
-            self._cap_tokens[token] = (CAPILLARY_OAUTH_KEY, time.monotonic() + ttl)
+            self._cap_tokens[token] = (credential, time.monotonic() + ttl)
         return _json(200, {"data": {"accessToken": token, "ttlSeconds": ttl}, "errors": None})
 
     def _capillary_auth(self, req: Request) -> str | Response:
@@ -462,8 +486,9 @@ class SandboxApp:
             if entry is None:
                 return _cap_error(401, 401, "Invalid or expired OAuth token")
             return entry[0]
-        if req.headers.get("authorization", "") == self._basic_ok:
-            return CAPILLARY_TILL_ID
+        credential = self._basic_ok.get(req.headers.get("authorization", ""))
+        if credential is not None:
+            return credential
         return _cap_error(401, 401, "Authentication failed: invalid credentials")
 
     def _not_found(self) -> Response:
@@ -567,6 +592,7 @@ class SandboxApp:
         with self._lock:
             requests = dict(self.requests)
             records = dict(self.records_served)
+            by_credential = {name: Counter(c) for name, c in self.by_credential.items()}
         by_endpoint: dict[str, dict[str, int]] = {}
         for key, n in requests.items():
             endpoint, status = key.rsplit(" ", 1)
@@ -581,6 +607,10 @@ class SandboxApp:
             "requests_total": sum(requests.values()),
             "records_served": records,
             "faults": faults,
+            # data requests and 429s per API user / key ("vendor:principal"); peak_per_second = the most data
+            # requests one credential made within one wall-clock second
+            "credentials": {name: {"requests": c["requests"], "429": c["429"],
+                                   "peak_per_second": c["peak_per_second"]} for name, c in by_credential.items()},
         }
 
 

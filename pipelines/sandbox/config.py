@@ -22,6 +22,28 @@ CAPILLARY_PASSWORD = "sandbox-password"
 CAPILLARY_OAUTH_KEY = "sandbox-key"
 CAPILLARY_OAUTH_SECRET = "sandbox-secret"
 
+
+
+def api_users(vendor: str, n: int) -> list[dict[str, str]]:
+    """The `n` API users (CareCloud) or keys (Capillary) the sandbox accepts when `SandboxConfig.api_users` is `n`:
+    the first is the default credentials above, user k >= 2 has `-k` appended to each value (`sandbox-2` /
+    `sandbox-password-2`; the CareCloud app id is shared: one application, several API users). Each dict holds the
+    keys of `[[sources.<vendor>.credentials]]` plus a `name` (`u1`, `u2`, ...). Read at call time, so a test that
+    swaps the constants above swaps these too."""
+    out = []
+    for k in range(1, max(1, n) + 1):
+        tail = "" if k == 1 else f"-{k}"
+        if vendor == "carecloud":
+            out.append({"name": f"u{k}", "login": CARECLOUD_LOGIN + tail, "password": CARECLOUD_PASSWORD + tail,
+                        "external_app_id": CARECLOUD_APP_ID})
+        elif vendor == "capillary":
+            out.append({"name": f"u{k}", "till_id": CAPILLARY_TILL_ID + tail, "password": CAPILLARY_PASSWORD + tail,
+                        "key": CAPILLARY_OAUTH_KEY + tail, "secret": CAPILLARY_OAUTH_SECRET + tail})
+        else:
+            raise ValueError(f"no sandbox API users for {vendor!r}")
+    return out
+
+
 CARECLOUD_BASE_PATH = "/webservice/rest-api/enterprise-interface/v1.0"
 CARECLOUD_LEGACY_BASE_PATH = "/rest-api/enterprise-interface/v1.0"
 
@@ -80,6 +102,8 @@ class SandboxConfig:
     listing_filter_zone: str = "local"         # *_time_from/_to read as project "local" time (the spec) or "utc"
     last_change_on_points: bool = False        # customer.last_change also moves with point movements
     list_deleted_customers: bool = True        # GET /customers lists state 0 (deleted) customers too
+    api_users: int = 1                         # API users (CareCloud) / keys (Capillary) accepted per vendor
+                                               # (`api_users()`); each has its own rate budget and tokens
 
     # --- bad-input quirks (all off; reflected in the truth)
     extra_fields: bool = False                 # new, undocumented fields on every record
@@ -110,6 +134,8 @@ class SandboxConfig:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}")
         if not 0 <= self.joining_share <= 1:
             raise ValueError("joining_share must be between 0 and 1")
+        if self.api_users < 1:
+            raise ValueError("api_users must be >= 1")
 
     @classmethod
     def field_names(cls) -> set[str]:
@@ -123,6 +149,9 @@ class FaultConfig:
 
     rate_limit_rps: float = 0.0                # token bucket per credential; 0 = off
     rate_limit_burst: float = 0.0              # bucket size; 0 = max(1, rps)
+    rate_limit_scope: str = "credential"       # whose requests share one bucket: each API user/key its own
+                                               # ("credential": Capillary documents its limit "per API key";
+                                               # CareCloud publishes none) or the vendor's whole tenant ("tenant")
     retry_after_share: float = 0.0             # share of 429s with Retry-After; neither vendor documents the
                                                # header (api-notes 1.7, 2.6), so none by default
     random_429_share: float = 0.0              # 429 regardless of the bucket
@@ -143,6 +172,10 @@ class FaultConfig:
                                                # dropped_connection, truncated_body) the first data requests get,
                                                # in order, before the dice take over: a test that must see every
                                                # kind happen gets it by construction, not by chance
+
+    def __post_init__(self) -> None:
+        if self.rate_limit_scope not in ("credential", "tenant"):
+            raise ValueError("rate_limit_scope must be 'credential' or 'tenant'")
 
     @classmethod
     def field_names(cls) -> set[str]:

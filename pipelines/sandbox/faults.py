@@ -61,7 +61,7 @@ class Faults:
         with self.lock:
             for name, value in changes.items():
                 setattr(self.config, name, type(getattr(self.config, name))(value))
-            if {"rate_limit_rps", "rate_limit_burst"} & set(changes):
+            if {"rate_limit_rps", "rate_limit_burst", "rate_limit_scope"} & set(changes):
                 self.buckets.clear()
             if "scripted" in changes:
                 self.script = _script(self.config.scripted)
@@ -79,13 +79,16 @@ class Faults:
         return (zlib.crc32(customer_key.encode()) % 10_000) < c.maintenance_share * 10_000
 
     def decide(self, credential: str, customer_key: str) -> tuple[str, float | None]:
-        """(action, retry_after seconds or None) for one data request."""
+        """(action, retry_after seconds or None) for one data request made with `credential` ("vendor:principal",
+        the CareCloud login or the Capillary key / till id)."""
         c = self.config
         with self.lock:
             if c.rate_limit_rps > 0:
-                bucket = self.buckets.get(credential)
+                # "vendor:principal"; with scope "tenant" every credential of the vendor shares the vendor's bucket
+                key = credential.partition(":")[0] if c.rate_limit_scope == "tenant" else credential
+                bucket = self.buckets.get(key)
                 if bucket is None:
-                    bucket = self.buckets[credential] = TokenBucket(c.rate_limit_rps, c.rate_limit_burst)
+                    bucket = self.buckets[key] = TokenBucket(c.rate_limit_rps, c.rate_limit_burst)
                 wait = bucket.take()
                 if wait > 0:
                     self.counts[RATE_LIMITED] += 1
