@@ -45,3 +45,7 @@ def sandbox_env() -> Callable[..., dict[str, str]]:
         return sb.env(warehouse_path, **options)
 
     return make
+
+
+# a real PostgreSQL on loopback (`postgres`: a database of its own per test on one server per worker)
+from tests.helpers.postgres import postgres, postgres_server  # noqa: E402,F401  (fixtures)
