@@ -28,10 +28,10 @@ import pendulum
 
 from pipelines import runner, state
 from pipelines.customers import load_customers
-from pipelines.lock import RunLock, connect_writer
 from pipelines.logs import get_logger, redact
 from pipelines.progress import RunProgress
 from pipelines.report import RunReport, SourceReport
+from pipelines.warehouse import open_warehouse
 from pipelines.workers import ExtractPool, start_pool
 
 log = get_logger("backfill")
@@ -170,9 +170,10 @@ def backfill(settings: Any, sources: Sequence[str], since: dt.datetime, until: d
                         chunk_s=chunk.total_seconds(), chunks=len(chunks))
     issues: list[state.Issue] = []
     progress: RunProgress | None = None
-    with RunLock(settings.warehouse), _worker_pool(settings, sources) as pool:
+    wh = open_warehouse(settings)
+    with wh.lock("run"), _worker_pool(settings, sources) as pool:
         # the worker pool first: its processes fork before this one starts any thread (pipelines/workers.py)
-        conn = connect_writer(settings.warehouse, memory_limit=settings.duckdb_memory_limit)
+        conn = wh.connect()
         try:
             try:
                 state.ensure_tables(conn)

@@ -45,6 +45,7 @@ from pipelines.logs import register_secret
 from pipelines.windows import LOCAL_TIMEZONE
 
 DEFAULT_WAREHOUSE = "warehouse/loyalty_warehouse.duckdb"
+WAREHOUSE_KINDS = ("duckdb", "ducklake")
 """`[destination.duckdb] credentials` when unset: read by `warehouse_path()` only (dlt gets an open connection)."""
 
 
@@ -207,7 +208,7 @@ class SourceConfiguration(BaseConfiguration):
 @configspec
 class Settings(BaseConfiguration):
     """`[loyalty]`: the run's own settings, plus (not configurable here) each source's resolved section and the
-    warehouse file, filled in by `load_settings()`."""
+    warehouse file, filled in by `load_settings()`. The warehouse itself: `pipelines.warehouse.open_warehouse`."""
 
     allow_insecure_http: bool = False
     """Allow plain `http://` base URLs to non-loopback hosts (credentials would travel unencrypted)."""
@@ -230,15 +231,15 @@ class Settings(BaseConfiguration):
     """The run's DuckDB buffer pool; bigger merges spill to disk (docs/performance.md)."""
     export_schema_path: str = "schemas"
     """Where the dlt schema YAML is exported, only for a warehouse under `./warehouse/`."""
+    warehouse: str = "duckdb"
+    """`duckdb`: the embedded DuckDB file (`[destination.duckdb] credentials`); `ducklake`: a DuckLake, catalog in
+    PostgreSQL and data in a directory or bucket (`[destination.ducklake.credentials]` catalog, storage)."""
 
     sources: Annotated[Optional[dict], NotResolved()] = None
     """Each source's resolved `SourceConfiguration`, by name."""
-    warehouse: Annotated[Optional[Path], NotResolved()] = None
-    """The DuckDB file (`warehouse_path()`)."""
-
-    @property
-    def pipelines_dir(self) -> Path:
-        return self.warehouse.parent / ".dlt-pipelines"
+    warehouse_file: Annotated[Optional[Path], NotResolved()] = None
+    """The DuckDB file (`warehouse_path()`); with a lake, where dlt's working dirs and the lake's default local
+    storage go (beside it)."""
 
     @property
     def worker_processes(self) -> int:
@@ -251,6 +252,9 @@ class Settings(BaseConfiguration):
 
     def on_resolved(self) -> None:
         self.worker_processes  # noqa: B018 - a bad value fails at load time, naming the key
+        if self.warehouse not in WAREHOUSE_KINDS:
+            raise ConfigError(f"[loyalty] warehouse must be one of {', '.join(map(repr, WAREHOUSE_KINDS))}, not "
+                              f"{self.warehouse!r}")
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -457,7 +461,7 @@ def load_settings() -> Settings:
     settings = load_loyalty(check_keys=False)
     settings.sources = {name: load_source(name, spec, settings.allow_insecure_http, check_keys=False)
                         for name, spec in specs.items()}
-    settings.warehouse = warehouse_path()
+    settings.warehouse_file = warehouse_path()
     return settings
 
 
@@ -542,6 +546,10 @@ def reference_table() -> str:
         section(f"[sources.{name}]", spec, SourceConfiguration)
     rows.append(f"| `[destination.duckdb]` | `credentials` | `{DEFAULT_WAREHOUSE}` | the warehouse file; its name is "
                 "the DuckDB catalog, so it differs from every schema name |")
+    rows.append("| `[destination.ducklake.credentials]` (secret) | `catalog`, `storage`, `ducklake_name`, "
+                "`metadata_schema` | `storage`: `warehouse/<ducklake_name>.files`; `ducklake_name`: `ducklake` | "
+                "with `[loyalty] warehouse = \"ducklake\"`: dlt's own ducklake settings; `catalog` a PostgreSQL URL, "
+                "`storage` a local directory or `s3://` bucket URL (pipelines/lake.py) |")
     section("[loyalty]", Settings)
     return "\n".join(rows)
 

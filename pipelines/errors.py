@@ -49,3 +49,16 @@ class ListingIncomplete(Exception):
         self.message = message
         self.detail = detail
         self.requests = requests          # pages requested before giving up (they cost the rate budget too)
+
+
+class WarehouseUnavailable(RuntimeError):
+    """The warehouse cannot be opened right now (a DuckLake catalog that cannot be reached, ...). The message names
+    the warehouse without any password (`Warehouse.describe()`)."""
+
+
+class WarehouseBusy(WarehouseUnavailable):
+    """The embedded file is held by another process as its single writer (a load): a read-only open is refused."""
+
+
+class WarehouseMissing(WarehouseUnavailable):
+    """There is no warehouse yet (no file, or a DuckLake catalog never written to): load it first."""

@@ -25,16 +25,17 @@ import pendulum
 from pipelines import changes, registry, state
 from pipelines.columns import ColumnTypes
 from pipelines.config import ConfigError, Settings
-from pipelines.errors import SourceUnavailable
+from pipelines.errors import SourceUnavailable, WarehouseUnavailable
 from pipelines.extraction import ExtractJob, Extraction
 from pipelines.faultpoints import maybe_crash
 from pipelines.http import HttpStats
-from pipelines.lock import RunLock, RunLocked, connect_writer
+from pipelines.lock import RunLocked
 from pipelines.logs import get_logger, redact
 from pipelines.progress import RunProgress
 from pipelines.report import RunReport, SourceReport, render_summary
 from pipelines.schema_export import export_schema
 from pipelines.state import Issue
+from pipelines.warehouse import Warehouse, open_warehouse
 from pipelines.windows import Window, customer_window, utc, window_end
 from pipelines.workers import ExtractPool, start_pool
 
@@ -54,25 +55,25 @@ def _export_path(settings: Settings) -> str | None:
         return None
     cwd = Path.cwd().resolve()
     try:
-        settings.warehouse.resolve().relative_to(cwd / "warehouse")
+        settings.warehouse_file.resolve().relative_to(cwd / "warehouse")
     except ValueError:
         return None
     path = Path(settings.export_schema_path)
     return str(path if path.is_absolute() else cwd / path)
 
 
-def make_pipeline(settings: Settings, conn: duckdb.DuckDBPyConnection) -> Any:
-    """The dlt pipeline on the run's own DuckDB connection (so bookkeeping, dbt and dlt share one writer), with
-    its working dir beside the warehouse. Packages a crashed run left behind are finished first: they hold
-    records that were fetched but never committed to `_customer_sync_state`, so loading them is harmless."""
+def make_pipeline(settings: Settings, conn: duckdb.DuckDBPyConnection, wh: Warehouse | None = None) -> Any:
+    """The dlt pipeline into the warehouse (`Warehouse.destination`: on the file, the run's own DuckDB connection,
+    so bookkeeping, dbt and dlt share one writer), with its working dir in `Warehouse.pipelines_dir`. Packages a
+    crashed run left behind are finished first: they hold records that were fetched but never committed to
+    `_customer_sync_state`, so loading them is harmless."""
     import dlt
 
-    from pipelines.destination import warehouse_destination
-
+    wh = wh or open_warehouse(settings)
     pipeline = dlt.pipeline(
         pipeline_name=PIPELINE_NAME,
-        pipelines_dir=str(settings.pipelines_dir),
-        destination=warehouse_destination(conn, DATASET),
+        pipelines_dir=str(wh.pipelines_dir),
+        destination=wh.destination(conn),
         dataset_name=DATASET,
     )
     if pipeline.has_pending_data:
@@ -223,10 +224,11 @@ def run_window(settings: Settings, source: str, start: dt.datetime, end: dt.date
     """Load the fixed window `[start, end)` for `customers` (backfill). The caller holds the run lock; without
     `conn` a connection to the same warehouse is opened in this process (DuckDB shares the instance)."""
     own = conn is None
-    conn = conn or duckdb.connect(str(settings.warehouse))
+    wh = open_warehouse(settings)
+    conn = conn or wh.connect()
     try:
         state.ensure_tables(conn)
-        pipeline = make_pipeline(settings, conn)
+        pipeline = make_pipeline(settings, conn, wh)
         srun = SourceRun(settings, source, report, progress, conn, pipeline, pool)
         try:
             window = Window(utc(start), utc(end))
@@ -309,11 +311,11 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
         until: dt.datetime | str | None = None, models: bool = True, command: str = "run",
         print_summary: bool = True, full: bool = False) -> RunReport:
     report = RunReport(command=command)
-    lock = RunLock(settings.warehouse)
     try:
-        lock.acquire()
-    except RunLocked as exc:
-        report.error = str(exc)
+        wh = open_warehouse(settings)
+        lock = wh.lock("run").acquire()
+    except (RunLocked, ConfigError, WarehouseUnavailable) as exc:
+        report.error = redact(str(exc))
         report.finish()
         if print_summary:
             print(render_summary(report), flush=True)
@@ -324,10 +326,10 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
     pre_issues: list[Issue] = []
     try:
         pool = start_pool(settings, sources)  # first: the workers fork before this process starts any thread
-        conn = connect_writer(settings.warehouse, memory_limit=settings.duckdb_memory_limit)
+        conn = wh.connect()
         state.ensure_tables(conn)
         now = pendulum.now("UTC")
-        pipeline = make_pipeline(settings, conn)
+        pipeline = make_pipeline(settings, conn, wh)
         plans = []
         selections: dict[str, changes.Plan] = {}
         for source in sources:
@@ -365,7 +367,7 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
             report.error = "; ".join(errors)
         if models and not report.error:
             report.models = _run_models(settings)
-    except (ConfigError, duckdb.Error, OSError) as exc:
+    except (ConfigError, WarehouseUnavailable, duckdb.Error, OSError) as exc:
         report.error = f"{type(exc).__name__}: {exc}"
         log.error("run failed: %s", redact(report.error))
     except Exception as exc:  # noqa: BLE001 - the runs row and the alert must still be written
@@ -407,9 +409,12 @@ def _run_models(settings: Settings) -> str:
         from pipelines.models import run_dbt
     except ImportError:
         return "skipped"
+    if settings.warehouse != "duckdb":
+        log.warning("dbt on a %s warehouse is not wired yet: marts not built", settings.warehouse)
+        return "skipped"
     maybe_crash("models")
     try:
-        return "ok" if run_dbt(settings.warehouse, quiet=True) == 0 else "failed"
+        return "ok" if run_dbt(settings.warehouse_file, quiet=True) == 0 else "failed"
     except Exception as exc:  # noqa: BLE001 - a model failure must not hide the load's result
         log.error("dbt failed: %s", redact(str(exc)))
         return "failed"

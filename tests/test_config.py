@@ -73,7 +73,8 @@ def test_defaults_resolve_from_the_specs(clean_env) -> None:
             assert resolved[key] == want, (name, key)
         assert resolved.credentials is None
     assert settings.source("carecloud").timezone == settings.dashboard_timezone == LOCAL_TIMEZONE
-    assert settings.warehouse == ROOT / "warehouse" / "loyalty_warehouse.duckdb"
+    assert settings.warehouse_file == ROOT / "warehouse" / "loyalty_warehouse.duckdb"
+    assert settings.warehouse == "duckdb"
 
 
 def test_values_are_typed_and_validated(clean_env) -> None:
@@ -92,7 +93,8 @@ def test_values_are_typed_and_validated(clean_env) -> None:
                                  ("SOURCES__CAPILLARY__IDENTIFIER_NAME", "phone", "identifier_name"),
                                  ("SOURCES__CAPILLARY__EVENTS_SILENCE", "a day", "events_silence"),
                                  ("SOURCES__CAPILLARY__EVENTS_RETENTION_DAYS", "0", "events_retention_days"),
-                                 ("LOYALTY__EXTRACT_PROCESSES", "many", "extract_processes")]:
+                                 ("LOYALTY__EXTRACT_PROCESSES", "many", "extract_processes"),
+                                 ("LOYALTY__WAREHOUSE", "sqlite", "warehouse must be one of 'duckdb', 'ducklake'")]:
         with clean_env.context() as env:
             env.setenv(name, value)
             with pytest.raises(ConfigError, match=message):

@@ -33,6 +33,7 @@ def handle(args: argparse.Namespace) -> int:
     from pipelines.alerts import notify
     from pipelines.backfill import backfill
     from pipelines.config import ConfigError, parse_duration
+    from pipelines.errors import WarehouseUnavailable
     from pipelines.lock import RunLocked
     from pipelines.report import render_summary
 
@@ -41,7 +42,7 @@ def handle(args: argparse.Namespace) -> int:
         chunk = parse_duration(args.chunk)
         report = backfill(settings, chosen_sources(args.source), since, until, chunk, models=not args.no_models,
                           customers_file=args.customers)
-    except (ConfigError, ValueError, RunLocked) as exc:
+    except (ConfigError, ValueError, RunLocked, WarehouseUnavailable) as exc:
         return fail(exc)
     print(render_summary(report))
     notify(settings, report)
