@@ -309,13 +309,8 @@ def test_systemd_units_verify(tmp_path):
     assert done.returncode == 0 and not problems, done.stderr
 
 
-def test_airflow_dag_compiles_and_imports_where_airflow_is_installed():
+def test_airflow_dag_compiles():
+    """At least valid Python here; Airflow itself imports and runs the DAG in its own venv: tests/test_airflow_dag.py,
+    `make test-airflow` (Airflow is not a project dependency: its pins and the project's must not meet)."""
     source = (ROOT / "deploy/airflow/loyalty_etl_dag.py").read_text()
-    compile(source, "loyalty_etl_dag.py", "exec")          # always: at least valid Python
-    pytest.importorskip("airflow")
-    from airflow.models import DagBag
-
-    bag = DagBag(dag_folder=str(ROOT / "deploy/airflow"), include_examples=False)
-    assert not bag.import_errors, bag.import_errors
-    dag = bag.dags["loyalty_etl_nightly"]
-    assert dag.max_active_runs == 1 and [t.task_id for t in dag.tasks] == ["load_and_build_marts"]
+    compile(source, "loyalty_etl_dag.py", "exec")
