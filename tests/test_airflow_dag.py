@@ -148,6 +148,9 @@ print(json.dumps(out))
     assert tasks["marts"]["trigger_rule"] == "all_done"
     assert tasks["all_shards_landed"]["trigger_rule"] == "all_success"
     assert load(LOYALTY_MARTS_RULE="wait")["tasks"]["marts"]["trigger_rule"] == "all_success"
+    # an Airflow Variable (here from Airflow's environment secrets backend) wins over the plain environment
+    assert load(AIRFLOW_VAR_LOYALTY_MARTS_RULE="wait", LOYALTY_MARTS_RULE="landed")["tasks"]["marts"][
+        "trigger_rule"] == "all_success"
     # the embedded file: one writer, so every load in the one 1-slot pool
     assert {t["pool"] for k, t in load(LOYALTY_WAREHOUSE="duckdb")["tasks"].items() if k.startswith("load_")} == \
         {"loyalty_warehouse"}

@@ -32,8 +32,12 @@ is LOYALTY_MARTS_RULE:
 - "wait": the marts run only when every shard succeeded (all_success); a failed shard leaves the marts as they were
   until the shard is cleared and succeeds.
 
-Configuration: Airflow Variables first, then the scheduler's and workers' environment, then the defaults below
-(Variables are read when the DAG file is parsed; the structure of the DAG, N and the credentials, must be known then):
+Configuration: Airflow Variables first, then the scheduler's and workers' environment, then the defaults below.
+They are read when the DAG file is parsed (N and the credentials shape the DAG). The DAG processor sees Variables
+stored in the metadata DB and those set as AIRFLOW_VAR_LOYALTY_* environment variables; a tool that parses the file
+in its own process (`airflow dags test`, a bare DagBag) sees, in Airflow 3.0, only the AIRFLOW_VAR_* ones, so keep
+the shape settings (shards, credentials, warehouse) in the environment or in AIRFLOW_VAR_* to get the same DAG
+everywhere.
 
 | Variable / environment     | default                         |                                                     |
 | loyalty_project_dir / LOYALTY_PROJECT_DIR | /opt/loyalty-warehouse | checkout with .dlt/config.toml (the tasks' working dir) |
@@ -74,7 +78,7 @@ def _setting(name: str, default: str) -> str:
         from airflow.sdk import Variable
 
         value = Variable.get(f"loyalty_{name}", default=None)
-    except Exception:   # no metadata database / API reachable while parsing (a bare `python` import): use the env
+    except Exception:   # parsed outside the DAG processor (Airflow 3.0: no API to ask): AIRFLOW_VAR_* were tried
         value = None
     if value is None:
         value = os.environ.get(f"LOYALTY_{name.upper()}")
