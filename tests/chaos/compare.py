@@ -11,7 +11,8 @@ own bugs): CareCloud rows are compared on every field the API sent (new top-leve
 them), with their list items (child tables) and scalar `extended_data` keys (extended columns); Capillary rows per
 (customer, transfer), per transfer and per party; the ledger when asked. Keys are checked separately for uniqueness
 (nothing doubled). Both sides are put in one in-memory DuckDB and compared with `EXCEPT ALL` in both directions,
-which is a multiset difference.
+which is a multiset difference. `warehouse` is the DuckDB file's path or a DuckLake (`tests/helpers/lake.py`
+`Lake`), attached read-only either way.
 """
 
 from __future__ import annotations
@@ -109,17 +110,30 @@ class Comparison:
         return "\n".join(lines)
 
 
+def attach_read_only(con: duckdb.DuckDBPyConnection, warehouse: Any, alias: str) -> None:
+    """`warehouse`: the DuckDB file's path, or a lake (tests/helpers/lake.py `Lake`, anything with `attach`)."""
+    if hasattr(warehouse, "attach"):
+        warehouse.attach(con, alias, read_only=True)
+    else:
+        con.execute(f"attach '{warehouse}' as {alias} (read_only)")
+
+
+def warehouse_exists(warehouse: Any) -> bool:
+    return warehouse.exists() if hasattr(warehouse, "exists") and not isinstance(warehouse, Path) \
+        else Path(warehouse).exists()
+
+
 class Checker:
     """Holds one in-memory DuckDB with the truth registered and the warehouse attached read-only."""
 
-    def __init__(self, warehouse: Path, truth: Any, *, until: datetime, initial_start: datetime | None = None,
+    def __init__(self, warehouse: Any, truth: Any, *, until: datetime, initial_start: datetime | None = None,
                  wait_s: float = 60.0) -> None:
         self.con = duckdb.connect()
         self.con.execute("set TimeZone = 'UTC'")
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                self.con.execute(f"attach '{warehouse}' as wh (read_only)")
+                attach_read_only(self.con, warehouse, "wh")
                 break
             except duckdb.Error as exc:
                 if not is_lock_error(exc) or time.monotonic() > deadline:
@@ -379,7 +393,7 @@ def _in(column: str, values: list[str] | None) -> str:
     return f" and {column} in ({quoted})"
 
 
-def compare(warehouse: Path, truth: Any, *, until: datetime, initial_start: datetime | None = None,
+def compare(warehouse: Any, truth: Any, *, until: datetime, initial_start: datetime | None = None,
             sources: tuple[str, ...] = ("carecloud", "capillary"), ledger: bool = True,
             bad_time_rows: str = "loaded") -> Comparison:
     """The whole warehouse against the truth: raw tables of `sources` (with child tables and extended columns),
@@ -401,13 +415,13 @@ def compare(warehouse: Path, truth: Any, *, until: datetime, initial_start: date
         ch.close()
 
 
-def state_not_ahead_of_data(warehouse: Path, truth: Any, *, initial_start: datetime) -> Comparison:
+def state_not_ahead_of_data(warehouse: Any, truth: Any, *, initial_start: datetime) -> Comparison:
     """The invariant that must hold after any crash, before the rerun: the warehouse holds nothing the API does not
     have (no doubles), and for every customer the bookkeeping calls done up to `last_success_end` = E, every truth
     row before E that the API showed at E is loaded (a window is never marked done before its rows are committed).
     Runs here pass `--until` = the sandbox's frozen now, so E is also the instant the API was read at; a late record
     that appeared after E is the next lookback's job, not a missing row."""
-    if not Path(warehouse).exists():
+    if not warehouse_exists(warehouse):
         return Comparison([], {})
     ch = Checker(warehouse, truth, until=datetime.max.replace(tzinfo=initial_start.tzinfo),
                  initial_start=initial_start)
