@@ -111,16 +111,21 @@ class Comparison:
 
 
 def attach_read_only(con: duckdb.DuckDBPyConnection, warehouse: Any, alias: str) -> None:
-    """`warehouse`: the DuckDB file's path, or a lake (tests/helpers/lake.py `Lake`, anything with `attach`)."""
+    """`warehouse`: the DuckDB file's path; a test's lake (tests/helpers/lake.py `Lake`: an analyst's plain ATTACH);
+    or the project's `pipelines.warehouse.LakeWarehouse` (its own ATTACH statement)."""
     if hasattr(warehouse, "attach"):
         warehouse.attach(con, alias, read_only=True)
+    elif hasattr(warehouse, "config") and hasattr(warehouse.config, "attach_sql"):
+        from pipelines import lake
+
+        lake.load_extensions(con)
+        con.execute(warehouse.config.attach_sql(read_only=True, alias=alias))
     else:
         con.execute(f"attach '{warehouse}' as {alias} (read_only)")
 
 
 def warehouse_exists(warehouse: Any) -> bool:
-    return warehouse.exists() if hasattr(warehouse, "exists") and not isinstance(warehouse, Path) \
-        else Path(warehouse).exists()
+    return Path(warehouse).exists() if isinstance(warehouse, (str, Path)) else warehouse.exists()
 
 
 class Checker:

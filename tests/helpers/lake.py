@@ -56,10 +56,11 @@ class Lake:
         }
 
     def attach_sql(self, alias: str | None = None, read_only: bool = True) -> str:
-        """Holds the password: never print it."""
-        mode = ", READ_ONLY" if read_only else ""
+        """Holds the password: never print it. A reader takes the data path the catalog records; a writer gives
+        it as dlt does (creating the lake records it)."""
+        where = "READ_ONLY" if read_only else f"DATA_PATH '{self.data_path}'"
         return (f"ATTACH 'ducklake:postgres:{self.pg.dsn}' AS {alias or self.name} "
-                f"(DATA_PATH '{self.data_path}/', METADATA_SCHEMA '{self.name}'{mode})")
+                f"({where}, METADATA_SCHEMA '{self.name}')")
 
     def attach(self, con: duckdb.DuckDBPyConnection, alias: str, read_only: bool = True) -> None:
         load_lake_extensions(con)
