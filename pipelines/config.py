@@ -24,6 +24,7 @@ import difflib
 import functools
 import inspect
 import ipaddress
+import re
 import textwrap
 from pathlib import Path
 from typing import Annotated, Any, Callable, ClassVar, Iterator, Optional, TypeVar
@@ -124,16 +125,44 @@ def extract_processes(setting: Any, cpus: int | None = None) -> int:
 
 # ---------------------------------------------------------------------------------------------------- the specs
 
+CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
 @configspec
 class SourceCredentials(CredentialsConfiguration):
     """Credentials of a source. An empty value counts as missing, so a blank line copied from
     `.dlt/secrets.toml.example` never passes for a credential, and in a union of credential types the next type
-    is tried."""
+    is tried.
+
+    A source may have several (`[[sources.<name>.credentials]]`, a TOML array of tables; docs/credentials.md): each
+    is one API user or key with its own login and request budget. The keys below are the same in every source's
+    credentials and are not secret (never registered for redaction: they name the credential in logs and pools)."""
+
+    name: str = "default"
+    """The credential's name in logs, the run report, Airflow pools and the sandbox's counts (letters, digits,
+    `_ . -`); required for each of several."""
+    rate_limit: Optional[float] = None
+    """Requests per second of this credential (vendors sell limits per API user / key); unset: the source's
+    `rate_limit`."""
+    concurrency: Optional[int] = None
+    """Customers in flight with this credential; unset: the source's `concurrency`."""
+
+    PUBLIC_KEYS: ClassVar[tuple[str, ...]] = ("name", "rate_limit", "concurrency")
 
     def on_resolved(self) -> None:
         empty = {key: [] for key in self.get_resolvable_fields() if self[key] == ""}
         if empty:
             raise ConfigFieldMissingException(self, empty)  # type: ignore[arg-type]
+        if not CREDENTIAL_NAME.fullmatch(str(self.name)):
+            raise ConfigError(f"credential name {self.name!r}: use letters, digits, `_`, `.` or `-` (at most 63)")
+        if self.rate_limit is not None and self.rate_limit < 0:
+            raise ConfigError(f"credential {self.name}: rate_limit must be 0 (unlimited) or more")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ConfigError(f"credential {self.name}: concurrency must be 1 or more")
+
+    def secret_values(self) -> list[Any]:
+        """The values that identify or open the account (registered for redaction)."""
+        return [self[key] for key in self.get_resolvable_fields() if key not in self.PUBLIC_KEYS]
 
 
 @configspec
@@ -151,7 +180,7 @@ class SourceConfiguration(BaseConfiguration):
     rate_limit: float = 20.0
     """Requests per second per credential, shared by every worker process; 0 = unlimited."""
     concurrency: int = 16
-    """Customers in flight."""
+    """Customers in flight per credential."""
     max_attempts: int = 6
     """Attempts per request (exponential backoff with jitter between them)."""
     retry_backoff: float = 1.0
@@ -170,6 +199,10 @@ class SourceConfiguration(BaseConfiguration):
 
     name: Annotated[Optional[str], NotResolved()] = None
     """The source's name (its registry name and section); set by `load_source`, not configurable."""
+    credential_sets: Annotated[Optional[list], NotResolved()] = None
+    """Every credential of the source in the order of its `[[sources.<name>.credentials]]` list (one, named
+    "default", for a single `[sources.<name>.credentials]` table); set by `load_source`. `credentials` is the
+    first."""
 
     @property
     def lookback_duration(self) -> pendulum.Duration:
@@ -343,10 +376,104 @@ def _section_values(path: tuple[str, ...]) -> Iterator[tuple[str, str, Any]]:
 
 def _register_credentials(value: Any) -> None:
     if isinstance(value, dict):
-        for item in value.values():
+        for key, item in value.items():
+            if key not in SourceCredentials.PUBLIC_KEYS:
+                _register_credentials(item)
+    elif isinstance(value, list):
+        for item in value:
             _register_credentials(item)
     elif value is not None and not isinstance(value, (bool, int, float)):
         register_secret(str(value))
+
+
+def _credential_list(path: tuple[str, ...]) -> tuple[list, str] | None:
+    """The entries of `[[<path>.credentials]]` (a TOML array of tables, or a JSON array in the environment variable
+    `<PATH>__CREDENTIALS`) and where they were found; None when the credentials are one table (or absent). The
+    first provider that has credentials decides, environment before files, as dlt does for the single form."""
+    import json
+
+    for key, where, value in _section_values(path):
+        if key != "credentials":
+            continue
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ConfigError(f"environment variable {_env_name(path + (key,))} is not a JSON array of credential "
+                                  "objects (docs/credentials.md)") from None
+        return (list(value), where) if isinstance(value, list) else None
+    return None
+
+
+def _credential_types(spec: type[BaseConfiguration]) -> list[type[BaseConfiguration]]:
+    return config_keys(spec).get("credentials") or []
+
+
+def _credential_entry(types: list[type[BaseConfiguration]], entry: Any, label: str) -> Any:
+    """One `[[...credentials]]` entry resolved into the first credential type (of a union, in order, as dlt tries
+    them) whose required keys it all has, values coerced as dlt coerces them."""
+    from dlt.common.configuration.utils import deserialize_value
+    from dlt.common.typing import is_optional_type
+
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{label} is not a table of keys (docs/credentials.md)")
+    missing_by_type = []
+    for cls in types:
+        instance = cls()
+        missing = []
+        for key, hint in cls.get_resolvable_fields().items():
+            if key in entry and entry[key] != "":
+                try:
+                    instance[key] = deserialize_value(key, entry[key], extract_inner_hint(hint))
+                except ConfigValueCannotBeCoercedException:
+                    shown = "" if is_secret_hint(hint) or key not in SourceCredentials.PUBLIC_KEYS else f" = {entry[key]!r}"
+                    raise ConfigError(f"{label} {key}{shown} is not a valid "
+                                      f"{getattr(extract_inner_hint(hint), '__name__', hint)}") from None
+            elif instance[key] is None and not is_optional_type(hint):
+                missing.append(key)
+        if missing:
+            missing_by_type.append(", ".join(missing))
+            continue
+        try:
+            instance.on_resolved()
+        except ConfigFieldMissingException as exc:
+            missing_by_type.append(", ".join(exc.fields))
+            continue
+        except ConfigError as exc:
+            raise ConfigError(f"{label}: {exc}") from None
+        instance.resolve()
+        return instance
+    raise ConfigError(f"{label}: {' or '.join(missing_by_type)} not set")
+
+
+def _credential_sets(name: str, spec: type[BaseConfiguration]) -> list[Any] | None:
+    """The `[[sources.<name>.credentials]]` entries resolved, in their order in the list (a customer's credential
+    is its hash mod their number, an index into this order: `pipelines/credentials.py`; the Airflow DAG's pools
+    follow the same order); None when the credentials are one table `[sources.<name>.credentials]` (dlt resolves
+    that one, named "default" unless it says otherwise)."""
+    listed = _credential_list(("sources", name))
+    if listed is None:
+        return None
+    entries, where = listed
+    if not entries:
+        raise ConfigError(f"[[sources.{name}.credentials]] ({where}) is an empty list")
+    types = _credential_types(spec)
+    sets = []
+    for i, entry in enumerate(entries, 1):
+        label = f"[[sources.{name}.credentials]] entry {i} ({where})"
+        if isinstance(entry, dict) and not entry.get("name"):
+            raise ConfigError(f"{label}: set name = \"...\" (each of several credentials needs its own name)")
+        sets.append(_credential_entry(types, entry, label))
+    seen: dict[Any, str] = {}
+    for creds in sets:
+        if creds.name in {c.name for c in sets if c is not creds}:
+            raise ConfigError(f"[[sources.{name}.credentials]]: the name {creds.name!r} is used twice")
+        account = (type(creds), tuple(creds.secret_values()))
+        if account in seen:
+            raise ConfigError(f"[[sources.{name}.credentials]]: {seen[account]!r} and {creds.name!r} are the same API "
+                              "user / key (one account has one request budget: list it once)")
+        seen[account] = creds.name
+    return sets
 
 
 def _unknown_keys(path: tuple[str, ...], spec: type[BaseConfiguration] | list[type[BaseConfiguration]]) -> list[str]:
@@ -362,12 +489,16 @@ def _unknown_keys(path: tuple[str, ...], spec: type[BaseConfiguration] | list[ty
     problems: list[str] = []
     seen: set[tuple[str, str]] = set()
     for key, where, value in _section_values(path):
-        if secret_section or key in secret_keys:  # a credentials section may also be one native value
-            _register_credentials(value)
+        if (secret_section and key not in SourceCredentials.PUBLIC_KEYS) or key in secret_keys:
+            _register_credentials(value)  # a credentials section may also be one native value
         if key in known:
             if known[key] and isinstance(value, dict) and (key, "sub") not in seen:
                 seen.add((key, "sub"))
                 problems += _unknown_keys(path + (key,), known[key])
+            elif key == "credentials" and known[key] and (key, "list") not in seen and (
+                    listed := _credential_list(path)) is not None:
+                seen.add((key, "list"))
+                problems += _unknown_entry_keys(path, listed, known[key])
             continue
         if (key, where) in seen:
             continue
@@ -382,6 +513,23 @@ def _unknown_keys(path: tuple[str, ...], spec: type[BaseConfiguration] | list[ty
         hint = (f"did you mean {names[list(known).index(near[0])]}?" if near
                 else f"valid keys: {', '.join(sorted(names))}")
         problems.append(f"unknown setting: {shown}; {hint}")
+    return problems
+
+
+def _unknown_entry_keys(path: tuple[str, ...], listed: tuple[list, str],
+                        specs: list[type[BaseConfiguration]]) -> list[str]:
+    """`_unknown_keys` for the entries of `[[<path>.credentials]]` (registering their secrets on the way)."""
+    entries, where = listed
+    known = [k for s in specs for k in config_keys(s)]
+    problems = []
+    for i, entry in enumerate(entries, 1):
+        _register_credentials(entry)
+        for key in entry if isinstance(entry, dict) else ():
+            if key not in known:
+                near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+                hint = f"did you mean {near[0]}?" if near else f"valid keys: {', '.join(sorted(set(known)))}"
+                problems.append(f"unknown setting: {key} in [[{'.'.join(path)}.credentials]] entry {i} ({where}); "
+                                f"{hint}")
     return problems
 
 
@@ -402,11 +550,11 @@ def _unknown_sources(names: list[str]) -> list[str]:
 S = TypeVar("S", bound=BaseConfiguration)
 
 
-def _resolve(spec: S, path: tuple[str, ...]) -> S:
+def _resolve(spec: S, path: tuple[str, ...], explicit: dict[str, Any] | None = None) -> S:
     """`spec` resolved in section `path`, with dlt's errors turned into one `ConfigError` naming the key."""
     where = f"[{'.'.join(path)}]"
     try:
-        return resolve_configuration(spec, sections=path)
+        return resolve_configuration(spec, sections=path, explicit_value=explicit)
     except ConfigFieldMissingException as exc:
         missing = ", ".join(exc.fields)
         raise ConfigError(f"{where} {missing} not set: set it in .dlt/config.toml or as "
@@ -424,13 +572,13 @@ def _resolve(spec: S, path: tuple[str, ...]) -> S:
 
 
 @_without_streamlit_probe
-def load_section(spec: S, path: tuple[str, ...], check_keys: bool = True) -> S:
+def load_section(spec: S, path: tuple[str, ...], check_keys: bool = True, explicit: dict[str, Any] | None = None) -> S:
     """The instance `spec` of a spec class resolved in section `path` (e.g. ("sources", "capillary", "webhook")):
     keys it does not know refused first (naming the nearest valid one), then each dlt error turned into one
-    `ConfigError` naming the key."""
+    `ConfigError` naming the key. `explicit`: values of fields already resolved (not looked up)."""
     if check_keys and (problems := _unknown_keys(path, type(spec))):
         raise ConfigError("\n".join(problems))
-    return _resolve(spec, path)
+    return _resolve(spec, path, explicit)
 
 
 def load_source(name: str, spec: type[SourceConfiguration], allow_insecure_http: bool = False,
@@ -438,8 +586,20 @@ def load_source(name: str, spec: type[SourceConfiguration], allow_insecure_http:
     """`[sources.<name>]` resolved into `spec`; its credentials registered for redaction."""
     config = spec()
     config.name = name
-    config = load_section(config, ("sources", name), check_keys)
-    _register_credentials(dict(getattr(config, "credentials", None) or {}))
+    if check_keys and (problems := _unknown_keys(("sources", name), spec)):
+        raise ConfigError("\n".join(problems))
+    listed = _credential_sets(name, spec)
+    # several credentials: resolved here (dlt resolves one table per field), the first handed to dlt as the field's
+    # value so that it does not try to read the list as one table
+    config = load_section(config, ("sources", name), check_keys=False,
+                          explicit={"credentials": listed[0]} if listed else None)
+    config.credential_sets = listed if listed is not None else (
+        [config.credentials] if getattr(config, "credentials", None) is not None else [])
+    for creds in config.credential_sets:
+        for value in creds.secret_values():
+            _register_credentials(value)
+    if config.credential_sets:
+        config.credentials = config.credential_sets[0]
     config.base_url = check_base_url(config.base_url, name, allow_insecure_http)
     return config
 
@@ -530,7 +690,8 @@ def reference_table() -> str:
         for key, sub in config_keys(spec).items():
             for sub_spec in sub:
                 if issubclass(sub_spec, CredentialsConfiguration):
-                    keys = ", ".join(f"`{k}`" for k in config_keys(sub_spec))
+                    keys = ", ".join(f"`{k}`" for k in config_keys(sub_spec)
+                                     if k not in SourceCredentials.PUBLIC_KEYS)
                     rows.append(f"| `{title[:-1]}.{key}]` (secret) | {keys} | | "
                                 f"{' '.join((sub_spec.__doc__ or '').split())} |")
                 else:
@@ -542,6 +703,7 @@ def reference_table() -> str:
             rows.append(f"| `{title}` | `{key}` | `{_shown(values[key])}` | {docs.get(key, '')} |")
 
     section("[sources.<name>]", SourceConfiguration)
+    section("[sources.<name>.credentials]", SourceCredentials)  # the keys every credential has (not secret)
     for name, spec in source_configspecs().items():
         section(f"[sources.{name}]", spec, SourceConfiguration)
     rows.append(f"| `[destination.duckdb]` | `credentials` | `{DEFAULT_WAREHOUSE}` | the warehouse file; its name is "

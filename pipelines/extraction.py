@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 import pendulum
 
 from pipelines.columns import ColumnTypes, with_required
+from pipelines.credentials import lane_function, lanes as credential_lanes, make_api, total_concurrency
 from pipelines.errors import CustomerFailed, SourceUnavailable
 from pipelines.faultpoints import maybe_crash
 from pipelines.http import HttpStats, Steps
@@ -44,6 +45,8 @@ class ExtractJob:
     pool: Any = None                         # a `workers.ExtractPool`: extract in worker processes
     feed: Any = None                         # the source's `runner.TaskFeed` (the pool works ahead from it)
     crash_points: bool = True                # False inside a worker: crash points fire in the run's own process
+    lanes: list[int] | None = None           # several credentials: customers in flight per credential
+                                             # (`credentials.lanes`); `concurrency` is then their sum
     succeeded: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     issues: list[Issue] = field(default_factory=list)
@@ -63,12 +66,16 @@ class ExtractJob:
             self.progress.update(self.source, customers_failed=1)
 
 
-def fetched(job: ExtractJob, fetch_steps: Callable[[tuple[str, Window]], Steps]) -> Iterator[tuple[str, Window, Any]]:
+def fetched(job: ExtractJob, fetch_steps: Callable[[tuple[str, Window]], Steps],
+            lane_of: Callable[[str], int] | None = None) -> Iterator[tuple[str, Window, Any]]:
     """Fetch every task of `job`, `job.concurrency` customers in flight on this thread (`pipelines/multiplex.py`),
     and yield (customer, window, result) for those that worked. A failed customer is recorded on the job and the
     run goes on; a source-wide failure (login refused) stops it. The caller adds the records to its batch, then
-    calls `job.succeed`."""
-    for (customer_id, window), result in run_multiplexed(job.tasks, fetch_steps, job.concurrency):
+    calls `job.succeed`. `lane_of`: the customer's credential, when the source has several (`job.lanes` each)."""
+    lanes = None
+    if lane_of is not None and job.lanes:
+        lanes = (lambda task: lane_of(task[0]), job.lanes)
+    for (customer_id, window), result in run_multiplexed(job.tasks, fetch_steps, job.concurrency, lanes):
         if isinstance(result, SourceUnavailable):
             raise result
         if isinstance(result, CustomerFailed):
@@ -96,7 +103,7 @@ def produce(spec: SourceSpec, api: SourceApi, job: ExtractJob) -> Iterator[Table
 
     source = job.source
     batch = spec.new_batch(api, job)
-    for customer_id, window, (records, api_issues) in fetched(job, steps):
+    for customer_id, window, (records, api_issues) in fetched(job, steps, lane_function(api)):
         for code, message, detail in api_issues:
             job.issues.append(Issue(source, customer_id, code, message, detail))
         batch.add(customer_id, window, records)
@@ -180,9 +187,9 @@ def source_resource(spec: SourceSpec, customer_ids: Iterable[str] | None, start:
     window_to = window_end(pendulum.now("UTC"), settings.safety_lag_duration, until)
     window = Window(utc(since), window_to)
     stats = HttpStats()
-    api = spec.make_api(settings, stats, None)
+    api = make_api(spec, settings, stats)
     api.check()
     job = ExtractJob(source=spec.name, run_id=uuid.uuid4().hex[:16], tasks=[(c, window) for c in customer_ids],
-                     types=ColumnTypes(), concurrency=settings.concurrency, batch_rows=10_000, stats=stats,
-                     crash_points=False)
+                     types=ColumnTypes(), concurrency=total_concurrency(settings), batch_rows=10_000, stats=stats,
+                     crash_points=False, lanes=credential_lanes(settings))
     return resource(spec, api, job, close=api.close)

@@ -147,32 +147,72 @@ def shared_limiter(credential_key: tuple[str, str], rate: float) -> RateLimiter:
         return limiter
 
 
+Counts = tuple[int, int, int, int]   # requests, retries, 429s, logins
+
+
 @dataclass
 class HttpStats:
-    """Counters for one source in one run; `on_update` forwards deltas to live progress."""
+    """Counters for one source in one run; `on_update` forwards deltas to live progress.
+
+    With several credentials (`pipelines/credentials.py`) each credential's client counts into a child
+    (`credential` = its name, `parent` = the source's stats): the child's deltas also go to the parent, which keeps
+    them per credential in `by_credential` (name -> [requests, retries, 429s, logins]) as well as in its totals."""
 
     requests: int = 0
     retries: int = 0
     http_429: int = 0
     logins: int = 0
     on_update: Callable[[int, int, int], None] | None = field(default=None, repr=False)
+    credential: str | None = None
+    parent: "HttpStats | None" = field(default=None, repr=False)
+    by_credential: dict[str, list[int]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, requests: int = 0, retries: int = 0, http_429: int = 0, logins: int = 0) -> None:
+    def add(self, requests: int = 0, retries: int = 0, http_429: int = 0, logins: int = 0,
+            credential: str | None = None) -> None:
+        credential = credential or self.credential
         with self._lock:
             self.requests += requests
             self.retries += retries
             self.http_429 += http_429
             self.logins += logins
+            if credential is not None:
+                counts = self.by_credential.get(credential)
+                if counts is None:
+                    counts = self.by_credential[credential] = [0, 0, 0, 0]
+                counts[0] += requests
+                counts[1] += retries
+                counts[2] += http_429
+                counts[3] += logins
+        if self.parent is not None:
+            self.parent.add(requests, retries, http_429, logins, credential)
         if self.on_update and (requests or retries or http_429):
             self.on_update(requests, retries, http_429)
 
-    def take(self) -> tuple[int, int, int, int]:
-        """The counts so far, reset to zero (a worker process hands its deltas to the run this way)."""
+    def take(self) -> tuple[Counts, dict[str, Counts]]:
+        """The counts so far, in total and per credential, reset to zero (a worker process hands its deltas to the
+        run this way)."""
         with self._lock:
             out = (self.requests, self.retries, self.http_429, self.logins)
+            per = {name: tuple(c) for name, c in self.by_credential.items()}
             self.requests = self.retries = self.http_429 = self.logins = 0
-        return out
+            self.by_credential = {}
+        return out, per  # type: ignore[return-value]
+
+    def add_counts(self, totals: Counts, per_credential: dict[str, Counts]) -> None:
+        """Deltas `take()` gave in another process, added here (totals once, and each credential's share)."""
+        requests, retries, http_429, logins = totals
+        with self._lock:
+            self.logins += logins
+            self.requests += requests
+            self.retries += retries
+            self.http_429 += http_429
+            for name, counts in per_credential.items():
+                mine = self.by_credential.setdefault(name, [0, 0, 0, 0])
+                for i, n in enumerate(counts):
+                    mine[i] += n
+        if self.on_update and (requests or retries or http_429):
+            self.on_update(requests, retries, http_429)
 
 
 class Auth:
@@ -218,7 +258,10 @@ class TokenAuth(Auth):
         self._adopt()
         if self._stats is not None:
             self._stats.add(logins=1)
-        log.info("logged in", extra={"fields": {"header": self._header, "generation": self._generation}})
+        fields: dict[str, Any] = {"header": self._header, "generation": self._generation}
+        if self._stats is not None and self._stats.credential is not None:
+            fields["credential"] = self._stats.credential
+        log.info("logged in", extra={"fields": fields})
 
     def headers(self) -> tuple[int, dict[str, str]]:
         if self._slot.generation != self._generation:

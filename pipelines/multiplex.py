@@ -22,6 +22,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from collections import deque
 from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
 
 import pycurl
@@ -36,10 +37,10 @@ class _Task:
     """One item's request steps. `limiter` is set while the task sleeps on a timer waiting for a token (a timer
     without it is a backoff pause)."""
 
-    __slots__ = ("item", "steps", "limiter")
+    __slots__ = ("item", "steps", "limiter", "lane")
 
-    def __init__(self, item: Any, steps: Steps) -> None:
-        self.item, self.steps, self.limiter = item, steps, None
+    def __init__(self, item: Any, steps: Steps, lane: int = 0) -> None:
+        self.item, self.steps, self.limiter, self.lane = item, steps, None, lane
 
 
 class Multiplexer(Generic[T]):
@@ -53,10 +54,19 @@ class Multiplexer(Generic[T]):
     between transfers (their connections stay in libcurl's cache); `exhausted` is true once `items` ran out.
     """
 
-    def __init__(self, items: Iterable[T], steps_of: Callable[[T], Steps], concurrency: int) -> None:
+    def __init__(self, items: Iterable[T], steps_of: Callable[[T], Steps], concurrency: int,
+                 lanes: "tuple[Callable[[T], int], list[int]] | None" = None) -> None:
         self.items = iter(items)
         self.steps_of = steps_of
         self.concurrency = max(1, concurrency)
+        # lanes (several credentials of one source, `pipelines/credentials.py`): item -> lane, and each lane's own
+        # limit of items in flight, so a slow credential's customers never hold the slots of another's. An item
+        # whose lane is full waits in `parked` while later items of other lanes start.
+        self.lane_of, self.lane_limits = lanes if lanes is not None else (None, [])
+        if self.lane_of is not None:
+            self.concurrency = max(1, sum(self.lane_limits))
+        self.lane_active = [0] * len(self.lane_limits)
+        self.parked: list[deque] = [deque() for _ in self.lane_limits]
         self.multi = pycurl.CurlMulti()
         self.idle: list[Any] = []
         self.running: dict[Any, _Task] = {}
@@ -74,10 +84,10 @@ class Multiplexer(Generic[T]):
             try:
                 op = steps.throw(error) if error is not None else steps.send(value)
             except StopIteration as stop:
-                self._finish(task.item, stop.value)
+                self._finish(task.item, stop.value, task.lane)
                 return
             except Exception as exc:  # noqa: BLE001 - the item's failure, reported to the caller
-                self._finish(task.item, exc)
+                self._finish(task.item, exc, task.lane)
                 return
             value = error = None
             kind = type(op)
@@ -90,9 +100,11 @@ class Multiplexer(Generic[T]):
             if not self._token_or_sleep(task, op):  # a RateLimiter
                 return
 
-    def _finish(self, item: T, result: Any) -> None:
+    def _finish(self, item: T, result: Any, lane: int = 0) -> None:
         self.finished.append((item, result))
         self.active -= 1
+        if self.lane_of is not None:
+            self.lane_active[lane] -= 1
 
     def _transfer(self, task: _Task, op: Send) -> None:
         curl = self.idle.pop() if self.idle else new_handle(op.timeout)
@@ -115,18 +127,46 @@ class Multiplexer(Generic[T]):
     # ------------------------------------------------------------------------------------------ the loop's phases
     def _start_more(self) -> None:
         """Start tasks for new items while there are free slots."""
+        if self.lane_of is not None:
+            self._start_more_in_lanes()
+            return
         while not self.exhausted and self.active < self.concurrency:
             item = next(self.items, _END)
             if item is _END:
                 self.exhausted = True
                 return
-            self.active += 1
-            try:
-                steps = self.steps_of(item)
-            except Exception as exc:  # noqa: BLE001
-                self._finish(item, exc)
+            self._start(item)
+
+    def _start(self, item: T, lane: int = 0) -> None:
+        self.active += 1
+        try:
+            steps = self.steps_of(item)
+        except Exception as exc:  # noqa: BLE001
+            self._finish(item, exc, lane)
+            return
+        self._advance(_Task(item, steps, lane))
+
+    def _start_more_in_lanes(self) -> None:
+        limits, active, parked = self.lane_limits, self.lane_active, self.parked
+        for lane, queue in enumerate(parked):
+            while queue and active[lane] < limits[lane]:
+                active[lane] += 1
+                self._start(queue.popleft(), lane)
+        while not self.exhausted and self.active < self.concurrency:
+            item = next(self.items, _END)
+            if item is _END:
+                self.exhausted = True
+                return
+            lane = self.lane_of(item)  # type: ignore[misc]
+            if active[lane] >= limits[lane]:
+                parked[lane].append(item)
                 continue
-            self._advance(_Task(item, steps))
+            active[lane] += 1
+            self._start(item, lane)
+
+    @property
+    def _pending(self) -> bool:
+        return any(self.parked)
 
     def _wake_sleepers(self) -> None:
         """Resume the tasks whose timer is due (those waiting for a token only once they got one)."""
@@ -183,7 +223,7 @@ class Multiplexer(Generic[T]):
 
     def __iter__(self) -> Iterator[tuple[T, Any]]:
         try:
-            while self.active or self.finished or not self.exhausted:
+            while self.active or self.finished or not self.exhausted or self._pending:
                 self._start_more()
                 if self.running:
                     self._perform()
@@ -219,8 +259,10 @@ class Multiplexer(Generic[T]):
 
 
 def run_multiplexed(items: Iterable[T], steps_of: Callable[[T], Steps], concurrency: int,
-                    ) -> Iterator[tuple[T, Any]]:
+                    lanes: "tuple[Callable[[T], int], list[int]] | None" = None) -> Iterator[tuple[T, Any]]:
     """Run `steps_of(item)` for every item, at most `concurrency` of them at once, and yield (item, result or the
     exception it raised) as each finishes. Items are taken from `items` only as slots free up, so memory stays flat
-    however many there are. Closing the iterator early abandons the transfers in flight."""
-    yield from Multiplexer(items, steps_of, concurrency)
+    however many there are. `lanes` = (item -> lane index, each lane's limit in flight): then at most that many of
+    each lane at once (and `concurrency` is their sum); items of a full lane wait while other lanes' items start.
+    Closing the iterator early abandons the transfers in flight."""
+    yield from Multiplexer(items, steps_of, concurrency, lanes)

@@ -47,6 +47,8 @@ class SourceReport:
     roster_new: int = 0
     roster_error: str | None = None
     warnings: list[str] = field(default_factory=list)  # e.g. events_silent: alerted even when the run is OK
+    # several credentials (pipelines/credentials.py): name -> {requests, retries, http_429, logins}
+    credentials: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -128,6 +130,10 @@ def render_summary(report: RunReport) -> str:
             f"{s.customers_skipped} skipped; {s.records:,} records; {s.requests:,} requests "
             f"({s.retries} retries, {s.http_429} x429); window {window}"
         )
+        if s.credentials:
+            lines.append("    credentials: " + "; ".join(
+                f"{cname} {c['requests']:,} requests ({c['retries']} retries, {c['http_429']} x429)"
+                for cname, c in sorted(s.credentials.items())))
         if s.selection != "all" or s.roster_requests:
             lines.append(
                 f"    selection {s.selection}: {s.customers_by_discovery:,} by discovery, {s.customers_by_sweep:,} by "

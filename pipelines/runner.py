@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import duckdb
 import pendulum
 
-from pipelines import changes, registry, state
+from pipelines import changes, credentials, registry, state
 from pipelines.columns import ColumnTypes
 from pipelines.config import ConfigError, Settings
 from pipelines.errors import SourceUnavailable, WarehouseUnavailable
@@ -109,20 +109,24 @@ class SourceRun:
         self.stats = HttpStats(on_update=(lambda r, t, q: progress.update(source, requests=r, retries=t, http_429=q))
                                if progress else None)
         self.pool = pool
-        self.api = self.spec.make_api(self.cfg, self.stats, pool.slots.get(source) if pool else None)
+        self.api = credentials.make_api(self.spec, self.cfg, self.stats, pool.slots.get(source) if pool else None)
         self.api.check()
+        self.issues: list[Issue] = []   # run-level issues found here (a credential refused), for the runs row
+        for name, why in getattr(self.api, "unusable_credentials", dict)().items():
+            self.srep.warnings.append(f"credential {name} unusable, its customers fail this run: {why}")
+            self.issues.append(Issue(source, None, credentials.UNAVAILABLE, f"credential {name}: {why}"))
 
     def close(self) -> None:
         self.api.close()
-        self.srep.requests += self.stats.requests
-        self.srep.retries += self.stats.retries
-        self.srep.http_429 += self.stats.http_429
+        _add_counts(self.srep, self.stats)
         self.stats.requests = self.stats.retries = self.stats.http_429 = 0
+        self.stats.by_credential = {}
 
     def job(self, feed: "TaskFeed", max_customers: int, max_records: int) -> ExtractJob:
         job = ExtractJob(
             source=self.source, run_id=self.report.run_id, tasks=[],
-            types=ColumnTypes.from_dlt_schema(_schema(self.pipeline)), concurrency=self.cfg.concurrency,
+            types=ColumnTypes.from_dlt_schema(_schema(self.pipeline)),
+            concurrency=credentials.total_concurrency(self.cfg), lanes=credentials.lanes(self.cfg),
             batch_rows=self.settings.batch_rows, stats=self.stats, progress=self.progress, pool=self.pool,
         )
         job.tasks = feed.take(job, max_customers, max_records)
@@ -245,6 +249,19 @@ def run_window(settings: Settings, source: str, start: dt.datetime, end: dt.date
     return report
 
 
+def _add_counts(srep: SourceReport, stats: HttpStats) -> None:
+    """A source's request counters into its report: totals, and each credential's when it has several."""
+    srep.requests += stats.requests
+    srep.retries += stats.retries
+    srep.http_429 += stats.http_429
+    for name, (requests, retries, http_429, logins) in stats.by_credential.items():
+        mine = srep.credentials.setdefault(name, {"requests": 0, "retries": 0, "http_429": 0, "logins": 0})
+        mine["requests"] += requests
+        mine["retries"] += retries
+        mine["http_429"] += http_429
+        mine["logins"] += logins
+
+
 def _tasks(conn: duckdb.DuckDBPyConnection, source: str, ids: Iterable[str], end: dt.datetime,
            lookback: dt.timedelta, initial_start: dt.datetime) -> list[tuple[str, Window]]:
     last = state.last_success_ends(conn, source)
@@ -288,7 +305,7 @@ def _plan_source(settings: Settings, source: str, conn: duckdb.DuckDBPyConnectio
     spec = registry.get(source)
     if (not customers_file and cfg.customers == changes.API_CUSTOMERS) or (
             not full and cfg.selection == "changed") or spec.observe_in_all_mode:
-        api = spec.make_api(cfg, stats, pool.slots.get(source) if pool else None)
+        api = credentials.make_api(spec, cfg, stats, pool.slots.get(source) if pool else None)
     try:
         listed = changes.customer_list(api, cfg, conn, DATASET, customers_file, report.run_id, srep)
         tasks = _tasks(conn, source, listed.ids, end, cfg.lookback_duration, cfg.initial_start)
@@ -297,9 +314,7 @@ def _plan_source(settings: Settings, source: str, conn: duckdb.DuckDBPyConnectio
     finally:
         if api is not None:
             api.close()
-        srep.requests += stats.requests
-        srep.retries += stats.retries
-        srep.http_429 += stats.http_429
+        _add_counts(srep, stats)
     srep.window_start = min((w.start for _, w in plan.tasks), default=None)
     srep.window_end = end
     srep.customers_total = len(plan.listed.ids)
@@ -344,6 +359,7 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
         for source, tasks, end in plans:
             try:
                 sruns.append((SourceRun(settings, source, report, progress, conn, pipeline, pool), tasks, end))
+                pre_issues.extend(sruns[-1][0].issues)
             except SourceUnavailable as exc:
                 errors.append(f"{source}: {exc}")
                 pre_issues.append(Issue(source, None, "source_unavailable", str(exc)))

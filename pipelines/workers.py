@@ -7,11 +7,11 @@ core fully while the other sat mostly idle. A process pool with the *same* produ
 uses (`extraction.produce` with the source's spec) spreads that work over the machine's cores.
 
 How the processes stay one client towards the APIs:
-- the rate limiter of each credential and the login token are in shared memory created before the fork
-  (`pipelines/http.py`: `RateLimiter`, `SharedToken`), so the request budget and single-flight re-login hold
-  across processes;
-- each source's `concurrency` is split between the workers, so the requests in flight stay at most what is
-  configured;
+- the rate limiter of each credential and its login token are in shared memory created before the fork
+  (`pipelines/http.py`: `RateLimiter`, `SharedToken`; one of each per credential, `pipelines/credentials.py`), so
+  each credential's request budget and single-flight re-login hold across processes;
+- each source's `concurrency` (with several credentials: each credential's) is split between the workers, so the
+  requests in flight stay at most what is configured;
 - a worker returns, per chunk of customers: the tables, who succeeded or failed, the issues, and its request
   counters; the run merges them into the round's `ExtractJob`, so bookkeeping, progress and the report are the
   same as in-process.
@@ -41,11 +41,11 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
-from pipelines import registry
+from pipelines import credentials, registry
 from pipelines.columns import ARROW_TYPES, BOOL, DOUBLE, TEXT, ColumnTypes, convert, problem_message
 from pipelines.extraction import ExtractJob, Tables, produce
 from pipelines.faultpoints import maybe_crash
-from pipelines.http import HttpStats, SharedToken
+from pipelines.http import Counts, HttpStats, SharedToken
 from pipelines.logs import get_logger
 from pipelines.state import Issue
 from pipelines.windows import Window
@@ -78,7 +78,7 @@ _WORKER: dict[str, Any] = {}
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def _init_worker(settings: Any, slots: dict[str, SharedToken], parent: int) -> None:
+def _init_worker(settings: Any, slots: dict[str, list[SharedToken]], parent: int) -> None:
     # a worker must not outlive its run: if the run process is killed (SIGKILL, OOM killer, a crash test), the
     # kernel kills the workers too (Linux PR_SET_PDEATHSIG) instead of leaving them blocked on the task queue and
     # holding the run's stdout/stderr open
@@ -98,7 +98,9 @@ def _api(source: str) -> tuple[Any, HttpStats]:
     apis = _WORKER["apis"]
     if source not in apis:
         stats = HttpStats()
-        apis[source] = (registry.make_api(source, _WORKER["settings"], stats, _WORKER["slots"].get(source)), stats)
+        settings = _WORKER["settings"]
+        apis[source] = (credentials.make_api(registry.get(source), settings.source(source), stats,
+                                             _WORKER["slots"].get(source)), stats)
     return apis[source]
 
 
@@ -109,17 +111,17 @@ class ChunkResult:
     failed: dict[str, str]
     issues: list[Issue]
     records: int
-    counters: tuple[int, int, int, int]   # requests, retries, 429s, logins
+    counters: tuple[Counts, dict[str, Counts]]   # (requests, retries, 429s, logins) in total and per credential
 
 
 def _extract_chunk(source: str, run_id: str, kinds: dict[str, dict[str, str]], tasks: list[tuple[str, Window]],
-                   concurrency: int, batch_rows: int) -> ChunkResult:
+                   concurrency: int, batch_rows: int, lanes: list[int] | None = None) -> ChunkResult:
     # the previous chunk's Arrow buffers were freed after they were sent; hand that memory back to the OS, else the
     # allocator keeps each worker at its high-water mark (the memory run measures the whole process tree)
     pa.default_memory_pool().release_unused()
     api, stats = _api(source)
     job = ExtractJob(source=source, run_id=run_id, tasks=tasks, types=ColumnTypes(kinds), concurrency=concurrency,
-                     batch_rows=batch_rows, stats=stats, crash_points=False)
+                     batch_rows=batch_rows, stats=stats, crash_points=False, lanes=lanes)
     try:
         tables = [t for batch in produce(registry.get(source), api, job) for t in batch]
     finally:
@@ -143,7 +145,7 @@ class ExtractPool:
     settings: Any
     processes: int
     chunk_customers: int = CHUNK_CUSTOMERS
-    slots: dict[str, SharedToken] = field(default_factory=dict)
+    slots: dict[str, list[SharedToken]] = field(default_factory=dict)   # per source, one per credential
     _executor: ProcessPoolExecutor | None = None
     _active: set[str] = field(default_factory=set)   # sources whose `extract` is running (dlt runs them in threads)
 
@@ -161,9 +163,10 @@ class ExtractPool:
         pa.array([0])
 
         for source in sources:
-            pool.slots[source] = SharedToken()
-            # registers the credential's shared rate limiter before the fork (the client itself is thrown away)
-            registry.make_api(source, settings, HttpStats(), pool.slots[source]).close()
+            cfg = settings.source(source)
+            pool.slots[source] = credentials.credential_slots(cfg)
+            # registers each credential's shared rate limiter before the fork (the clients are thrown away)
+            credentials.make_api(registry.get(source), cfg, HttpStats(), pool.slots[source]).close()
         pool._executor = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("fork"),
                                              initializer=_init_worker, initargs=(settings, pool.slots, os.getpid()))
         # the first submit forks every worker, now, while this process has no other threads. Objects frozen out of
@@ -209,9 +212,12 @@ class ExtractPool:
         workers would otherwise sit idle). Those chunks are carried on the feed and merged into the next round's
         job, so their customers are committed with the round that loads them."""
         assert self._executor is not None, "pool closed"
-        size = chunk_size(self.chunk_customers, self.settings.source(job.source).rate_limit)
+        cfg = self.settings.source(job.source)
+        size = chunk_size(self.chunk_customers, credentials.total_rate(cfg))
         chunks = _chunks(job.tasks, size)
-        per_worker = self.in_flight_per_worker(job.concurrency)
+        # several credentials: each credential's customers in flight split between the workers, lane by lane
+        lanes = credentials.lanes(cfg, self.processes) if job.lanes else None
+        per_worker = sum(lanes) if lanes else self.in_flight_per_worker(job.concurrency)
         feed = job.feed
         in_flight: dict[Future, list[tuple[str, Window]]] = {}
         if feed is not None and feed.carried:
@@ -220,7 +226,7 @@ class ExtractPool:
 
         def start(chunk: list[tuple[str, Window]]) -> Future:
             return self._executor.submit(_extract_chunk, job.source, job.run_id,  # type: ignore[union-attr]
-                                         job.types.snapshot(), chunk, per_worker, job.batch_rows)
+                                         job.types.snapshot(), chunk, per_worker, job.batch_rows, lanes)
 
         def submit() -> bool:
             chunk = next(chunks, None)
@@ -310,8 +316,7 @@ def _chunks(tasks: Iterable[tuple[str, Window]], size: int) -> Iterator[list[tup
 
 def _absorb(job: ExtractJob, result: ChunkResult) -> None:
     """A worker's outcome for its chunk, merged into the run's job as if extracted here."""
-    requests, retries, http_429, logins = result.counters
-    job.stats.add(requests=requests, retries=retries, http_429=http_429, logins=logins)
+    job.stats.add_counts(*result.counters)
     job.succeeded.extend(result.succeeded)
     job.records_fetched += result.records
     for customer_id, reason in result.failed.items():

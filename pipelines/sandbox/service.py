@@ -228,14 +228,32 @@ class Sandbox:
             paths[source] = path
         return paths
 
-    def env(self, warehouse_path: str | Path, **customer_file_options: Any) -> dict[str, str]:
+    def env(self, warehouse_path: str | Path, *, credentials: int = 1, **customer_file_options: Any) -> dict[str, str]:
         """Environment variables that point the real CLI (dlt-style settings) at this sandbox. Writes the
-        customer files beside the warehouse file. Merge into `os.environ` for a subprocess."""
+        customer files beside the warehouse file. Merge into `os.environ` for a subprocess. `credentials` > 1:
+        that many API users / keys per vendor (`SandboxConfig.api_users` must be at least that), as
+        `SOURCES__<VENDOR>__CREDENTIALS` JSON arrays named u1, u2, ... (CareCloud logins, Capillary OAuth keys)."""
         warehouse = Path(warehouse_path)
         files = self.write_customer_files(warehouse.parent, **customer_file_options)
         env = {k: v for name, part in self.parts.items() for k, v in part.env(self, files[name]).items()}
         env["DESTINATION__DUCKDB__CREDENTIALS"] = str(warehouse)
+        if credentials > 1:
+            env.update(self.credentials_env(credentials))
+            env = {k: v for k, v in env.items() if "__CREDENTIALS__" not in k}
         return env
+
+    def credentials_env(self, n: int) -> dict[str, str]:
+        """`SOURCES__<VENDOR>__CREDENTIALS` = a JSON array of `n` sandbox API users / keys per vendor."""
+        import json
+
+        from pipelines.sandbox.config import api_users
+
+        if n > self.config.api_users:
+            raise ValueError(f"{n} credentials asked, the sandbox accepts {self.config.api_users} (api_users)")
+        keys = {"carecloud": ("name", "login", "password", "external_app_id"), "capillary": ("name", "key", "secret")}
+        return {f"SOURCES__{vendor.upper()}__CREDENTIALS": json.dumps(
+                    [{k: user[k] for k in keys[vendor]} for user in api_users(vendor, n)])
+                for vendor in self.parts if vendor in keys}
 
     # ------------------------------------------------------------------ truth and stats
     def truth(self, now: Any = None) -> Truth:
