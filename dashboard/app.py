@@ -1,7 +1,8 @@
 """Entry point of the dashboard: `loyalty-etl dashboard` runs `streamlit run dashboard/app.py`.
 
-The warehouse file comes from env `LOYALTY_WAREHOUSE_PATH` (set by the command from the project settings), the
-display time zone from `LOYALTY_DASHBOARD_TIMEZONE` (default `pipelines.windows.LOCAL_TIMEZONE`).
+The warehouse: the file in env `LOYALTY_WAREHOUSE_PATH` (set by the command from the project settings), else the
+project's configured warehouse (a DuckLake: `[loyalty] warehouse = "ducklake"`); the display time zone from
+`LOYALTY_DASHBOARD_TIMEZONE` (default `pipelines.windows.LOCAL_TIMEZONE`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ PAGES = [
 
 page = st.navigation(PAGES)
 with st.sidebar:
-    st.caption(f"Warehouse `{db.warehouse_path()}` (read-only)")
+    st.caption(f"Warehouse `{db.describe()}` (read-only)")
     st.caption(f"Times and dates in {db.timezone()}")
 ui.reset_page_flags()
 page.run()

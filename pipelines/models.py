@@ -1,16 +1,17 @@
-"""Runs the dbt project in `sql/` on a DuckDB warehouse, in this process.
+"""Runs the dbt project in `sql/` on the warehouse (the embedded DuckDB file or a DuckLake), in this process.
 
-    run_dbt(warehouse: Path, args: Sequence[str] = ("build",), *, quiet: bool = False,
+    run_dbt(warehouse: Warehouse | Path, args: Sequence[str] = ("build",), *, quiet: bool = False,
             log_format: str = "text", target_dir: Path | None = None, project_dir: Path | None = None) -> int
         0: dbt succeeded; 1: dbt ran but a model, seed or test failed (each failure is logged);
-        2: dbt could not run (bad project, profile or warehouse).
+        2: dbt could not run (bad project, profile or warehouse; a lake catalog that cannot be reached).
+        A Path is the embedded file at that path (tests, benchmarks).
     last_results() -> list[NodeResult]: per-node outcome of the last invocation (status, message, failures).
         (dbt-duckdb reports no rows-affected counts; the incremental marts carry `_dbt_invocation_id` instead.)
 
-The caller says which warehouse: the CLI resolves it with `pipelines.config.warehouse_path()`, the one place the
-file is configured. dbt reads it from `LOYALTY_WAREHOUSE_PATH` (sql/profiles.yml), which is set only for the call.
+The caller says which warehouse (`pipelines.warehouse.open_warehouse`). dbt reaches it through the env vars of
+`Warehouse.dbt_env()`, which sql/profiles.yml reads (they pick its target too); they are set only for the call.
 
-Why in-process (dbtRunner) and not `dbt` in a subprocess: a run holds the DuckDB file open for its whole duration
+The file: why in-process (dbtRunner) and not `dbt` in a subprocess: a run holds the DuckDB file open while it loads
 and DuckDB allows one writing process. A second `duckdb.connect()` to the same file *in the same process* shares
 the already open database instance, so dbt-duckdb can write while the runner's connection stays open, provided
 both connections use the same configuration: DuckDB refuses ("Can't open a connection to same database file with
@@ -18,6 +19,12 @@ a different configuration") when the first connection was opened with any `confi
 memory_limit, access_mode, ...) that dbt's does not pass. dlt's DuckDB destination and a plain
 `duckdb.connect(path)` use none, which is what tests/test_models.py checks; a later `SET memory_limit = ...` on
 the holder (as `pipelines.lock.connect_writer` does) is fine and applies to dbt's queries too.
+
+The lake: dbt-duckdb opens an in-memory DuckDB and ATTACHes the lake (sql/profiles.yml, target `ducklake`); any
+number of processes may have it attached, so nothing is shared. The catalog password travels in a DBT_ENV_SECRET_
+variable: dbt masks it in what it logs, and our own messages pass through `redact`. The `ducklake` and `postgres`
+extensions are put in DuckDB's extension directory first (from their PyPI wheels, no internet), so the ATTACH
+autoloads them.
 """
 
 from __future__ import annotations
@@ -26,14 +33,24 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from pipelines.logs import get_logger
+from pipelines.logs import get_logger, redact, register_secret
+
+if TYPE_CHECKING:
+    from pipelines.warehouse import Warehouse
 
 log = get_logger("models")
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 WAREHOUSE_ENV = "LOYALTY_WAREHOUSE_PATH"
+# Every variable sql/profiles.yml reads: all of them are set or cleared for a call, so a value left in the caller's
+# environment (a shell that exported LOYALTY_WAREHOUSE_KIND=ducklake) never points dbt elsewhere.
+PROFILE_ENV = (
+    "LOYALTY_WAREHOUSE_KIND", WAREHOUSE_ENV, "DBT_ENV_SECRET_LOYALTY_LAKE_CATALOG", "LOYALTY_LAKE_NAME",
+    "LOYALTY_LAKE_DATA_PATH", "LOYALTY_LAKE_METADATA_SCHEMA",
+    "DBT_ENV_SECRET_LOYALTY_LAKE_PASSWORD", "DBT_ENV_SECRET_LOYALTY_LAKE_PASSWORD_IN_URL",
+)
 
 # dbt keeps global state (flags, adapter registry) per process; one invocation at a time.
 _LOCK = threading.Lock()
@@ -57,7 +74,7 @@ def last_results() -> list[NodeResult]:
 
 
 def run_dbt(
-    warehouse: Path,
+    warehouse: "Warehouse | Path",
     args: Sequence[str] = ("build",),
     *,
     quiet: bool = False,
@@ -67,6 +84,18 @@ def run_dbt(
 ) -> int:
     """`target_dir` (default sql/target) and `project_dir` (default sql/, a copy in tests) are for tests."""
     from dbt.cli.main import dbtRunner
+
+    from pipelines.warehouse import FileWarehouse
+
+    wh = warehouse if hasattr(warehouse, "dbt_env") else FileWarehouse(Path(warehouse))
+    env = {name: None for name in PROFILE_ENV} | {"LOYALTY_WAREHOUSE_KIND": wh.kind} | wh.dbt_env()
+    for name, value in env.items():
+        if name.startswith("DBT_ENV_SECRET_"):
+            register_secret(value)   # our own lines about this call are masked like dbt's
+    if wh.kind == "ducklake":
+        from pipelines.lake import install_extensions
+
+        install_extensions()
 
     project = Path(project_dir) if project_dir else SQL_DIR
     target = Path(target_dir) if target_dir else project / "target"
@@ -83,25 +112,31 @@ def run_dbt(
     if quiet:
         global_args.append("--quiet")
     with _LOCK:
-        previous = os.environ.get(WAREHOUSE_ENV)
-        os.environ[WAREHOUSE_ENV] = str(Path(warehouse).resolve())
+        previous = {name: os.environ.get(name) for name in env}
+        _set_env(env)
         try:
-            log.info("dbt %s on %s", " ".join(args), warehouse)
+            log.info("dbt %s on %s", " ".join(args), wh.describe())
             result = dbtRunner().invoke([*global_args, *cli_args])
         finally:
             _release_duckdb()
-            if previous is None:
-                os.environ.pop(WAREHOUSE_ENV, None)
-            else:
-                os.environ[WAREHOUSE_ENV] = previous
+            _set_env(previous)
         _LAST[:] = _node_results(result.result)
     if result.exception is not None:
-        log.error("dbt could not run: %s", result.exception)
+        # the text of a failed ATTACH names the catalog URL: `redact` hides its password (registered by the config)
+        log.error("dbt could not run on %s: %s", wh.describe(), redact(str(result.exception)))
         return 2
     for node in _LAST:
         if node.status in ("error", "fail", "runtime error"):
             log.error("dbt %s %s: %s", node.status, node.unique_id, node.message)
     return 0 if result.success else 1
+
+
+def _set_env(values: dict[str, str | None]) -> None:
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def _release_duckdb() -> None:
@@ -129,7 +164,7 @@ def _node_results(result: Any) -> list[NodeResult]:
                 unique_id=getattr(node, "unique_id", "?"),
                 resource_type=str(getattr(node, "resource_type", "?")),
                 status=str(getattr(r, "status", "?")),
-                message=str(getattr(r, "message", "") or ""),
+                message=redact(str(getattr(r, "message", "") or "")),
                 failures=getattr(r, "failures", None),
             )
         )

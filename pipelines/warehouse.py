@@ -152,12 +152,20 @@ class LakeWarehouse(Warehouse):
         return dlt.destinations.ducklake(credentials=self.config.credentials)
 
     def dbt_env(self) -> dict[str, str]:
-        """What a dbt-duckdb `attach:` entry needs (sql/profiles.yml): the DuckLake path (with the catalog
-        password: a secret, for the dbt process's environment only), its alias, data path and metadata schema."""
+        """What sql/profiles.yml's `ducklake` target needs: the catalog URL (with its password: for the dbt
+        call's environment only), the lake's name (the ATTACH alias and dbt's database), data path and metadata
+        schema. The DBT_ENV_SECRET_ prefix makes dbt mask a value wherever it writes it; DuckDB's errors quote the
+        URL, and the password alone (as given and as spelled in the URL) is there only to be masked too."""
+        from urllib.parse import unquote, urlsplit
+
         c = self.config
+        url = c.postgres_url
+        in_url = urlsplit(url).password or ""
         return {
             "LOYALTY_WAREHOUSE_KIND": self.kind,
-            "LOYALTY_LAKE_ATTACH": f"ducklake:postgres:{c.postgres_url}",
+            "DBT_ENV_SECRET_LOYALTY_LAKE_CATALOG": url,
+            "DBT_ENV_SECRET_LOYALTY_LAKE_PASSWORD": unquote(in_url),
+            "DBT_ENV_SECRET_LOYALTY_LAKE_PASSWORD_IN_URL": in_url,
             "LOYALTY_LAKE_NAME": c.name,
             "LOYALTY_LAKE_DATA_PATH": c.storage_url,
             "LOYALTY_LAKE_METADATA_SCHEMA": c.metadata_schema,

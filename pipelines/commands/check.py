@@ -19,7 +19,8 @@ snake_case, nested objects joined with __) and every non-empty list in its child
 column's type cannot hold (e.g. a word in a double column) counts as not loadable: the load recorded it as
 type_mismatch in sync_issues. Anything else counts as lost; the raw JSON still holds it.
 
-Exit codes: 0 nothing lost, 1 values lost, 2 no warehouse yet, 75 a load is running (retry shortly).
+Exit codes: 0 nothing lost, 1 values lost, 2 no warehouse yet (or a lake catalog that cannot be reached),
+75 a load holds the embedded file (retry shortly). A lake is read at its last committed snapshot, beside a load.
 """
 
 
@@ -33,23 +34,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    import duckdb
-
     from pipelines.carecloud.audit import check_flattening
-    from pipelines.config import warehouse_path
+    from pipelines.config import ConfigError
+    from pipelines.errors import WarehouseBusy, WarehouseMissing, WarehouseUnavailable
+    from pipelines.logs import redact
+    from pipelines.warehouse import configured_warehouse
 
-    warehouse = warehouse_path()
-    if not warehouse.exists():
-        print(f"no warehouse at {warehouse} yet: run `loyalty-etl run` (or `loyalty-etl demo`) first",
+    try:
+        warehouse = configured_warehouse()
+        con = warehouse.connect(read_only=True)
+    except WarehouseMissing:
+        print(f"no warehouse at {warehouse.describe()} yet: run `loyalty-etl run` (or `loyalty-etl demo`) first",
               file=sys.stderr)
         return EXIT_MISSING
-    try:
-        con = duckdb.connect(str(warehouse), read_only=True)
-    except (duckdb.IOException, duckdb.ConnectionException) as exc:
-        if "lock" in str(exc).lower():
-            print(f"a load is running on {warehouse} (it holds the file); retry shortly", file=sys.stderr)
-            return EXIT_BUSY
-        raise
+    except WarehouseBusy:
+        print(f"a load is running on {warehouse.describe()} (it holds the file); retry shortly", file=sys.stderr)
+        return EXIT_BUSY
+    except (ConfigError, WarehouseUnavailable) as exc:
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_MISSING
     try:
         result = check_flattening(con, examples=args.examples)
     finally:

@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "dashboard", help=HELP,
         description=HELP + ". It opens the DuckDB file read-only per query, so it can stay up while `loyalty-etl run` "
-        "loads; during a load pages say so and show nothing new.", formatter_class=SettingDefaultsHelp,
+        "loads; during a load pages say so and show nothing new. On a DuckLake it keeps one read-only attachment "
+        "and always shows the last committed data, loads or not.", formatter_class=SettingDefaultsHelp,
     )
     p.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
     p.add_argument("--address", default="127.0.0.1",
@@ -43,32 +44,38 @@ def streamlit_command(port: int, address: str) -> list[str]:
     ]
 
 
-def dashboard_env(warehouse: Path, timezone: str) -> dict[str, str]:
+def dashboard_env(warehouse: Path | None, timezone: str) -> dict[str, str]:
+    """The app's environment: the file to read (None: the app resolves the configured warehouse itself, a lake)."""
     from dashboard.db import TIMEZONE_ENV, WAREHOUSE_ENV
 
-    return {**os.environ, WAREHOUSE_ENV: str(warehouse), TIMEZONE_ENV: timezone}
+    env = {**os.environ, TIMEZONE_ENV: timezone}
+    env.pop(WAREHOUSE_ENV, None)
+    return env | ({WAREHOUSE_ENV: str(warehouse)} if warehouse is not None else {})
 
 
 def handle(args: argparse.Namespace) -> int:
-    from pipelines.config import ConfigError, load_loyalty, warehouse_path
+    from pipelines.config import ConfigError, load_loyalty
+    from pipelines.logs import redact
+    from pipelines.warehouse import configured_warehouse
 
-    warehouse = warehouse_path()
     try:
+        wh = configured_warehouse()
         timezone = args.timezone or load_loyalty().dashboard_timezone
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
         print(f"error: unknown time zone {timezone!r}; use an IANA name such as Europe/Berlin", file=sys.stderr)
         return 2
-    if not warehouse.exists():
-        print(f"note: no warehouse at {warehouse} yet; run `loyalty-etl demo` or `loyalty-etl run` first",
+    if wh.kind == "duckdb" and not wh.exists():
+        print(f"note: no warehouse at {wh.describe()} yet; run `loyalty-etl demo` or `loyalty-etl run` first",
               file=sys.stderr)
-    print(f"dashboard on http://{args.address}:{args.port}  (warehouse {warehouse}, times in {timezone})")
+    print(f"dashboard on http://{args.address}:{args.port}  (warehouse {wh.describe()}, times in {timezone})")
     sys.stdout.flush()
     # Replace this process with Streamlit so Ctrl-C and a service manager's SIGTERM reach the server directly.
     command = streamlit_command(args.port, args.address)
-    os.execve(command[0], command, dashboard_env(warehouse, timezone))
+    os.execve(command[0], command, dashboard_env(wh.path if wh.kind == "duckdb" else None,
+                                                 timezone))
     return 0  # not reached

@@ -15,8 +15,9 @@ examples:
   loyalty-etl models --docs                           also generate the dbt docs site into sql/target
   loyalty-etl models --docs --serve                   ... and serve it on http://127.0.0.1:8080
 
-The warehouse is the pipeline's (DESTINATION__DUCKDB__CREDENTIALS or [destination.duckdb] credentials in
-.dlt/config.toml); nothing else needs configuring. Exit code 0 when every model and test passed, 1 otherwise.
+The warehouse is the pipeline's ([loyalty] warehouse: the DuckDB file of [destination.duckdb] credentials, or the
+DuckLake of [destination.ducklake.credentials]); nothing else needs configuring. On a lake, readers keep reading
+the marts' last committed snapshot while this builds. Exit code 0 when every model and test passed, 1 otherwise.
 """
 
 
@@ -33,19 +34,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from pipelines.config import ConfigError, warehouse_path
-    from pipelines.logs import get_logger
+    from pipelines.config import ConfigError
+    from pipelines.errors import WarehouseUnavailable
+    from pipelines.lock import RunLocked
+    from pipelines.logs import get_logger, redact
     from pipelines.models import SQL_DIR, last_results, run_dbt
+    from pipelines.warehouse import configured_warehouse
 
     log = get_logger("models")
     args.docs = args.docs or args.serve
     try:
-        warehouse = warehouse_path()
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        warehouse = configured_warehouse()
+        exists = warehouse.exists()
+    except (ConfigError, WarehouseUnavailable) as exc:
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 1
-    if not warehouse.exists():
-        print(f"error: warehouse {warehouse} does not exist yet; load it first with `loyalty-etl run` "
+    if not exists:
+        print(f"error: warehouse {warehouse.describe()} does not exist yet; load it first with `loyalty-etl run` "
               "(or `loyalty-etl demo`)", file=sys.stderr)
         return 1
 
@@ -55,22 +60,21 @@ def handle(args: argparse.Namespace) -> int:
     if args.full_refresh:
         build.append("--full-refresh")
 
-    import duckdb
-
-    from pipelines.lock import RunLock, RunLocked, connect_writer
-
-    # The same single-writer rules as a load: refuse while a run holds the warehouse, and wait out a reader
-    # (dashboard, status) that has the file open for a moment instead of failing inside dbt.
+    # The same single-writer rules as a load: refuse while a run holds the warehouse (the file: its one lock; the
+    # lake: the "merge" lock its marts steps take, so two builds never MERGE into one mart at once).
     try:
-        lock = RunLock(warehouse).acquire()
-    except RunLocked as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        lock = warehouse.lock("merge").acquire()
+    except (RunLocked, WarehouseUnavailable) as exc:
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 1
     try:
         try:
-            holder = connect_writer(warehouse)
-        except duckdb.Error as exc:
-            print(f"error: cannot open {warehouse}: {exc}", file=sys.stderr)
+            # The file: hold it as the writer for the whole build, waiting out a reader (dashboard, status) that has
+            # it open for a moment instead of failing inside dbt; dbt shares this process's open file. The lake
+            # needs no holder: dbt attaches it itself, beside any reader.
+            holder = warehouse.connect() if warehouse.kind == "duckdb" else None
+        except Exception as exc:  # noqa: BLE001 - duckdb.Error or WarehouseUnavailable: one line, no traceback
+            print(f"error: cannot open {warehouse.describe()}: {redact(str(exc))}", file=sys.stderr)
             return 1
         try:
             rc = run_dbt(warehouse, build, log_format=args.log_format)
@@ -86,7 +90,8 @@ def handle(args: argparse.Namespace) -> int:
                     log.warning("raw table %s freshness could not be checked: %s", table, node.message)
             docs_rc = run_dbt(warehouse, ["docs", "generate"], log_format=args.log_format) if args.docs else 0
         finally:
-            holder.close()
+            if holder is not None:
+                holder.close()
     finally:
         lock.release()
 
@@ -96,8 +101,9 @@ def handle(args: argparse.Namespace) -> int:
         target = SQL_DIR / "target"
         print(f"\ndbt docs written to {target}/index.html. Browse them with either:\n"
               f"  loyalty-etl models --docs --serve          (http://127.0.0.1:{args.port})\n"
-              f"  python -m http.server {args.port} --bind 127.0.0.1 --directory {target}\n"
-              f"  LOYALTY_WAREHOUSE_PATH={warehouse} dbt docs serve --project-dir sql --profiles-dir sql")
+              f"  python -m http.server {args.port} --bind 127.0.0.1 --directory {target}")
+        if warehouse.kind == "duckdb":
+            print(f"  LOYALTY_WAREHOUSE_PATH={warehouse.describe()} dbt docs serve --project-dir sql --profiles-dir sql")
         if args.serve:
             _serve(target, args.port)
     return 0 if rc == 0 else 1

@@ -1,8 +1,10 @@
 """`loyalty-etl status`: the last runs, their windows, and the customers currently failing, read from the warehouse.
 
-Reads like every other reader (docs/architecture.md, "Readers and the single writer"): opens the DuckDB file
-read-only, runs its few queries, closes it. While a load holds the file the open fails at once; we say so and exit
-75 (EX_TEMPFAIL) rather than wait, so `status` can never delay a load.
+Reads like every other reader (docs/architecture.md, "Readers and the single writer"): opens the warehouse
+read-only (`Warehouse.connect(read_only=True)`), runs its few queries, closes it. The file: while a load holds it
+the open fails at once; we say so and exit 75 (EX_TEMPFAIL) rather than wait, so `status` can never delay a load.
+A lake is never held by a load (its readers see the last committed snapshot); a catalog that cannot be reached
+exits 1 with the reason (no password).
 """
 
 from __future__ import annotations
@@ -12,7 +14,12 @@ import datetime as dt
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pipelines.errors import WarehouseBusy, WarehouseMissing
+
+if TYPE_CHECKING:
+    from pipelines.warehouse import Warehouse
 
 HELP = "show the last runs, their windows and the customers currently failing (read-only)"
 EXIT_BUSY = 75      # EX_TEMPFAIL: a load holds the warehouse, retry shortly
@@ -21,8 +28,9 @@ SCHEMA = "loyalty_raw"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("status", help=HELP, description=HELP + ". Exit codes: 0 shown, 1 no warehouse yet, "
-                       f"{EXIT_BUSY} a load is running (retry shortly).")
+    p = sub.add_parser("status", help=HELP, description=HELP + ". Exit codes: 0 shown, 1 no warehouse yet (or a "
+                       f"lake catalog that cannot be reached), {EXIT_BUSY} a load holds the embedded file (retry "
+                       "shortly).")
     p.add_argument("--runs", type=int, default=10, metavar="N", help="how many recent runs to list (default 10)")
     p.add_argument("--failing", type=int, default=20, metavar="N",
                    help="how many failing customers to list (default 20; the total is always shown)")
@@ -30,32 +38,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=handle)
 
 
-class WarehouseBusy(RuntimeError):
-    pass
+def read_status(warehouse: "Warehouse | Path", runs: int = 10, failing: int = 20) -> dict[str, Any]:
+    """Everything `status` shows, as plain data (a Path: the embedded file there). Raises WarehouseMissing,
+    WarehouseBusy (the file, during a load), WarehouseUnavailable (a lake's catalog cannot be reached)."""
+    from pipelines.warehouse import FileWarehouse
 
-
-def read_status(warehouse: Path, runs: int = 10, failing: int = 20) -> dict[str, Any]:
-    """Everything `status` shows, as plain data. Raises FileNotFoundError / WarehouseBusy."""
-    import duckdb
-
-    if not warehouse.exists():
-        raise FileNotFoundError(warehouse)
-    try:
-        con = duckdb.connect(str(warehouse), read_only=True)
-    except (duckdb.IOException, duckdb.ConnectionException) as exc:
-        if "lock" in str(exc).lower():
-            raise WarehouseBusy(str(exc)) from exc
-        raise
+    wh = warehouse if hasattr(warehouse, "connect") else FileWarehouse(Path(warehouse))
+    con = wh.connect(read_only=True)
     try:
         tables = {r[0] for r in con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = ?", [SCHEMA]).fetchall()}
+            "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database() "
+            "AND table_schema = ?", [SCHEMA]).fetchall()}
 
         def rows(sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
             cur = con.execute(sql, params or [])
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r)) for r in cur.fetchall()]
 
-        out: dict[str, Any] = {"warehouse": str(warehouse), "runs": [], "failing": [], "failing_total": 0,
+        out: dict[str, Any] = {"warehouse": wh.describe(), "runs": [], "failing": [], "failing_total": 0,
                                "backfill": []}
         if "runs" in tables:
             out["runs"] = rows(
@@ -183,20 +183,27 @@ def render(status: dict[str, Any], console: Any) -> None:
 def handle(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from pipelines.config import warehouse_path
+    from pipelines.config import ConfigError, warehouse_path
+    from pipelines.errors import WarehouseUnavailable
+    from pipelines.logs import redact
+    from pipelines.warehouse import configured_warehouse
 
-    warehouse = warehouse_path()
     err = Console(stderr=True)
     try:
+        warehouse = configured_warehouse()
         status = read_status(warehouse, runs=args.runs, failing=args.failing)
-    except FileNotFoundError:
-        err.print(f"no warehouse at {warehouse} yet: run `loyalty-etl run` (or `loyalty-etl demo`) first",
+    except WarehouseMissing:
+        err.print(f"no warehouse at {warehouse.describe()} yet: run `loyalty-etl run` (or `loyalty-etl demo`) first",
                   markup=False)
         return EXIT_MISSING
     except WarehouseBusy:
-        err.print(f"a load is running on {warehouse} (it holds the file); retry shortly", markup=False)
+        err.print(f"a load is running on {warehouse.describe()} (it holds the file); retry shortly", markup=False)
         return EXIT_BUSY
-    status["capillary_events"] = events_status(warehouse)
+    except (ConfigError, WarehouseUnavailable) as exc:
+        err.print(f"error: {redact(str(exc))}", markup=False)
+        return EXIT_MISSING
+    # the Capillary event store lives on the loading machine, beside where the embedded file would be
+    status["capillary_events"] = events_status(warehouse_path())
     if args.json:
         print(json.dumps(status, default=str, indent=2))
         return 0
