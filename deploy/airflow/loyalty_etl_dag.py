@@ -3,7 +3,7 @@
 Shape of one DAG run (docs/operations.md "Airflow" has the sizing and the operation):
 
     load_<source>_<credential>  [mapped: one task instance per shard K of N that uses this credential]
-        -> marts                 (`loyalty-etl merge` when the project has it, then `loyalty-etl models`)
+        -> marts                 (`loyalty-etl merge`: the shards' rows into loyalty_raw, then the dbt marts)
         -> all_shards_landed     (fails the DAG run when any shard failed, after marts ran on what landed)
 
 Each task runs the project's own CLI from the project's own virtual environment with a BashOperator:
@@ -21,7 +21,8 @@ loyalty_carecloud_eu1 1 "..."`) means one process at a time per credential, so a
 ever spent by one client limiter. The DAG refuses to load when C does not divide N (the import error says so).
 Pools must exist before the first run: Airflow queues a task whose pool is missing and never starts it.
 
-The data interval end becomes `--until`, so a cleared or caught-up DAG run loads exactly up to its own interval end.
+The data interval end becomes `--until`, so a cleared DAG run loads exactly up to its own interval end again. (Airflow 3
+gives a triggered run the data interval of its trigger time, whatever logical date it is given.)
 
 A failed shard (after its retries) fails its own task only; the other shards still land. What the marts do then
 is LOYALTY_MARTS_RULE:
@@ -48,8 +49,9 @@ everywhere.
 | loyalty_shard_retries / LOYALTY_SHARD_RETRIES | 2             | retries of a shard task                             |
 | loyalty_retry_delay_seconds / LOYALTY_RETRY_DELAY_SECONDS | 600 | wait before a retry                             |
 | loyalty_marts_rule / LOYALTY_MARTS_RULE | landed              | landed or wait (above)                              |
-| loyalty_merge / LOYALTY_MERGE | auto                          | auto: run `loyalty-etl merge` first when the project has that command; yes; no |
+| loyalty_merge / LOYALTY_MERGE | auto                          | auto: the marts task runs `loyalty-etl merge` (merge, then marts) when the project has that command, else `loyalty-etl models`; yes; no (models only) |
 | loyalty_airflow_queue / LOYALTY_AIRFLOW_QUEUE | default       | worker queue of every task                          |
+| loyalty_schedule / LOYALTY_SCHEDULE | 15 2 * * *              | cron expression (UTC), or "none" for triggered runs only |
 | loyalty_warehouse / LOYALTY_WAREHOUSE | the project's `[loyalty] warehouse` (LOYALTY__WAREHOUSE or .dlt/config.toml), else duckdb | duckdb: the embedded file has one writer on one machine, so every load task sits in the one pool `loyalty_warehouse` (1 slot) and runs one after another, as before shards; ducklake: the pools per credential |
 
 Secrets stay where the project reads them: the project dir's .dlt/secrets.toml or the workers' environment (the
@@ -133,6 +135,7 @@ RETRY_DELAY = pendulum.duration(seconds=float(_setting("retry_delay_seconds", "6
 MARTS_RULE = _setting("marts_rule", "landed")
 MERGE = _setting("merge", "auto")
 QUEUE = _setting("airflow_queue", "default")
+SCHEDULE = _setting("schedule", "15 2 * * *")
 if WAREHOUSE not in ("duckdb", "ducklake"):
     raise ValueError(f"LOYALTY_WAREHOUSE must be duckdb or ducklake, got {WAREHOUSE!r}")
 if MARTS_RULE not in ("landed", "wait"):
@@ -152,19 +155,20 @@ def shard_command(source: str, shard: int) -> str:
     return f"{CD} && exec {ETL} run --source {source}{sharded} --no-models --until {UNTIL}"
 
 
+# `loyalty-etl merge` moves every shard's committed rows into loyalty_raw in one serialized step and then builds the
+# marts; with nothing to merge (N = 1) it only builds them. A checkout from before shards has only `models`.
 if MERGE == "yes":
-    MERGE_STEP = f"{ETL} merge && "
-elif MERGE == "auto":   # the merge command exists only in projects with shards; older checkouts build marts only
-    MERGE_STEP = f"if {ETL} merge --help >/dev/null 2>&1; then {ETL} merge || exit $?; fi; "
+    MARTS_COMMAND = f"{CD} && exec {ETL} merge"
+elif MERGE == "auto":
+    MARTS_COMMAND = f"{CD} && if {ETL} merge --help >/dev/null 2>&1; then exec {ETL} merge; else exec {ETL} models; fi"
 else:
-    MERGE_STEP = ""
-MARTS_COMMAND = f"{CD} && {MERGE_STEP}exec {ETL} models"
+    MARTS_COMMAND = f"{CD} && exec {ETL} models"
 
 
 with DAG(
     dag_id=DAG_ID,
     description="CareCloud + Capillary -> N shards per source, one pool per credential -> warehouse -> dbt marts",
-    schedule="15 2 * * *",
+    schedule=None if SCHEDULE.lower() == "none" else SCHEDULE,
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,   # nights one after another: a night's marts before the next night's shards
