@@ -26,7 +26,7 @@ from typing import Any, Iterator, Sequence
 import duckdb
 import pendulum
 
-from pipelines import runner, state
+from pipelines import keyed, runner, state
 from pipelines.customers import load_customers
 from pipelines.logs import get_logger, redact
 from pipelines.progress import RunProgress
@@ -54,6 +54,8 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     PRIMARY KEY (source, customer_set, chunk_start, chunk_end)
 );
 """
+PROGRESS_COLUMNS = ("source", "customer_set", "chunk_start", "chunk_end", "run_id", "customers", "customers_failed",
+                    "failed_customers", "records", "completed_at")
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ def plan_chunks(since: dt.datetime, until: dt.datetime, chunk: dt.timedelta) -> 
 
 
 def ensure_table(conn: duckdb.DuckDBPyConnection) -> None:
-    conn.execute(DDL)
+    keyed.create_tables(conn, DDL)
 
 
 def _merge(intervals: list[tuple[dt.datetime, dt.datetime]]) -> list[tuple[dt.datetime, dt.datetime]]:
@@ -138,15 +140,17 @@ def pending(conn: duckdb.DuckDBPyConnection, source: str, chunks: Sequence[Chunk
 def record_chunk(conn: duckdb.DuckDBPyConnection, source: str, plan: ChunkPlan, run_id: str, failed: list[str],
                  records: int) -> None:
     """Mark a chunk done (or done with these failures). Written only after the chunk's load committed."""
-    conn.execute(
-        f"""INSERT INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (source, customer_set, chunk_start, chunk_end) DO UPDATE SET
-              run_id = excluded.run_id, customers = excluded.customers,
-              customers_failed = excluded.customers_failed, failed_customers = excluded.failed_customers,
-              records = {TABLE}.records + excluded.records, completed_at = excluded.completed_at""",
-        [source, plan.customer_set, plan.chunk.start, plan.chunk.end, run_id, len(plan.customers), len(failed),
-         json.dumps(failed), records, pendulum.now("UTC")],
-    )
+    keyed.upsert(
+        conn, TABLE, PROGRESS_COLUMNS,
+        "SELECT ?::TEXT AS source, ?::TEXT AS customer_set, ?::TIMESTAMPTZ AS chunk_start, "
+        "?::TIMESTAMPTZ AS chunk_end, ?::TEXT AS run_id, ?::BIGINT AS customers, ?::BIGINT AS customers_failed, "
+        "?::JSON AS failed_customers, ?::BIGINT AS records, ?::TIMESTAMPTZ AS completed_at",
+        keys=["source", "customer_set", "chunk_start", "chunk_end"],
+        update={"run_id": "excluded.run_id", "customers": "excluded.customers",
+                "customers_failed": "excluded.customers_failed", "failed_customers": "excluded.failed_customers",
+                "records": "s.records + excluded.records", "completed_at": "excluded.completed_at"},
+        params=[source, plan.customer_set, plan.chunk.start, plan.chunk.end, run_id, len(plan.customers),
+                len(failed), json.dumps(failed), records, pendulum.now("UTC")])
 
 
 @contextmanager

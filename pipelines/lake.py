@@ -83,13 +83,13 @@ class LakeConfig:
         return (f"ducklake {self.name!r} (catalog postgresql://{user}{c.host or 'localhost'}{port}/{c.database}, "
                 f"schema {self.metadata_schema}; data {self.storage_url})")
 
-    def attach_sql(self, read_only: bool = False) -> str:
-        """dlt's own ATTACH statement for this lake (the one its destination runs), READ_ONLY for readers. Holds
-        the catalog password: never log it."""
+    def attach_sql(self, read_only: bool = False, alias: str | None = None) -> str:
+        """dlt's own ATTACH statement for this lake (the one its destination runs), READ_ONLY for readers, as
+        `alias` (default: the lake's name). Holds the catalog password: never log it."""
         from dlt.destinations.impl.ducklake.sql_client import DuckLakeSqlClient
 
         sql = DuckLakeSqlClient.build_attach_statement(
-            ducklake_name=self.name, metadata_schema=self.metadata_schema, catalog=self.catalog,
+            ducklake_name=alias or self.name, metadata_schema=self.metadata_schema, catalog=self.catalog,
             storage_url=self.storage_url)
         if read_only:
             assert sql.endswith(")"), sql

@@ -7,6 +7,9 @@ load of the same customers committed, each commit in one transaction:
   fetched again next time; merge keys make that harmless.
 - `sync_issues`: every failure, API warning/error and bad record, one row each.
 - `runs`: one row per run (the `RunReport`), written at the end of every run, successful or not.
+
+On a DuckLake warehouse the same tables live in the lake (no second place to back up), without their PRIMARY KEYs
+(DuckLake has none): upserts are MERGE INTO on the same keys there (`pipelines/keyed.py`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any, Iterable
 import duckdb
 import pyarrow as pa
 
+from pipelines import keyed
 from pipelines.logs import redact
 from pipelines.report import RunReport
 
@@ -70,6 +74,10 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.runs (
 """
 
 
+STATE_COLUMNS = ("source", "customer_id", "last_success_end", "last_attempt_at", "last_error", "consecutive_failures",
+                 "last_run_id")
+
+
 @dataclass(frozen=True)
 class Issue:
     """One row of `sync_issues`. Codes: not_found, http_error, retries_exhausted, unstable_paging,
@@ -84,7 +92,7 @@ class Issue:
 
 
 def ensure_tables(conn: duckdb.DuckDBPyConnection) -> None:
-    conn.execute(DDL)
+    keyed.create_tables(conn, DDL)
 
 
 def last_success_ends(conn: duckdb.DuckDBPyConnection, source: str) -> dict[str, dt.datetime]:
@@ -115,8 +123,8 @@ def commit(conn: duckdb.DuckDBPyConnection, *, run_id: str, source: str, window_
     """Record one loaded chunk: customers that succeeded move their `last_success_end` to `window_end`, failed
     ones keep theirs and count a failure; issues are appended; the run row too when given. One transaction."""
     now = dt.datetime.now(dt.timezone.utc)
-    conn.execute("BEGIN TRANSACTION")
-    try:
+
+    def work() -> None:
         if update_customer_state and (succeeded or failed):
             ok = pa.table({"customer_id": pa.array(succeeded, pa.string())})
             bad = pa.table({"customer_id": pa.array(list(failed), pa.string()),
@@ -124,24 +132,26 @@ def commit(conn: duckdb.DuckDBPyConnection, *, run_id: str, source: str, window_
             conn.register("_ok_customers", ok)
             conn.register("_failed_customers", bad)
             try:
-                conn.execute(
-                    f"""INSERT INTO {SCHEMA}._customer_sync_state AS s
-                        (source, customer_id, last_success_end, last_attempt_at, last_error, consecutive_failures,
-                         last_run_id)
-                    SELECT ?, customer_id, ?, ?, NULL, 0, ? FROM _ok_customers
-                    ON CONFLICT (source, customer_id) DO UPDATE SET
-                        last_success_end = excluded.last_success_end, last_attempt_at = excluded.last_attempt_at,
-                        last_error = NULL, consecutive_failures = 0, last_run_id = excluded.last_run_id""",
-                    [source, window_end, now, run_id])
-                conn.execute(
-                    f"""INSERT INTO {SCHEMA}._customer_sync_state AS s
-                        (source, customer_id, last_success_end, last_attempt_at, last_error, consecutive_failures,
-                         last_run_id)
-                    SELECT ?, customer_id, NULL, ?, error, 1, ? FROM _failed_customers
-                    ON CONFLICT (source, customer_id) DO UPDATE SET
-                        last_attempt_at = excluded.last_attempt_at, last_error = excluded.last_error,
-                        consecutive_failures = s.consecutive_failures + 1, last_run_id = excluded.last_run_id""",
-                    [source, now, run_id])
+                if succeeded:
+                    keyed.upsert(
+                        conn, f"{SCHEMA}._customer_sync_state", STATE_COLUMNS,
+                        "SELECT ?::TEXT AS source, customer_id, ?::TIMESTAMPTZ AS last_success_end, "
+                        "?::TIMESTAMPTZ AS last_attempt_at, NULL::TEXT AS last_error, 0 AS consecutive_failures, "
+                        "?::TEXT AS last_run_id FROM _ok_customers", keys=["source", "customer_id"],
+                        update={"last_success_end": "excluded.last_success_end",
+                                "last_attempt_at": "excluded.last_attempt_at", "last_error": "NULL",
+                                "consecutive_failures": "0", "last_run_id": "excluded.last_run_id"},
+                        params=[source, window_end, now, run_id])
+                if failed:
+                    keyed.upsert(
+                        conn, f"{SCHEMA}._customer_sync_state", STATE_COLUMNS,
+                        "SELECT ?::TEXT AS source, customer_id, NULL::TIMESTAMPTZ AS last_success_end, "
+                        "?::TIMESTAMPTZ AS last_attempt_at, error AS last_error, 1 AS consecutive_failures, "
+                        "?::TEXT AS last_run_id FROM _failed_customers", keys=["source", "customer_id"],
+                        update={"last_attempt_at": "excluded.last_attempt_at", "last_error": "excluded.last_error",
+                                "consecutive_failures": "s.consecutive_failures + 1",
+                                "last_run_id": "excluded.last_run_id"},
+                        params=[source, now, run_id])
             finally:
                 conn.unregister("_ok_customers")
                 conn.unregister("_failed_customers")
@@ -153,10 +163,8 @@ def commit(conn: duckdb.DuckDBPyConnection, *, run_id: str, source: str, window_
                 conn.unregister("_new_issues")
         if report is not None:
             _write_run(conn, report)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+
+    keyed.transaction(conn, work)
 
 
 def _json(value: Any) -> str:
@@ -196,16 +204,20 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}._discovery_state (
 
 def discovery_end(conn: duckdb.DuckDBPyConnection, source: str) -> dt.datetime | None:
     """The end of the source's last discovery window read completely (None before the first)."""
-    conn.execute(DISCOVERY_DDL)
+    keyed.create_tables(conn, DISCOVERY_DDL)
     rows = conn.execute(f"SELECT last_end FROM {SCHEMA}._discovery_state WHERE source = ?", [source]).fetchall()
     return rows[0][0].astimezone(dt.timezone.utc) if rows else None
 
 
 def set_discovery_end(conn: duckdb.DuckDBPyConnection, source: str, end: dt.datetime, run_id: str) -> None:
-    conn.execute(DISCOVERY_DDL)
-    conn.execute(f"INSERT INTO {SCHEMA}._discovery_state VALUES (?, ?, ?, ?) ON CONFLICT (source) DO UPDATE SET "
-                 "last_end = excluded.last_end, last_run_id = excluded.last_run_id, updated_at = excluded.updated_at",
-                 [source, end, run_id, dt.datetime.now(dt.timezone.utc)])
+    keyed.create_tables(conn, DISCOVERY_DDL)
+    keyed.transaction(conn, lambda: keyed.upsert(
+                 conn, f"{SCHEMA}._discovery_state", ["source", "last_end", "last_run_id", "updated_at"],
+                 "SELECT ?::TEXT AS source, ?::TIMESTAMPTZ AS last_end, ?::TEXT AS last_run_id, "
+                 "?::TIMESTAMPTZ AS updated_at", keys=["source"],
+                 update={"last_end": "excluded.last_end", "last_run_id": "excluded.last_run_id",
+                         "updated_at": "excluded.updated_at"},
+                 params=[source, end, run_id, dt.datetime.now(dt.timezone.utc)]))
 
 
 def failing_customers(conn: duckdb.DuckDBPyConnection, source: str) -> set[str]:

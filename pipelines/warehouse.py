@@ -141,15 +141,12 @@ class LakeWarehouse(Warehouse):
 
         return lake.connect(self.config, read_only=read_only, memory_limit=self.memory_limit)
 
-    def destination(self, conn: duckdb.DuckDBPyConnection | None = None) -> Any:
-        """dlt's own ducklake destination on this lake's credentials. It opens connections of its own (an
-        in-memory DuckDB per connection, the lake attached): `conn` is not needed."""
-        import dlt
+    def destination(self, conn: duckdb.DuckDBPyConnection) -> Any:
+        """dlt's ducklake destination on this lake's credentials, its SQL run on `conn` (a `connect()` of this
+        lake) with the staging dataset in memory (pipelines/lake_destination.py says why)."""
+        from pipelines.lake_destination import lake_destination
 
-        from pipelines import lake
-
-        lake.install_extensions()  # dlt's ATTACH autoloads them from DuckDB's extension directory
-        return dlt.destinations.ducklake(credentials=self.config.credentials)
+        return lake_destination(self.config.credentials, conn)
 
     def dbt_env(self) -> dict[str, str]:
         """What sql/profiles.yml's `ducklake` target needs: the catalog URL (with its password: for the dbt

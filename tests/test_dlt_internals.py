@@ -15,6 +15,12 @@ What is used, and where:
   - `DuckDbClient.__init__` building its SQL client as `self.sql_client` (the subclass swaps its `__class__`);
   - the destination factory's `client_class` and `destination_type` properties, and `duckdb(<connection>)`;
   - the staging dataset naming `<dataset>_staging` (`staging_dataset_name_layout`, dropped from old warehouses).
+- pipelines/lake_destination.py (dlt's ducklake destination on the run's connection, staging in memory): the
+  modules `dlt.destinations.impl.ducklake.{ducklake,factory,sql_client}` and `DuckLakeClient`, `ducklake`,
+  `DuckLakeSqlClient`; `DuckLakeClient.__init__` building `self.sql_client`; `DuckLakeSqlClient.open_connection()`,
+  `.close_connection()`, `.use_dataset()`, `.credentials.ducklake_name` and the DuckDbSqlClient parts above; the
+  factory's `client_class`/`destination_type` and its `loader_parallelism_strategy` keyword. pipelines/lake.py:
+  `DuckLakeSqlClient.build_attach_statement(ducklake_name=, metadata_schema=, catalog=, storage_url=)`.
 - pipelines/logs.py: dlt's logger is named "dlt" (its run context name) and `dlt.common.logger._create_logger`
   reuses the first handler it finds on that logger and calls `setFormatter` on it (our handler keeps its own).
 """
@@ -31,7 +37,7 @@ import pytest
 
 PINNED_MINOR = (1, 31)
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
-UPGRADE = ("pipelines/destination.py / pipelines/logs.py rely on it (see this file's docstring); adapt them to the "
+UPGRADE = ("pipelines/destination.py, lake_destination.py, lake.py / pipelines/logs.py rely on it (see this file's docstring); adapt them to the "
            "new dlt, then move the pin in pyproject.toml and PINNED_MINOR here")
 
 
@@ -118,3 +124,29 @@ def test_dlt_logger_keeps_our_handler_and_formatter() -> None:
     finally:
         logging.getLogger("dlt").handlers[:], logging.getLogger().handlers[:] = saved
 
+
+
+def test_ducklake_destination_internals_used_on_the_runs_connection() -> None:
+    try:
+        from dlt.destinations.impl.ducklake.ducklake import DuckLakeClient
+        from dlt.destinations.impl.ducklake.factory import ducklake as DuckLakeDestination
+        from dlt.destinations.impl.ducklake.sql_client import DuckLakeSqlClient
+    except ImportError as exc:
+        pytest.fail(_private(f"the module layout dlt.destinations.impl.ducklake.{{ducklake,factory,sql_client}} ({exc})"))
+
+    assert "self.sql_client" in inspect.getsource(DuckLakeClient.__init__), \
+        _private("DuckLakeClient.__init__ building its SQL client as self.sql_client")
+    for name in ("open_connection", "close_connection", "use_dataset"):
+        method = getattr(DuckLakeSqlClient, name, None)
+        assert method is not None and _params(method) == [], _private(f"DuckLakeSqlClient.{name}() (no arguments)")
+    for name in ("client_class", "destination_type"):
+        assert isinstance(inspect.getattr_static(DuckLakeDestination, name, None), property), \
+            _private(f"the destination factory property ducklake.{name}")
+    attach = inspect.signature(DuckLakeSqlClient.build_attach_statement).parameters
+    assert {"ducklake_name", "metadata_schema", "catalog", "storage_url"} <= set(attach), \
+        _private(f"DuckLakeSqlClient.build_attach_statement keywords (now {list(attach)})")
+    from dlt.common.destination.capabilities import DestinationCapabilitiesContext
+
+    assert "loader_parallelism_strategy" in DestinationCapabilitiesContext.__dataclass_fields__ or hasattr(
+        DestinationCapabilitiesContext(), "loader_parallelism_strategy"), \
+        _private("the capability loader_parallelism_strategy (passed to the ducklake factory)")

@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import duckdb
 import pyarrow as pa
 
+from pipelines import keyed
 from pipelines.capillary.event_identifiers import named_customers
 import pipelines.capillary.events_ingest as events_ingest
 from pipelines.events.store import EventStore
@@ -75,10 +76,10 @@ class EventChanges:
 
 
 def _ensure_added(conn: duckdb.DuckDBPyConnection) -> None:
-    conn.execute(f"""CREATE TABLE IF NOT EXISTS {ADDED} (
-                       customer_id TEXT PRIMARY KEY,   -- as identifier_name
-                       event_id    TEXT,
-                       added_at    TIMESTAMPTZ)""")
+    keyed.create_tables(conn, f"""CREATE TABLE IF NOT EXISTS {ADDED} (
+                                    customer_id TEXT PRIMARY KEY,   -- as identifier_name
+                                    event_id    TEXT,
+                                    added_at    TIMESTAMPTZ)""")
 
 
 def added_customers(conn: duckdb.DuckDBPyConnection) -> list[str]:
@@ -137,8 +138,9 @@ def discover_from_events(conn: duckdb.DuckDBPyConnection, store_path: str | Path
         conn.register("_added", pa.table({"customer_id": [c for c, _ in added_rows],
                                           "event_id": [e for _, e in added_rows]}))
         try:
-            conn.execute(f"INSERT INTO {ADDED} SELECT DISTINCT ON (customer_id) customer_id, event_id, ? "
-                         f"FROM _added ON CONFLICT (customer_id) DO NOTHING", [now]).fetchall()
+            keyed.upsert(conn, ADDED, ["customer_id", "event_id", "added_at"],
+                         "SELECT DISTINCT ON (customer_id) customer_id, event_id, ?::TIMESTAMPTZ AS added_at "
+                         "FROM _added", keys=["customer_id"], params=[now])
         finally:
             conn.unregister("_added")
     added_seen: set[str] = set()

@@ -31,6 +31,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from pipelines import keyed
 from pipelines.capillary.event_identifiers import own_customer_id
 from pipelines.capillary.webhook import envelope
 from pipelines.events.store import EventStore, StoredEvent
@@ -83,7 +84,7 @@ class IngestResult:
 
 
 def ensure_tables(conn: duckdb.DuckDBPyConnection) -> None:
-    conn.execute(DDL)
+    keyed.create_tables(conn, DDL)
 
 
 def _instant(value: Any) -> dt.datetime | None:
@@ -164,27 +165,31 @@ def ingest(conn: duckdb.DuckDBPyConnection, store: EventStore, *, retention_days
         conn.register("_new_events", table)
         try:
             before = _count(conn)
-            conn.execute(f"""INSERT INTO {TABLE} (event_id, event_name, customer_id, occurred_at, payload,
-                                                  received_at, store_seq, ingested_at, selected_at)
-                             SELECT event_id, event_name, customer_id, occurred_at,
-                                    -- text DuckDB's JSON reader refuses is kept, as a JSON string, not lost
-                                    coalesce(try_cast(payload AS JSON), to_json(payload)), received_at,
-                                    store_seq, ?, NULL FROM _new_events
-                             ON CONFLICT (event_id) DO NOTHING""", [now]).fetchall()
+            keyed.upsert(conn, TABLE, ["event_id", "event_name", "customer_id", "occurred_at", "payload",
+                                       "received_at", "store_seq", "ingested_at", "selected_at"],
+                         # text DuckDB's JSON reader refuses is kept, as a JSON string, not lost; one row per event
+                         # even when the batch repeats one (ON CONFLICT would refuse a batch with a key twice)
+                         """SELECT DISTINCT ON (event_id) event_id, event_name, customer_id, occurred_at,
+                                   coalesce(try_cast(payload AS JSON), to_json(payload)) AS payload, received_at,
+                                   store_seq, ?::TIMESTAMPTZ AS ingested_at, NULL::TIMESTAMPTZ AS selected_at
+                            FROM _new_events ORDER BY event_id, store_seq""", keys=["event_id"], params=[now])
             out.added = _count(conn) - before
         finally:
             conn.unregister("_new_events")
         out.duplicates = len(rows) - out.added
-        conn.execute(f"""INSERT INTO {MARK} (id, ingested_seq, updated_at) VALUES (1, ?, ?)
-                         ON CONFLICT (id) DO UPDATE SET ingested_seq = excluded.ingested_seq,
-                         updated_at = excluded.updated_at""", [new_mark, now]).fetchall()
-        out.pruned_warehouse = conn.execute(
-            f"DELETE FROM {TABLE} WHERE received_at < ? AND selected_at IS NOT NULL RETURNING 1",
-            [cutoff]).fetchall().__len__()  # RETURNING: one row per deleted event
+        keyed.upsert(conn, MARK, ["id", "ingested_seq", "updated_at"],
+                     "SELECT 1 AS id, ?::BIGINT AS ingested_seq, ?::TIMESTAMPTZ AS updated_at", keys=["id"],
+                     update={"ingested_seq": "excluded.ingested_seq", "updated_at": "excluded.updated_at"},
+                     params=[new_mark, now])
+        # counted, then deleted, in the same transaction (DuckLake has no DELETE ... RETURNING)
+        prunable = f"FROM {TABLE} WHERE received_at < ? AND selected_at IS NOT NULL"
+        out.pruned_warehouse = conn.execute(f"SELECT count(*) {prunable}", [cutoff]).fetchall()[0][0]
+        if out.pruned_warehouse:
+            conn.execute(f"DELETE {prunable}", [cutoff]).fetchall()
         maybe_crash("events_ingest")
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        keyed.rollback(conn)
         raise
     out.mark = new_mark
     maybe_crash("events_consumed")

@@ -16,6 +16,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from pipelines import keyed
 from pipelines.carecloud.settings import CUSTOMERS_TABLE
 from pipelines.errors import ListingIncomplete
 
@@ -33,7 +34,7 @@ class RosterSync:
 
 def ensure_table(conn: duckdb.DuckDBPyConnection, schema: str) -> None:
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-    conn.execute(f"""CREATE TABLE IF NOT EXISTS {schema}.{CUSTOMERS_TABLE} (
+    keyed.create_tables(conn, f"""CREATE TABLE IF NOT EXISTS {schema}.{CUSTOMERS_TABLE} (
         customer_id TEXT PRIMARY KEY, state INTEGER, last_change TEXT, first_seen TIMESTAMPTZ, last_run_id TEXT)""")
 
 
@@ -77,14 +78,16 @@ def sync(api: Any, conn: duckdb.DuckDBPyConnection, schema: str, lookback: dt.ti
         out.new = [r[0] for r in conn.execute(
             f"SELECT b.customer_id FROM roster_batch b LEFT JOIN {schema}.{CUSTOMERS_TABLE} t USING (customer_id) "
             "WHERE t.customer_id IS NULL ORDER BY b.customer_id").fetchall()]
-        conn.execute(
-            f"INSERT INTO {schema}.{CUSTOMERS_TABLE} SELECT customer_id, state, last_change, ?, ? FROM roster_batch "
-            "ON CONFLICT (customer_id) DO UPDATE SET state = excluded.state, last_change = excluded.last_change, "
-            "last_run_id = excluded.last_run_id", [now, run_id])
+        keyed.upsert(conn, f"{schema}.{CUSTOMERS_TABLE}",
+                     ["customer_id", "state", "last_change", "first_seen", "last_run_id"],
+                     "SELECT customer_id, state, last_change, ?::TIMESTAMPTZ AS first_seen, ?::TEXT AS last_run_id "
+                     "FROM roster_batch", keys=["customer_id"],
+                     update={"state": "excluded.state", "last_change": "excluded.last_change",
+                             "last_run_id": "excluded.last_run_id"}, params=[now, run_id])
         conn.unregister("roster_batch")
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        keyed.rollback(conn)
         raise
     out.ids = stored_ids(conn, schema)
     return out

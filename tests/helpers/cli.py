@@ -37,8 +37,10 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess
     return subprocess.run([*CLI, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def query(warehouse: str | Path, sql: str, params: list | None = None) -> list[tuple]:
-    conn = duckdb.connect(str(warehouse), read_only=True)
+def query(warehouse: str | Path | Any, sql: str, params: list | None = None) -> list[tuple]:
+    """Read-only `sql` on the warehouse file, or on a `pipelines.warehouse.Warehouse` (a lake)."""
+    conn = (warehouse.connect(read_only=True) if hasattr(warehouse, "connect")
+            else duckdb.connect(str(warehouse), read_only=True))
     try:
         return conn.execute(sql, params or []).fetchall()
     finally:
