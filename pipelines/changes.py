@@ -42,6 +42,7 @@ class Plan:
     discovery_end: dt.datetime | None = None    # commit as the new discovery end after the loads (None: do not)
     discovery: Any = None                       # the source's change discovery (its `commit(conn)`, if any)
     issues: list[Issue] = field(default_factory=list)   # what discovery reports (sync_issues; warnings alert)
+    key: str | None = None                      # its discovery window's key (a shard's own: shards.Shard)
 
 
 def customer_list(api: Any, cfg: Any, conn: duckdb.DuckDBPyConnection, schema: str, customers_file: str | None,
@@ -68,11 +69,13 @@ def customer_list(api: Any, cfg: Any, conn: duckdb.DuckDBPyConnection, schema: s
 
 def plan(api: Any, cfg: Any, conn: duckdb.DuckDBPyConnection, schema: str, listed: CustomerList,
          tasks: list[tuple[str, Window]], until: dt.datetime, srep: SourceReport, run_id: str, full: bool,
-         load_tables: Callable[[list[tuple[str, list[dict], dict]]], None], observe: bool = False) -> Plan:
+         load_tables: Callable[[list[tuple[str, list[dict], dict]]], None], observe: bool = False,
+         key: str | None = None) -> Plan:
     """Narrow `tasks` (every listed customer with its window) to what a `changed` run loads; `load_tables` loads the
     raw tables discovery read (table, rows, dlt hints) before the customers are chosen. `observe` (the source's
     `SourceSpec.observe_in_all_mode`): an `all` run still calls `api.observe` for its bookkeeping, list additions
-    and issues, and narrows nothing."""
+    and issues, and narrows nothing. `key`: the discovery window's key in `_discovery_state` when it is not the
+    source's own (a shard reads and commits its own window: pipelines/shards.py)."""
     mode = "all" if full else cfg.selection
     srep.selection = "all (--all)" if full and cfg.selection == "changed" else mode
     if mode == "all":
@@ -87,7 +90,8 @@ def plan(api: Any, cfg: Any, conn: duckdb.DuckDBPyConnection, schema: str, liste
         return Plan(tasks, listed, None, seen if seen.complete else None, issues)
     if not hasattr(api, "discover"):
         raise ConfigError(f"[sources.{cfg.name}] selection = \"changed\": this source has no change discovery yet")
-    last_end = state.discovery_end(conn, cfg.name)
+    key = key or cfg.name
+    last_end = state.discovery_end(conn, key)
     window = customer_window(last_end, until, cfg.lookback_duration, cfg.initial_start)
     found = api.discover(conn, schema, window)
     srep.discovery_window_start, srep.discovery_window_end = window.start, window.end
@@ -114,7 +118,7 @@ def plan(api: Any, cfg: Any, conn: duckdb.DuckDBPyConnection, schema: str, liste
         "source": cfg.name, "discovery": chosen.by_discovery, "sweep": chosen.by_sweep, "new": chosen.new,
         "retry": chosen.retry, "not_due": srep.customers_not_due, "discovery_requests": found.requests,
         "discovery_complete": found.complete}})
-    return Plan([t for t in tasks if t[0] in keep], listed, window.end if found.complete else None, found, issues)
+    return Plan([t for t in tasks if t[0] in keep], listed, window.end if found.complete else None, found, issues, key)
 
 
 def _with_announced(found: Any, conn: duckdb.DuckDBPyConnection, cfg: Any, listed: CustomerList,
@@ -149,7 +153,7 @@ def commit(conn: duckdb.DuckDBPyConnection, source: str, plan_: Plan, run_id: st
     """After the run's loads committed: the discovery window counts as read (and a discovery with its own
     bookkeeping, such as the Capillary events it used, commits it)."""
     if plan_.discovery_end is not None:
-        state.set_discovery_end(conn, source, plan_.discovery_end, run_id)
+        state.set_discovery_end(conn, plan_.key or source, plan_.discovery_end, run_id)
     if plan_.discovery is not None and hasattr(plan_.discovery, "commit"):
         plan_.discovery.commit(conn)
 

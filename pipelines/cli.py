@@ -14,7 +14,7 @@ from typing import Sequence
 from pipelines import __version__, commands
 
 # The order sub-commands are listed in `--help`; modules not listed here come after, alphabetically.
-ORDER = ["demo", "run", "backfill", "models", "status", "events", "sandbox", "dashboard"]
+ORDER = ["demo", "run", "merge", "backfill", "models", "status", "events", "sandbox", "dashboard"]
 
 DESCRIPTION = """\
 Load CareCloud point history and Capillary points transfers into a DuckDB warehouse, incrementally,

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import duckdb
 import pendulum
 
-from pipelines import changes, credentials, registry, state
+from pipelines import changes, credentials, registry, shards, state
 from pipelines.columns import ColumnTypes
 from pipelines.config import ConfigError, Settings
 from pipelines.errors import SourceUnavailable, WarehouseUnavailable
@@ -34,6 +34,7 @@ from pipelines.logs import get_logger, redact
 from pipelines.progress import RunProgress
 from pipelines.report import RunReport, SourceReport, render_summary
 from pipelines.schema_export import export_schema
+from pipelines.shards import Shard
 from pipelines.state import Issue
 from pipelines.warehouse import Warehouse, open_warehouse
 from pipelines.windows import Window, customer_window, utc, window_end
@@ -62,19 +63,24 @@ def _export_path(settings: Settings) -> str | None:
     return str(path if path.is_absolute() else cwd / path)
 
 
-def make_pipeline(settings: Settings, conn: duckdb.DuckDBPyConnection, wh: Warehouse | None = None) -> Any:
+def make_pipeline(settings: Settings, conn: duckdb.DuckDBPyConnection, wh: Warehouse | None = None,
+                  name: str = PIPELINE_NAME, dataset: str = DATASET, tag_loads: bool = False) -> Any:
     """The dlt pipeline into the warehouse (`Warehouse.destination`: on the file, the run's own DuckDB connection,
     so bookkeeping, dbt and dlt share one writer), with its working dir in `Warehouse.pipelines_dir`. Packages a
     crashed run left behind are finished first: they hold records that were fetched but never committed to
-    `_customer_sync_state`, so loading them is harmless."""
+    `_customer_sync_state`, so loading them is harmless. A shard has its own pipeline and raw dataset, the shards'
+    merge step its own pipeline (pipelines/shards.py); `tag_loads`: every row gets dlt's `_dlt_load_id` (a
+    shard's rows, which the merge step takes load by load)."""
     import dlt
 
+    if tag_loads:  # scoped to this pipeline's name: dlt reads `<pipeline>.normalize...` before `normalize...`
+        dlt.config[f"{name}.normalize.parquet_normalizer.add_dlt_load_id"] = True
     wh = wh or open_warehouse(settings)
     pipeline = dlt.pipeline(
-        pipeline_name=PIPELINE_NAME,
+        pipeline_name=name,
         pipelines_dir=str(wh.pipelines_dir),
         destination=wh.destination(conn),
-        dataset_name=DATASET,
+        dataset_name=dataset,
     )
     if pipeline.has_pending_data:
         log.warning("finishing load packages left by an interrupted run")
@@ -296,9 +302,10 @@ def _load_tables(pipeline: Any, report: RunReport, tables: list[tuple[str, list[
 
 def _plan_source(settings: Settings, source: str, conn: duckdb.DuckDBPyConnection, pipeline: Any,
                  report: RunReport, pool: ExtractPool | None, customers_file: str | None, end: dt.datetime,
-                 full: bool) -> tuple[changes.Plan, list[Issue]]:
+                 full: bool, shard: Shard | None = None) -> tuple[changes.Plan, list[Issue]]:
     """The source's customers and their windows; with `customers = "api"` or `selection = "changed"` its API is
-    asked first (roster, change discovery: `pipelines/changes.py`)."""
+    asked first (roster, change discovery: `pipelines/changes.py`). A shard reads the same tenant-wide lists and
+    listings and keeps its own customers (pipelines/shards.py)."""
     cfg = settings.source(source)
     srep = report.sources.setdefault(source, SourceReport())
     api, stats = None, HttpStats()
@@ -308,9 +315,14 @@ def _plan_source(settings: Settings, source: str, conn: duckdb.DuckDBPyConnectio
         api = credentials.make_api(spec, cfg, stats, pool.slots.get(source) if pool else None)
     try:
         listed = changes.customer_list(api, cfg, conn, DATASET, customers_file, report.run_id, srep)
+        if shard is not None:
+            listed = shards.narrow_list(listed, shard)
         tasks = _tasks(conn, source, listed.ids, end, cfg.lookback_duration, cfg.initial_start)
         plan = changes.plan(api, cfg, conn, DATASET, listed, tasks, end, srep, report.run_id, full,
-                            lambda tables: _load_tables(pipeline, report, tables), spec.observe_in_all_mode)
+                            lambda tables: _load_tables(pipeline, report, tables), spec.observe_in_all_mode,
+                            key=shard.discovery_key(source) if shard else None)
+        if shard is not None:
+            plan = shards.narrow_plan(plan, shard, cfg, full)
     finally:
         if api is not None:
             api.close()
@@ -324,11 +336,15 @@ def _plan_source(settings: Settings, source: str, conn: duckdb.DuckDBPyConnectio
 
 def run(settings: Settings, sources: Sequence[str], customers_file: str | None = None,
         until: dt.datetime | str | None = None, models: bool = True, command: str = "run",
-        print_summary: bool = True, full: bool = False) -> RunReport:
+        print_summary: bool = True, full: bool = False, shard: Shard | None = None) -> RunReport:
+    """The nightly run. With `shard`: only that shard's customers, into its own dataset, no marts (`loyalty-etl
+    merge` builds them once every shard has landed: pipelines/shards.py)."""
     report = RunReport(command=command)
+    if shard is not None:
+        report.extra["shard"] = shard.label
     try:
         wh = open_warehouse(settings)
-        lock = wh.lock("run").acquire()
+        lock = wh.lock(shard.lock_scope if shard else "run").acquire()
     except (RunLocked, ConfigError, WarehouseUnavailable) as exc:
         report.error = redact(str(exc))
         report.finish()
@@ -344,13 +360,14 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
         conn = wh.connect()
         state.ensure_tables(conn)
         now = pendulum.now("UTC")
-        pipeline = make_pipeline(settings, conn, wh)
+        pipeline = (make_pipeline(settings, conn, wh, shard.pipeline_name, shard.dataset, tag_loads=True) if shard
+                    else make_pipeline(settings, conn, wh))
         plans = []
         selections: dict[str, changes.Plan] = {}
         for source in sources:
             end = window_end(now, settings.source(source).safety_lag_duration, utc(until) if until is not None else None)
             selections[source], issues = _plan_source(settings, source, conn, pipeline, report, pool,
-                                                      customers_file, end, full)
+                                                      customers_file, end, full, shard)
             pre_issues.extend(issues)
             plans.append((source, selections[source].tasks, end))
         progress = RunProgress({s: len(t) for s, t, _ in plans})
@@ -381,7 +398,7 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
                 srun.close()
         if errors:
             report.error = "; ".join(errors)
-        if models and not report.error:
+        if models and not report.error and shard is None:
             report.models = _run_models(settings)
     except (ConfigError, WarehouseUnavailable, duckdb.Error, OSError) as exc:
         report.error = f"{type(exc).__name__}: {exc}"

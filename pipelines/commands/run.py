@@ -23,6 +23,11 @@ GET /points by creation time, GET /purchases by payment time, known point record
 new ones, the ones that failed last time and a rolling sweep of the rest (each customer at least once every
 sweep_days nights); --all loads everyone. customers = "api" takes CareCloud's customer list from GET /customers.
 
+With --shard K/N the run loads only shard K of N of each source's customers (a stable hash of the customer id),
+into its own raw dataset, with its own dlt pipeline and its own change-discovery window, and builds no marts:
+shards may run at the same time on several machines (DuckLake warehouse) or one after another on one machine;
+`loyalty-etl merge` then moves every shard's rows into loyalty_raw in one step and builds the marts (docs/shards.md).
+
 Settings: .dlt/config.toml, secrets in .dlt/secrets.toml or environment variables
 (SOURCES__CARECLOUD__CREDENTIALS__PASSWORD, DESTINATION__DUCKDB__CREDENTIALS, ...).
 """
@@ -38,6 +43,8 @@ examples:
   loyalty-etl run                                   # nightly run, both sources, then dbt build
   loyalty-etl run --source carecloud --no-models
   loyalty-etl run --customers vip.csv --until 2026-11-21T00:00:00Z
+  loyalty-etl run --source carecloud --shard 2/4    # shard 2 of 4 (Airflow: one task per source and shard) ...
+  loyalty-etl merge                                 # ... then, once all shards landed: into loyalty_raw, dbt build
 """
 
 
@@ -49,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_until_option(p, "end of this run's window, ISO 8601 (default: now minus the safety lag); no offset = UTC",
                      metavar="INSTANT")
     add_no_models_option(p, "load only; do not run dbt afterwards")
+    p.add_argument("--shard", metavar="K/N",
+                   help="load only shard K of N (1-based) of the customers, into the shard's own dataset; implies "
+                        "--no-models (`loyalty-etl merge` builds the marts after all shards)")
     p.add_argument("--all", action="store_true", dest="full",
                    help="load every listed customer tonight, even with selection = \"changed\" (a full pass)")
     p.set_defaults(func=handle)
@@ -62,7 +72,13 @@ def handle(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return fail(exc)
     from pipelines.runner import run
+    from pipelines.shards import Shard, ShardSpecError
 
-    report = run(settings, chosen_sources(args.source), customers_file=args.customers, until=until,
-                 models=not args.no_models, full=args.full)
+    sources = chosen_sources(args.source)
+    try:
+        shard = Shard.parse(args.shard, sources) if args.shard else None
+    except ShardSpecError as exc:
+        return fail(exc)
+    report = run(settings, sources, customers_file=args.customers, until=until,
+                 models=not args.no_models, full=args.full, shard=shard)
     return report.exit_code
