@@ -152,8 +152,10 @@ def _union_columns(parts: list[ShardPart], table: str) -> set[str]:
 def _batches(conn: duckdb.DuckDBPyConnection, sql: str) -> Iterator[pa.RecordBatch]:
     # a cursor of its own: dlt takes items from the tables' generators in turn, and a second query on one
     # connection would end the first one's result
+    (catalog,) = conn.execute("SELECT current_database()").fetchone()  # type: ignore[misc]
     cur = conn.cursor()
     try:
+        cur.execute(f"USE {_q(catalog)}")  # a cursor starts in the instance's default catalog (a lake: memory)
         for batch in cur.execute(sql).fetch_record_batch(BATCH_ROWS):
             if batch.num_rows:
                 yield batch
