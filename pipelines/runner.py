@@ -334,6 +334,21 @@ def _plan_source(settings: Settings, source: str, conn: duckdb.DuckDBPyConnectio
     return plan, listed.issues(source) + plan.issues
 
 
+def lock_warehouse(settings: Settings, scope: str, report: RunReport, print_summary: bool
+                   ) -> tuple[Warehouse, Any] | None:
+    """The warehouse and its lock of `scope`, acquired; None when refused (another run holds it, the warehouse
+    cannot be reached): then `report` says why, finished (and printed)."""
+    try:
+        wh = open_warehouse(settings)
+        return wh, wh.lock(scope).acquire()
+    except (RunLocked, ConfigError, WarehouseUnavailable) as exc:
+        report.error = redact(str(exc))
+        report.finish()
+        if print_summary:
+            print(render_summary(report), flush=True)
+        return None
+
+
 def run(settings: Settings, sources: Sequence[str], customers_file: str | None = None,
         until: dt.datetime | str | None = None, models: bool = True, command: str = "run",
         print_summary: bool = True, full: bool = False, shard: Shard | None = None) -> RunReport:
@@ -342,15 +357,10 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
     report = RunReport(command=command)
     if shard is not None:
         report.extra["shard"] = shard.label
-    try:
-        wh = open_warehouse(settings)
-        lock = wh.lock(shard.lock_scope if shard else "run").acquire()
-    except (RunLocked, ConfigError, WarehouseUnavailable) as exc:
-        report.error = redact(str(exc))
-        report.finish()
-        if print_summary:
-            print(render_summary(report), flush=True)
+    locked = lock_warehouse(settings, shard.lock_scope if shard else "run", report, print_summary)
+    if locked is None:
         return report
+    wh, lock = locked
     conn: duckdb.DuckDBPyConnection | None = None
     progress: RunProgress | None = None
     pool: ExtractPool | None = None

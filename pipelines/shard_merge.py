@@ -223,23 +223,14 @@ def run_merge(settings: Any, models: bool = True, print_summary: bool = True) ->
     """`loyalty-etl merge`: under the warehouse's run lock, merge the shards' loads, write a `runs` row (command
     "merge"), then build the marts. Returns the `RunReport` (exit code 0 / 1 / 2 as a run's)."""
     from pipelines import runner, state
-    from pipelines.config import ConfigError
-    from pipelines.errors import WarehouseUnavailable
-    from pipelines.lock import RunLocked
     from pipelines.logs import redact
     from pipelines.report import RunReport, render_summary
-    from pipelines.warehouse import open_warehouse
 
     report = RunReport(command="merge")
-    try:
-        wh = open_warehouse(settings)
-        lock = wh.lock("merge").acquire()
-    except (RunLocked, ConfigError, WarehouseUnavailable) as exc:
-        report.error = redact(str(exc))
-        report.finish()
-        if print_summary:
-            print(render_summary(report), flush=True)
+    locked = runner.lock_warehouse(settings, "merge", report, print_summary)
+    if locked is None:
         return report
+    wh, lock = locked
     conn = None
     try:
         conn = wh.connect()
