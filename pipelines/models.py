@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from pipelines.logs import get_logger, redact, register_secret
+from pipelines.warehouse import FILE_ENV
 
 if TYPE_CHECKING:
     from pipelines.warehouse import Warehouse
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 log = get_logger("models")
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
-WAREHOUSE_ENV = "LOYALTY_WAREHOUSE_PATH"
+WAREHOUSE_ENV = FILE_ENV
 # Every variable sql/profiles.yml reads: all of them are set or cleared for a call, so a value left in the caller's
 # environment (a shell that exported LOYALTY_WAREHOUSE_KIND=ducklake) never points dbt elsewhere.
 PROFILE_ENV = (

@@ -25,6 +25,7 @@ import duckdb
 from pipelines.errors import WarehouseBusy, WarehouseMissing, WarehouseUnavailable
 
 RAW_DATASET = "loyalty_raw"
+FILE_ENV = "LOYALTY_WAREHOUSE_PATH"  # the embedded file's path for sql/profiles.yml
 
 
 class Lock(Protocol):
@@ -108,9 +109,7 @@ class FileWarehouse(Warehouse):
         return warehouse_destination(conn, RAW_DATASET)
 
     def dbt_env(self) -> dict[str, str]:
-        from pipelines.models import WAREHOUSE_ENV
-
-        return {WAREHOUSE_ENV: str(self.path.resolve())}
+        return {FILE_ENV: str(self.path.resolve())}
 
     def lock(self, scope: str = "run") -> Lock:
         # one file, one writer: every scope is the same lock (shards of the embedded file run one after another)
