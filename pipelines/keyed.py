@@ -43,7 +43,12 @@ def without_keys(ddl: str) -> str:
 
 
 def create_tables(conn: duckdb.DuckDBPyConnection, ddl: str) -> None:
-    conn.execute(without_keys(ddl) if is_lake(conn) else ddl)
+    """`ddl` (CREATE ... IF NOT EXISTS); on a lake without keys, and redone when another writer created the same
+    table at the same moment (DuckLake's conflict for two creates of one name: the redo then finds it there)."""
+    if is_lake(conn):
+        transaction(conn, lambda: conn.execute(without_keys(ddl)))
+    else:
+        conn.execute(ddl)
 
 
 def upsert_sql(lake: bool, table: str, columns: Sequence[str], source: str, keys: Sequence[str],
@@ -87,7 +92,9 @@ def rollback(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 def transaction(conn: duckdb.DuckDBPyConnection, work: Callable[[], T], attempts: int = CONFLICT_ATTEMPTS) -> T:
-    """`work()` in one transaction; on a lake, redone from the start when its commit conflicts (module doc)."""
+    """`work()` in one transaction; on a lake, redone from the start when its commit conflicts (module doc). Not
+    inside an open transaction (DuckDB aborts a transaction on a nested BEGIN): `create_tables` and the upserts'
+    callers run it between transactions."""
     lake = is_lake(conn)
     delay = 0.05
     for attempt in range(1, attempts + 1):
