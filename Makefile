@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint chaos bench dashboard screenshots docs clean test-airflow airflow-venv
+.PHONY: install demo demo-lake demo-lake-stop test lint chaos bench dashboard screenshots docs clean test-airflow airflow-venv
 
 install: $(STAMP)
 
@@ -16,6 +16,12 @@ $(STAMP): pyproject.toml
 
 demo: install ## start the sandbox, load both sources, build the marts into warehouse/loyalty_warehouse.duckdb
 	$(BIN)/loyalty-etl demo
+
+demo-lake: install ## the demo on a DuckLake: starts its own PostgreSQL (warehouse/demo-lake/), left running to attach
+	$(BIN)/loyalty-etl demo --lake
+
+demo-lake-stop: install ## stop the PostgreSQL `make demo-lake` left running (its data stays until `make clean`)
+	$(BIN)/loyalty-etl demo --stop-lake
 
 test: install ## the fast suite (< 10 min): sandbox, pipeline, dbt, reliability subset, ops, dashboard
 	$(BIN)/python -m pytest -m "not chaos and not airflow" -n 2 --dist loadfile -q
@@ -59,5 +65,6 @@ screenshots: install
 docs: install ## dbt docs for the marts; open with `make docs` then browse http://127.0.0.1:8080
 	$(BIN)/loyalty-etl models --docs --serve
 
-clean:
+clean:  ## removes warehouse/ (the lake demo's PostgreSQL is stopped first)
+	@if [ -x $(BIN)/loyalty-etl ] && [ -d warehouse/demo-lake ]; then $(BIN)/loyalty-etl demo --stop-lake; fi
 	rm -rf warehouse sql/target sql/logs .pytest_cache

@@ -65,6 +65,8 @@ def _lake_of(settings: Any) -> Any:
 
 
 def handle_migrate(args: argparse.Namespace) -> int:
+    import duckdb
+
     from pipelines import migrate
     from pipelines.commands._common import fail
     from pipelines.config import ConfigError, load_settings
@@ -85,7 +87,8 @@ def handle_migrate(args: argparse.Namespace) -> int:
             f"no warehouse file at {file.describe()} ([destination.duckdb] credentials): nothing to migrate"))
     print(f"from: {file.describe()}\nto:   {lake.describe()}")
     try:
-        with file.lock("run"), lake.lock("run"):
+        # the lake's "merge" lock too: `models` takes it (not "run"), and no build may MERGE into the marts meanwhile
+        with file.lock("run"), lake.lock("run"), lake.lock("merge"):
             conn = lake.connect()
             try:
                 result = migrate.migrate_raw(
@@ -110,6 +113,9 @@ def handle_migrate(args: argparse.Namespace) -> int:
                 models_rc = _build_marts(lake, str(file.path), args.log_format)
     except (RunLocked, migrate.MigrationRefused, WarehouseUnavailable, ConfigError) as exc:
         return fail(exc)
+    except duckdb.Error as exc:  # e.g. the file held by a writer that does not take the run lock (a manual dbt)
+        return fail(RuntimeError(f"migration failed: {exc} (a failure while copying leaves the lake as it was: "
+                                  "the copy is one transaction)"))
     if settings.warehouse != "ducklake":
         print('\nnext: set [loyalty] warehouse = "ducklake" in .dlt/config.toml (or LOYALTY__WAREHOUSE=ducklake); '
               "the next `loyalty-etl run` goes on where the file stopped.")
