@@ -219,19 +219,35 @@ def connect(config: LakeConfig, read_only: bool = False, memory_limit: str | Non
         if memory_limit:
             conn.execute(f"SET memory_limit = '{memory_limit}'")
         load_extensions(conn)
-        try:
-            conn.execute(config.attach_sql(read_only=read_only))
-        except duckdb.Error as exc:
-            text = redact(str(exc))
-            if read_only and _no_lake_yet(text):
-                raise WarehouseMissing(f"{config.describe()} has no lake yet: load it first with `loyalty-etl run`"
-                                       ) from None
-            raise WarehouseUnavailable(f"cannot open {config.describe()}{what}: {text}") from None
+        for attempt in range(1, _INIT_ATTEMPTS + 1):
+            try:
+                conn.execute(config.attach_sql(read_only=read_only))
+                break
+            except duckdb.Error as exc:
+                text = redact(str(exc))
+                if read_only and _no_lake_yet(text):
+                    raise WarehouseMissing(f"{config.describe()} has no lake yet: load it first with `loyalty-etl "
+                                           "run`") from None
+                if not read_only and _init_race(text) and attempt < _INIT_ATTEMPTS:
+                    time.sleep(0.2 * attempt)
+                    continue
+                raise WarehouseUnavailable(f"cannot open {config.describe()}{what}: {text}") from None
         conn.execute(f'USE "{config.name}"')
         return conn
     except BaseException:
         conn.close()
         raise
+
+
+# Writers that ATTACH a lake not created yet at the same moment (the shards of a first night) race to create its
+# catalog: the losers' ATTACH fails on PostgreSQL's unique names ("duplicate key value violates unique constraint",
+# "already exists"); attached again, they find the lake the winner created.
+_INIT_ATTEMPTS = 5
+
+
+def _init_race(message: str) -> bool:
+    text = message.lower()
+    return "failed to initialize ducklake" in text and ("duplicate key" in text or "already exists" in text)
 
 
 def _no_lake_yet(message: str) -> bool:

@@ -94,7 +94,9 @@ def _stored_schema(conn: duckdb.DuckDBPyConnection, dataset: str) -> Any:
 
 def pending(conn: duckdb.DuckDBPyConnection) -> list[ShardPart]:
     """Per shard dataset: its committed loads not merged yet, its schema and the data tables to read."""
-    conn.execute(MERGES_DDL)
+    from pipelines import keyed
+
+    keyed.create_tables(conn, MERGES_DDL)
     parts = []
     for ds in shard_datasets(conn):
         have = _tables(conn, ds)
@@ -199,24 +201,27 @@ def _merged_hints(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def _forget_merged(conn: duckdb.DuckDBPyConnection, parts: list[ShardPart], run_id: str) -> None:
-    """One transaction: the merged rows leave the shard datasets, their loads are recorded as merged."""
+    """One transaction: the merged rows leave the shard datasets, their loads are recorded as merged. On a lake,
+    redone from BEGIN when it loses to a concurrent commit (`keyed.transaction`): a shard still writing its own
+    dataset; the DELETE by load id gives the same result at the newer snapshot."""
+    from pipelines import keyed
+
     now = dt.datetime.now(dt.timezone.utc)
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    merged = pa.table({"dataset": pa.array([p.dataset for p in parts for _ in p.load_ids], pa.string()),
+                       "load_id": pa.array([i for p in parts for i in p.load_ids], pa.string())})
+
+    def work() -> None:
         for part in parts:
-            conn.register("_merged_loads", pa.table({"load_id": pa.array(part.load_ids, pa.string())}))
-            try:
-                for table in part.tables:
-                    conn.execute(f"DELETE FROM {_q(part.dataset)}.{_q(table)} "
-                                 "WHERE _dlt_load_id IN (SELECT load_id FROM _merged_loads)")
-                conn.execute(f"INSERT INTO {MERGES_TABLE} SELECT ?, load_id, ?, ? FROM _merged_loads",
-                             [part.dataset, run_id, now])
-            finally:
-                conn.unregister("_merged_loads")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+            for table in part.tables:
+                conn.execute(f"DELETE FROM {_q(part.dataset)}.{_q(table)} WHERE _dlt_load_id IN "
+                             "(SELECT load_id FROM _merged_loads WHERE dataset = ?)", [part.dataset])
+        conn.execute(f"INSERT INTO {MERGES_TABLE} SELECT dataset, load_id, ?, ? FROM _merged_loads", [run_id, now])
+
+    conn.register("_merged_loads", merged)
+    try:
+        keyed.transaction(conn, work)
+    finally:
+        conn.unregister("_merged_loads")
 
 
 def run_merge(settings: Any, models: bool = True, print_summary: bool = True) -> Any:
