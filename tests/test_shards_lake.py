@@ -23,9 +23,9 @@ N = 3
 
 
 def test_shards_at_once_on_the_lake_match_the_truth(sandbox_factory, sandbox_env, postgres, tmp_path: Path) -> None:
-    sb = sandbox_factory(customers=24, now=NOW)
+    sb = sandbox_factory(customers=12, now=NOW)
     env = lake_env(sandbox_env(sb, tmp_path / "wh" / "loyalty_warehouse.duckdb"), postgres, tmp_path,
-                   LOYALTY__CHUNK_CUSTOMERS=3)  # several rounds, so the shards' commits interleave
+                   LOYALTY__CHUNK_CUSTOMERS=2)  # several rounds, so the shards' commits interleave
     lake = open_lake(env)
     procs = [subprocess.Popen([*CLI, "run", "--shard", f"{k}/{N}", "--until", UNTIL], cwd=REPO_ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
