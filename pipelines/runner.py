@@ -67,10 +67,15 @@ def make_pipeline(settings: Settings, conn: duckdb.DuckDBPyConnection, wh: Wareh
                   name: str = PIPELINE_NAME, dataset: str = DATASET, tag_loads: bool = False) -> Any:
     """The dlt pipeline into the warehouse (`Warehouse.destination`: on the file, the run's own DuckDB connection,
     so bookkeeping, dbt and dlt share one writer), with its working dir in `Warehouse.pipelines_dir`. Packages a
-    crashed run left behind are finished first: they hold records that were fetched but never committed to
-    `_customer_sync_state`, so loading them is harmless. A shard has its own pipeline and raw dataset, the shards'
-    merge step its own pipeline (pipelines/shards.py); `tag_loads`: every row gets dlt's `_dlt_load_id` (a
-    shard's rows, which the merge step takes load by load)."""
+    crashed run left behind are aborted first (`abort_packages`, which also restores the pipeline's local state and
+    schema to before them): they hold records whose customers were never marked done in `_customer_sync_state`
+    (the bookkeeping commits only after a load returns; the shards' merge step forgets shard rows only after its
+    load too), so this run fetches them again. They cannot be finished instead: a run killed inside its load has
+    its copy jobs into the in-memory staging done and its merge not, and that staging died with the process, so
+    dlt's retry of the merge fails ("... loyalty_raw_staging ... does not exist") on this and every later run
+    (tests/test_interrupted_load.py). A shard has its own pipeline and raw dataset, the shards' merge step its own
+    pipeline (pipelines/shards.py); `tag_loads`: every row gets dlt's `_dlt_load_id` (a shard's rows, which the
+    merge step takes load by load)."""
     import dlt
 
     if tag_loads:  # scoped to this pipeline's name: dlt reads `<pipeline>.normalize...` before `normalize...`
@@ -83,9 +88,8 @@ def make_pipeline(settings: Settings, conn: duckdb.DuckDBPyConnection, wh: Wareh
         dataset_name=dataset,
     )
     if pipeline.has_pending_data:
-        log.warning("finishing load packages left by an interrupted run")
-        pipeline.normalize()
-        pipeline.load()
+        log.warning("aborting the load packages an interrupted run left; their customers are fetched again")
+        pipeline.abort_packages()
     return pipeline
 
 
