@@ -21,7 +21,10 @@ Scenarios (each sandbox lives in its own process; every variant is a measured ch
 6. change_driven (issue 17): a nightly run's requests with `selection = "changed"` vs `"all"` at
    --change-customers (default 100,000; bench/change_driven.py, key `change_driven`; alone:
    `python -m bench.change_driven`); then Capillary's side, events + sweep, at the same size
-   (bench/change_driven_capillary.py, key `change_driven.capillary`).
+   (bench/change_driven_capillary.py, key `change_driven.capillary`);
+7. reader_availability (issue 19): a reader process opening the warehouse read-only every 0.5 s while a
+   rate-limited run (at least a minute) loads it and builds the marts: the share of its tries that succeed
+   (bench/reader_availability.py, key `reader_availability`; alone: `python -m bench.reader_availability`).
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ from bench.variants import DATA_ENDPOINTS, pipeline_available, run_limit, run_na
 
 NOW = "2026-11-20T00:00:00+00:00"      # the sandbox's frozen clock: every run sees the same data
 DAY = 86400
-SCENARIOS = ["throughput", "heterogeneous", "nightly", "memory", "ratelimit", "events", "change_driven"]
+SCENARIOS = ["throughput", "heterogeneous", "nightly", "memory", "ratelimit", "events", "change_driven",
+             "reader_availability"]
 
 
 def _sandbox(out: Path, name: str, customers: int, seed: int, faults: dict | None = None,
@@ -322,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
 
         _log(f"change_driven (Capillary, events + sweep): {change_customers:,} customers")
         results["change_driven"]["capillary"] = measure_capillary(change_customers, 3 if quick else 7, log=_log)
+
+    if "reader_availability" in scenarios and have_b:
+        from bench.reader_availability import measure as measure_readers, summary as reader_summary
+
+        results["reader_availability"] = measure_readers(quick, workdir=out / "reader_availability", log=_log)
+        _log(reader_summary(results["reader_availability"]))
 
     results["total_seconds"] = round(time.perf_counter() - t_start, 1)
     results["targets"] = report.targets(results)

@@ -51,6 +51,10 @@ def main() -> int:
             elif cmd == "advance":
                 sb.advance(float(msg["seconds"]))
                 result = None
+            elif cmd == "faults":
+                # change fault settings while serving (e.g. the rate limit, for a run after an unlimited one)
+                sb.update_faults(**msg["changes"])
+                result = None
             elif cmd == "now":
                 result = sb.now()
             elif cmd == "env":

@@ -81,3 +81,23 @@ def connect_writer(warehouse: Path, wait_s: float = 30.0, memory_limit: str | No
             # A SET, not a connect() config option: dbt (same process) must open the file with the same config.
             conn.execute(f"SET memory_limit = '{memory_limit}'")
         return conn
+
+
+def holder(lock_path: Path) -> str | None:
+    """Who holds the single-run lock now ("pid N since T", as `RunLock` writes it), or None. Never takes the lock
+    (a reader must not make a starting run think another one is running). A run killed with SIGKILL leaves its text
+    behind, so the named process must still be alive."""
+    try:
+        text = lock_path.read_text(errors="replace").strip()
+    except OSError:
+        return None
+    parts = text.split()
+    if len(parts) < 2 or parts[0] != "pid" or not parts[1].isdigit():
+        return None
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return text

@@ -1,10 +1,15 @@
 """Runs the dbt project in `sql/` on the warehouse (the embedded DuckDB file or a DuckLake), in this process.
 
     run_dbt(warehouse: Warehouse | Path, args: Sequence[str] = ("build",), *, quiet: bool = False,
-            log_format: str = "text", target_dir: Path | None = None, project_dir: Path | None = None) -> int
+            log_format: str = "text", target_dir: Path | None = None, project_dir: Path | None = None,
+            manifest: Any = None) -> int
         0: dbt succeeded; 1: dbt ran but a model, seed or test failed (each failure is logged);
         2: dbt could not run (bad project, profile or warehouse; a lake catalog that cannot be reached).
         A Path is the embedded file at that path (tests, benchmarks).
+    parse_manifest(warehouse: Warehouse | Path, ...) -> Manifest | None: the project parsed (no database is
+        opened), for `run_dbt(..., manifest=)`: a run parses before it takes the warehouse file back, so its hold
+        on the file covers the build alone (pipelines/writer.py). None if parsing failed (run_dbt then parses
+        again and says why).
     last_results() -> list[NodeResult]: per-node outcome of the last invocation (status, message, failures).
         (dbt-duckdb reports no rows-affected counts; the incremental marts carry `_dbt_invocation_id` instead.)
 
@@ -29,11 +34,12 @@ autoloads them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from pipelines.logs import get_logger, redact, register_secret
 from pipelines.warehouse import FILE_ENV
@@ -82,10 +88,41 @@ def run_dbt(
     log_format: str = "text",
     target_dir: Path | None = None,
     project_dir: Path | None = None,
+    manifest: Any = None,
 ) -> int:
-    """`target_dir` (default sql/target) and `project_dir` (default sql/, a copy in tests) are for tests."""
+    """`target_dir` (default sql/target) and `project_dir` (default sql/, a copy in tests) are for tests;
+    `manifest`: from `parse_manifest` with the same directories (dbt then skips parsing)."""
     from dbt.cli.main import dbtRunner
 
+    with _invocation(warehouse) as wh:
+        try:
+            log.info("dbt %s on %s", " ".join(args), wh.describe())
+            result = dbtRunner(manifest=manifest).invoke(_cli_args(args, quiet, log_format, target_dir, project_dir))
+        finally:
+            _release_duckdb()
+        _LAST[:] = _node_results(result.result)
+    if result.exception is not None:
+        # the text of a failed ATTACH names the catalog URL: `redact` hides its password (registered by the config)
+        log.error("dbt could not run on %s: %s", wh.describe(), redact(str(result.exception)))
+        return 2
+    for node in _LAST:
+        if node.status in ("error", "fail", "runtime error"):
+            log.error("dbt %s %s: %s", node.status, node.unique_id, node.message)
+    return 0 if result.success else 1
+
+
+def parse_manifest(warehouse: "Warehouse | Path", *, target_dir: Path | None = None,
+                   project_dir: Path | None = None) -> Any:
+    from dbt.cli.main import dbtRunner
+
+    with _invocation(warehouse):
+        result = dbtRunner().invoke(_cli_args(["parse"], True, "text", target_dir, project_dir))
+    return result.result if result.success else None
+
+
+@contextlib.contextmanager
+def _invocation(warehouse: "Warehouse | Path") -> Iterator["Warehouse"]:
+    """One dbt invocation at a time in this process, with the env vars of `Warehouse.dbt_env()` set for it only."""
     from pipelines.warehouse import FileWarehouse
 
     wh = warehouse if hasattr(warehouse, "dbt_env") else FileWarehouse(Path(warehouse))
@@ -97,39 +134,29 @@ def run_dbt(
         from pipelines.lake import install_extensions
 
         install_extensions()
-
-    project = Path(project_dir) if project_dir else SQL_DIR
-    target = Path(target_dir) if target_dir else project / "target"
-    cli_args = [
-        *args,
-        "--project-dir", str(project),
-        "--profiles-dir", str(project),
-        "--target-path", str(target),
-        # Partial parsing reuses a file in the target dir; parallel runs (tests, a manual `models` beside a
-        # nightly run on another warehouse) would read it half-written. Parsing this project takes ~1 s.
-        "--no-partial-parse",
-    ]
-    global_args = ["--log-path", str(project / "logs"), "--log-format", "json" if log_format == "json" else "text"]
-    if quiet:
-        global_args.append("--quiet")
     with _LOCK:
         previous = {name: os.environ.get(name) for name in env}
         _set_env(env)
         try:
-            log.info("dbt %s on %s", " ".join(args), wh.describe())
-            result = dbtRunner().invoke([*global_args, *cli_args])
+            yield wh
         finally:
-            _release_duckdb()
             _set_env(previous)
-        _LAST[:] = _node_results(result.result)
-    if result.exception is not None:
-        # the text of a failed ATTACH names the catalog URL: `redact` hides its password (registered by the config)
-        log.error("dbt could not run on %s: %s", wh.describe(), redact(str(result.exception)))
-        return 2
-    for node in _LAST:
-        if node.status in ("error", "fail", "runtime error"):
-            log.error("dbt %s %s: %s", node.status, node.unique_id, node.message)
-    return 0 if result.success else 1
+
+
+def _cli_args(args: Sequence[str], quiet: bool, log_format: str, target_dir: Path | None,
+              project_dir: Path | None) -> list[str]:
+    project = Path(project_dir) if project_dir else SQL_DIR
+    target = Path(target_dir) if target_dir else project / "target"
+    global_args = ["--log-path", str(project / "logs"), "--log-format", "json" if log_format == "json" else "text"]
+    if quiet:
+        global_args.append("--quiet")
+    return [*global_args, *args,
+            "--project-dir", str(project),
+            "--profiles-dir", str(project),
+            "--target-path", str(target),
+            # Partial parsing reuses a file in the target dir; parallel runs (tests, a manual `models` beside a
+            # nightly run on another warehouse) would read it half-written. Parsing this project takes ~1 s.
+            "--no-partial-parse"]
 
 
 def _set_env(values: dict[str, str | None]) -> None:

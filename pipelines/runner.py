@@ -9,10 +9,14 @@ Entry points (contract, docs/architecture.md):
 Order of commits per chunk of customers: extract -> normalize -> load (dlt, atomic per package) -> bookkeeping
 (`state.commit`, one DuckDB transaction). A crash anywhere before the bookkeeping leaves the customers' windows
 where they were, so the next run fetches the same records again and the merge keys absorb them.
+
+The warehouse file is held only for planning, each round's load + bookkeeping, and the marts; it is released while
+the run fetches (`pipelines/writer.py`), so readers can open it during the extraction.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 from collections import deque
@@ -39,6 +43,7 @@ from pipelines.state import Issue
 from pipelines.warehouse import Warehouse, open_warehouse
 from pipelines.windows import Window, customer_window, utc, window_end
 from pipelines.workers import ExtractPool, start_pool
+from pipelines.writer import WarehouseWriter
 
 log = get_logger("runner")
 
@@ -75,7 +80,8 @@ def make_pipeline(settings: Settings, conn: duckdb.DuckDBPyConnection, wh: Wareh
     dlt's retry of the merge fails ("... loyalty_raw_staging ... does not exist") on this and every later run
     (tests/test_interrupted_load.py). A shard has its own pipeline and raw dataset, the shards' merge step its own
     pipeline (pipelines/shards.py); `tag_loads`: every row gets dlt's `_dlt_load_id` (a shard's rows, which the
-    merge step takes load by load)."""
+    merge step takes load by load). Extract and normalize need no
+    connection; every later load names the connection it is to use (`load`)."""
     import dlt
 
     if tag_loads:  # scoped to this pipeline's name: dlt reads `<pipeline>.normalize...` before `normalize...`
@@ -93,6 +99,12 @@ def make_pipeline(settings: Settings, conn: duckdb.DuckDBPyConnection, wh: Wareh
     return pipeline
 
 
+def load(pipeline: Any, writer: WarehouseWriter, conn: duckdb.DuckDBPyConnection) -> Any:
+    """dlt's load of the normalized packages into the warehouse on `conn`, the writer's connection of the current
+    hold (the one the pipeline was made with may have been closed since)."""
+    return pipeline.load(destination=writer.warehouse.destination(conn), raise_on_failed_jobs=True)
+
+
 def _schema(pipeline: Any) -> Any:
     import dlt
 
@@ -106,7 +118,7 @@ class SourceRun:
     """One source within one run: its API client (one login, one limiter) and counters."""
 
     def __init__(self, settings: Settings, source: str, report: RunReport, progress: RunProgress | None,
-                 conn: duckdb.DuckDBPyConnection, pipeline: Any, pool: ExtractPool | None = None) -> None:
+                 pipeline: Any, pool: ExtractPool | None = None) -> None:
         self.settings = settings
         self.source = source
         self.spec = registry.get(source)
@@ -114,7 +126,6 @@ class SourceRun:
         self.report = report
         self.srep = report.sources.setdefault(source, SourceReport())
         self.progress = progress
-        self.conn = conn
         self.pipeline = pipeline
         self.stats = HttpStats(on_update=(lambda r, t, q: progress.update(source, requests=r, retries=t, http_429=q))
                                if progress else None)
@@ -143,8 +154,9 @@ class SourceRun:
         job.feed = feed
         return job
 
-    def commit(self, job: ExtractJob, end: dt.datetime | None, update_customer_state: bool) -> None:
-        state.commit(self.conn, run_id=self.report.run_id, source=self.source, window_end=end,
+    def commit(self, conn: duckdb.DuckDBPyConnection, job: ExtractJob, end: dt.datetime | None,
+               update_customer_state: bool) -> None:
+        state.commit(conn, run_id=self.report.run_id, source=self.source, window_end=end,
                      succeeded=job.succeeded, failed=job.failed, issues=job.issues,
                      update_customer_state=update_customer_state)
         self.srep.customers_done += len(job.succeeded)
@@ -188,10 +200,11 @@ class TaskFeed:
 
 def load_rounds(pipeline: Any, report: RunReport, plans: list[tuple[SourceRun, list[tuple[str, Window]],
                                                                    dt.datetime | None]],
-                settings: Settings, update_customer_state: bool) -> None:
+                settings: Settings, update_customer_state: bool, writer: WarehouseWriter) -> None:
     """Load every source's customers in rounds (see `TaskFeed`). In each round both APIs are fetched side by side
     (parallelized dlt resources) into ONE load package: one extract, one normalize, one load (dlt's fixed cost per
-    step is paid once), then each source's bookkeeping is committed."""
+    step is paid once), then each source's bookkeeping is committed. Only the load and the bookkeeping hold the
+    warehouse (`writer`); extract and normalize write to dlt's working directory alone."""
     import dlt
 
     feeds = [(srun, TaskFeed(tasks), end) for srun, tasks, end in plans]
@@ -215,20 +228,24 @@ def load_rounds(pipeline: Any, report: RunReport, plans: list[tuple[SourceRun, l
         for table, n in (info.row_counts if info else {}).items():
             if not table.startswith("_dlt"):
                 report.rows_by_table[table] = report.rows_by_table.get(table, 0) + n
-        maybe_crash("load")
-        pipeline.load(raise_on_failed_jobs=True)
-        loaded = time.monotonic()
-        export_to = _export_path(settings)
-        if export_to and SCHEMA_NAME in pipeline.schema_names:  # not dlt's export: its order varies run to run
-            export_schema(pipeline.schemas[SCHEMA_NAME], export_to)
-        maybe_crash("state")
+        with writer.hold() as conn:
+            maybe_crash("load")
+            held = time.monotonic()
+            load(pipeline, writer, conn)
+            loaded = time.monotonic()
+            export_to = _export_path(settings)
+            if export_to and SCHEMA_NAME in pipeline.schema_names:  # not dlt's export: its order varies run to run
+                export_schema(pipeline.schemas[SCHEMA_NAME], export_to)
+            maybe_crash("state")
+            for srun, job, end in jobs:
+                srun.commit(conn, job, end, update_customer_state)
         for srun, job, end in jobs:
-            srun.commit(job, end, update_customer_state)
             log.info("round committed", extra={"fields": {
                 "round": r, "source": srun.source, "customers": len(job.succeeded) + len(job.failed),
                 "failed": len(job.failed), "records": job.records_fetched, "issues": len(job.issues),
                 "seconds": round(time.monotonic() - started, 2), "extract_s": round(extracted - started, 2),
-                "normalize_s": round(normalized - extracted, 2), "load_s": round(loaded - normalized, 2)}})
+                "normalize_s": round(normalized - extracted, 2), "wait_writer_s": round(held - normalized, 2),
+                "load_s": round(loaded - held, 2)}})
 
 
 def run_window(settings: Settings, source: str, start: dt.datetime, end: dt.datetime, customers: Sequence[str],
@@ -243,11 +260,12 @@ def run_window(settings: Settings, source: str, start: dt.datetime, end: dt.date
     try:
         state.ensure_tables(conn)
         pipeline = make_pipeline(settings, conn, wh)
-        srun = SourceRun(settings, source, report, progress, conn, pipeline, pool)
+        srun = SourceRun(settings, source, report, progress, pipeline, pool)
         try:
             window = Window(utc(start), utc(end))
+            # a backfill keeps the file from start to end (its caller owns the connection)
             load_rounds(pipeline, report, [(srun, [(c, window) for c in customers], utc(end))], settings,
-                        update_customer_state)
+                        update_customer_state, WarehouseWriter(wh, conn=conn))
         finally:
             srun.close()
         srep = report.sources[source]
@@ -286,7 +304,8 @@ def _tasks(conn: duckdb.DuckDBPyConnection, source: str, ids: Iterable[str], end
     return out
 
 
-def _load_tables(pipeline: Any, report: RunReport, tables: list[tuple[str, list[dict], dict]]) -> None:
+def _load_tables(pipeline: Any, writer: WarehouseWriter, conn: duckdb.DuckDBPyConnection, report: RunReport,
+                 tables: list[tuple[str, list[dict], dict]]) -> None:
     """Load raw tables a source's change discovery read (rows + dlt hints) as one load package."""
     import dlt
 
@@ -301,12 +320,12 @@ def _load_tables(pipeline: Any, report: RunReport, tables: list[tuple[str, list[
     for table, n in (info.row_counts if info else {}).items():
         if not table.startswith("_dlt"):
             report.rows_by_table[table] = report.rows_by_table.get(table, 0) + n
-    pipeline.load(raise_on_failed_jobs=True)
+    load(pipeline, writer, conn)
 
 
-def _plan_source(settings: Settings, source: str, conn: duckdb.DuckDBPyConnection, pipeline: Any,
-                 report: RunReport, pool: ExtractPool | None, customers_file: str | None, end: dt.datetime,
-                 full: bool, shard: Shard | None = None) -> tuple[changes.Plan, list[Issue]]:
+def _plan_source(settings: Settings, source: str, writer: WarehouseWriter, conn: duckdb.DuckDBPyConnection,
+                 pipeline: Any, report: RunReport, pool: ExtractPool | None, customers_file: str | None,
+                 end: dt.datetime, full: bool, shard: Shard | None = None) -> tuple[changes.Plan, list[Issue]]:
     """The source's customers and their windows; with `customers = "api"` or `selection = "changed"` its API is
     asked first (roster, change discovery: `pipelines/changes.py`). A shard reads the same tenant-wide lists and
     listings and keeps its own customers (pipelines/shards.py)."""
@@ -323,8 +342,8 @@ def _plan_source(settings: Settings, source: str, conn: duckdb.DuckDBPyConnectio
             listed = shards.narrow_list(listed, shard)
         tasks = _tasks(conn, source, listed.ids, end, cfg.lookback_duration, cfg.initial_start)
         plan = changes.plan(api, cfg, conn, DATASET, listed, tasks, end, srep, report.run_id, full,
-                            lambda tables: _load_tables(pipeline, report, tables), spec.observe_in_all_mode,
-                            key=shard.discovery_key(source) if shard else None)
+                            lambda tables: _load_tables(pipeline, writer, conn, report, tables),
+                            spec.observe_in_all_mode, key=shard.discovery_key(source) if shard else None)
         if shard is not None:
             plan = shards.narrow_plan(plan, shard, cfg, full)
     finally:
@@ -365,39 +384,42 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
     if locked is None:
         return report
     wh, lock = locked
-    conn: duckdb.DuckDBPyConnection | None = None
+    writer: WarehouseWriter | None = None
     progress: RunProgress | None = None
     pool: ExtractPool | None = None
     pre_issues: list[Issue] = []
     try:
         pool = start_pool(settings, sources)  # first: the workers fork before this process starts any thread
-        conn = wh.connect()
-        state.ensure_tables(conn)
+        writer = WarehouseWriter(wh)
         now = pendulum.now("UTC")
-        pipeline = (make_pipeline(settings, conn, wh, shard.pipeline_name, shard.dataset, tag_loads=True) if shard
-                    else make_pipeline(settings, conn, wh))
         plans = []
         selections: dict[str, changes.Plan] = {}
-        for source in sources:
-            end = window_end(now, settings.source(source).safety_lag_duration, utc(until) if until is not None else None)
-            selections[source], issues = _plan_source(settings, source, conn, pipeline, report, pool,
-                                                      customers_file, end, full, shard)
-            pre_issues.extend(issues)
-            plans.append((source, selections[source].tasks, end))
+        with writer.hold() as conn:
+            state.ensure_tables(conn)
+            pipeline = (make_pipeline(settings, conn, wh, shard.pipeline_name, shard.dataset, tag_loads=True)
+                        if shard else make_pipeline(settings, conn, wh))
+            for source in sources:
+                end = window_end(now, settings.source(source).safety_lag_duration,
+                                 utc(until) if until is not None else None)
+                selections[source], issues = _plan_source(settings, source, writer, conn, pipeline, report, pool,
+                                                          customers_file, end, full, shard)
+                pre_issues.extend(issues)
+                plans.append((source, selections[source].tasks, end))
         progress = RunProgress({s: len(t) for s, t, _ in plans})
         errors = []
         sruns = []
         for source, tasks, end in plans:
             try:
-                sruns.append((SourceRun(settings, source, report, progress, conn, pipeline, pool), tasks, end))
+                sruns.append((SourceRun(settings, source, report, progress, pipeline, pool), tasks, end))
                 pre_issues.extend(sruns[-1][0].issues)
             except SourceUnavailable as exc:
                 errors.append(f"{source}: {exc}")
                 pre_issues.append(Issue(source, None, "source_unavailable", str(exc)))
         try:
-            load_rounds(pipeline, report, sruns, settings, update_customer_state=True)
-            for srun, _, _ in sruns:  # every round of the source committed: its discovery window counts as read
-                changes.commit(conn, srun.source, selections[srun.source], report.run_id)
+            load_rounds(pipeline, report, sruns, settings, update_customer_state=True, writer=writer)
+            with writer.hold() as conn:
+                for srun, _, _ in sruns:  # every round of the source committed: its discovery window counts as read
+                    changes.commit(conn, srun.source, selections[srun.source], report.run_id)
         except SourceUnavailable as exc:
             errors.append(str(exc))
             pre_issues.append(Issue("", None, "source_unavailable", str(exc)))
@@ -413,7 +435,7 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
         if errors:
             report.error = "; ".join(errors)
         if models and not report.error and shard is None:
-            report.models = _run_models(settings)
+            report.models = _run_models(settings, writer, merge_lock=wh.kind == "ducklake")
     except (ConfigError, WarehouseUnavailable, duckdb.Error, OSError) as exc:
         report.error = f"{type(exc).__name__}: {exc}"
         log.error("run failed: %s", redact(report.error))
@@ -427,12 +449,15 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
             progress.close()
         report.error = redact(report.error) if report.error else None
         report.finish()
-        if conn is not None:
+        if writer is not None:
             try:
-                state.write_run(conn, report, pre_issues)
+                with writer.hold() as conn:
+                    state.write_run(conn, report, pre_issues)
             except Exception as exc:  # noqa: BLE001
                 log.error("could not write the runs row: %s", redact(str(exc)))
-            conn.close()
+            writer.close()
+            log.info("warehouse writer released", extra={"fields": {
+                "holds": writer.holds, "held_s": round(writer.held_s, 2), "run_s": round(report.duration_s or 0, 2)}})
         lock.release()
     if report.exit_code != 0 or report.warnings:
         _alert(settings, report)
@@ -451,18 +476,52 @@ def _root_cause(exc: BaseException, kind: type) -> BaseException | None:
     return None
 
 
-def _run_models(settings: Settings) -> str:
+MERGE_LOCK_WAIT_S = 600.0
+
+
+def _run_models(settings: Settings | None, writer: WarehouseWriter | None = None, *, wh: Warehouse | None = None,
+                merge_lock: bool = False) -> str:
+    """dbt build of the marts on the run's warehouse (`writer`'s, else `wh`, else the settings'). With `writer`,
+    dbt is imported and the project parsed (no database opened) before the warehouse is taken, and the build holds
+    it throughout: no reader of the file sees some marts rebuilt and others not yet (each one is replaced in one
+    transaction: tests/test_reader_availability.py). `merge_lock`: first take the lake's "merge" lock, which
+    `loyalty-etl models` and `merge` hold for their builds, so two builds never MERGE into one mart at once
+    (DuckLake would fail one of them with a conflict). An unsharded run holds only "run"; on the file every scope
+    is that one lock. Held elsewhere: wait for it (the other build may predate this run's rows), up to
+    MERGE_LOCK_WAIT_S, then leave the marts to the next build."""
     try:
-        from pipelines.models import run_dbt
+        from pipelines.models import parse_manifest, run_dbt
     except ImportError:
         return "skipped"
-    maybe_crash("models")
+    wh = writer.warehouse if writer is not None else wh or open_warehouse(settings)
+    lock = None
+    if merge_lock:
+        deadline = time.monotonic() + MERGE_LOCK_WAIT_S
+        while lock is None:
+            try:
+                lock = wh.lock("merge").acquire()
+            except RunLocked as exc:
+                if time.monotonic() >= deadline:
+                    log.warning("marts not built: %s", redact(str(exc)))
+                    return "skipped"
+                time.sleep(2)
+            except WarehouseUnavailable as exc:
+                log.error("dbt not run: %s", redact(str(exc)))
+                return "failed"
     try:
+        manifest = parse_manifest(wh) if writer is not None else None
         # the file: in this process, sharing the run's open writer (pipelines/models.py); a lake: dbt attaches it
-        return "ok" if run_dbt(open_warehouse(settings), quiet=True) == 0 else "failed"
+        with writer.hold() if writer is not None else contextlib.nullcontext():
+            maybe_crash("models")
+            return "ok" if run_dbt(wh, quiet=True, manifest=manifest) == 0 else "failed"
+    except duckdb.Error:
+        raise  # the warehouse could not be taken back: the run fails (the `runs` row says so)
     except Exception as exc:  # noqa: BLE001 - a model failure must not hide the load's result
         log.error("dbt failed: %s", redact(str(exc)))
         return "failed"
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _alert(settings: Settings, report: RunReport) -> None:

@@ -123,6 +123,9 @@ def render(status: dict[str, Any], console: Any) -> None:
     from pipelines.logs import redact
 
     console.print(f"warehouse: {status['warehouse']}")
+    if status.get("run_in_progress"):
+        console.print(f"a run is in progress ({status['run_in_progress']}); shown: what it has committed so far",
+                      markup=False)
     runs = Table(title="Last runs (times UTC)", title_justify="left")
     for col, kw in [("run", {}), ("command", {}), ("status", {}), ("exit", {"justify": "right"}),
                     ("started", {}), ("duration", {"justify": "right"}), ("window per source", {"no_wrap": True}),
@@ -185,6 +188,7 @@ def handle(args: argparse.Namespace) -> int:
 
     from pipelines.config import ConfigError, warehouse_path
     from pipelines.errors import WarehouseUnavailable
+    from pipelines.lock import holder
     from pipelines.logs import redact
     from pipelines.warehouse import configured_warehouse
 
@@ -204,6 +208,9 @@ def handle(args: argparse.Namespace) -> int:
         return EXIT_MISSING
     # the Capillary event store lives on the loading machine, beside where the embedded file would be
     status["capillary_events"] = events_status(warehouse_path())
+    # the embedded file is free while a run fetches (docs/architecture.md): say that one is under way
+    if warehouse.kind == "duckdb":
+        status["run_in_progress"] = holder(warehouse.lock_path)
     if args.json:
         print(json.dumps(status, default=str, indent=2))
         return 0
