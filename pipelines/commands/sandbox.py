@@ -219,6 +219,9 @@ def _serve(args: argparse.Namespace) -> int:
                   f"Capillary id {gen.capillary_identifiers(min(1, config.customers - 1))['id']}", flush=True)
         print("  credentials: CareCloud sandbox / sandbox-password (app sandbox-app); "
               "Capillary sandbox.till / sandbox-password; Ctrl-C stops", flush=True)
+        if config.api_users > 1:
+            print(f"  {config.api_users} API users / keys per vendor: user k also as sandbox-k / sandbox-password-k, "
+                  "sandbox.till-k, sandbox-key-k / sandbox-secret-k (docs/sandbox.md)", flush=True)
         if faults.any_active():
             print(f"  faults: {faults}", flush=True)
         if events.url:
