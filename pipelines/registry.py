@@ -61,6 +61,9 @@ def specs(selected: list[str] | tuple[str, ...] | None = None) -> list[SourceSpe
 
 
 def make_api(source: str, settings: Any, stats: Any, token_slot: Any = None) -> Any:
-    """The API client of `source` from the run's `config.Settings`; `token_slot` shares its login across
-    processes."""
-    return get(source).make_api(settings.source(source), stats, token_slot)
+    """The API client of `source` from the run's `config.Settings` (with several credentials, one client per
+    credential behind one object: `pipelines/credentials.py`); `token_slot` (one, or one per credential) shares its
+    login across processes."""
+    from pipelines.credentials import make_api
+
+    return make_api(get(source), settings.source(source), stats, token_slot)

@@ -222,3 +222,37 @@ def test_models_status_and_check_commands_on_the_lake(lake_settings, postgres, t
         assert "127.0.0.1:1" in result.stderr, (args, result.stderr)
         for secret in password_forms(postgres.url):
             assert secret not in result.stdout + result.stderr, args
+
+
+def test_a_runs_marts_step_on_the_lake_waits_for_another_build(lake_settings, tmp_path, monkeypatch) -> None:
+    """`loyalty-etl models` and `merge` hold the lake's "merge" lock while they build; an unsharded run holds only
+    "run", so its marts step takes "merge" first: it waits while another build holds it (that build may predate the
+    run's rows), builds once it is free, and gives up ("skipped", the marts left to the next build) after
+    MERGE_LOCK_WAIT_S. Two builds never MERGE into one mart at once."""
+    from pipelines import runner
+
+    lake = configured_warehouse()
+    file = tmp_path / "file.duckdb"
+    build_raw_warehouse(file)
+    raw_into_lake(file, lake)
+
+    other_build = lake.lock("merge").acquire()
+    try:
+        monkeypatch.setattr(runner, "MERGE_LOCK_WAIT_S", 1.0)
+        assert runner._run_models(None, wh=lake, merge_lock=True) == "skipped"
+        monkeypatch.setattr(runner, "MERGE_LOCK_WAIT_S", 600.0)
+        outcome: list[str] = []
+        step = threading.Thread(target=lambda: outcome.append(runner._run_models(None, wh=lake, merge_lock=True)))
+        step.start()
+        time.sleep(3)
+        assert step.is_alive() and not outcome   # waiting: nothing built under the other build's lock
+    finally:
+        other_build.release()
+    step.join(timeout=600)
+    assert outcome == ["ok"]
+    con = lake.connect(read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM loyalty.fct_points_ledger").fetchone()[0] == 17
+    finally:
+        con.close()
+    assert lake.lock("merge").acquire().release() is None   # the step released it
