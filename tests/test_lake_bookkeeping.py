@@ -6,15 +6,12 @@ tests/test_lake_writers.py); `keyed.transaction` redoes the loser's transaction 
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 from tests.helpers.cli import REPO_ROOT
+from tests.helpers.lake import processes_at_once
 
 WRITER = textwrap.dedent("""
     import datetime as dt, json, os, sys, time
@@ -45,25 +42,14 @@ WRITER = textwrap.dedent("""
 def test_two_writers_commit_bookkeeping_at_once(postgres, tmp_path: Path) -> None:
     from dlt.destinations.impl.ducklake.configuration import DuckLakeCredentials
 
-    from pipelines import lake, state
+    from pipelines import lake
 
     storage = str(tmp_path / "files")
     creds = DuckLakeCredentials("bk", catalog=postgres.url, storage=storage)
     conn = lake.connect(lake.LakeConfig(creds, "bk", "bk", storage))
     commits, go = 8, tmp_path / "go"
     env = {**os.environ, "CATALOG": postgres.url, "STORAGE": storage, "PYTHONPATH": str(REPO_ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(k), str(commits), str(go)], cwd=REPO_ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in (1, 2)]
-    deadline = time.monotonic() + 300
-    while not all(Path(f"{go}.ready-{k}").exists() for k in (1, 2)):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "a writer did not start"
-        time.sleep(0.02)
-    go.touch()
-    reports = []
-    for p in procs:
-        out, err = p.communicate(timeout=600)
-        assert p.returncode == 0, f"a writer failed:\n{err[-3000:]}"
-        reports.append(json.loads(out.strip().splitlines()[-1]))
+    reports = processes_at_once(WRITER, [[str(k), str(commits), str(go)] for k in (1, 2)], go, env, cwd=REPO_ROOT)
     assert min(r["end"] for r in reports) > max(r["start"] for r in reports), f"the writers did not overlap: {reports}"
 
     rows = conn.execute("SELECT customer_id, consecutive_failures, last_success_end IS NOT NULL "

@@ -19,10 +19,7 @@ for two runs at once. The longer many-writer measurement is under the `chaos` ma
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 import time
 
@@ -30,7 +27,7 @@ import duckdb
 import pytest
 
 from tests.chaos.fixtures import record_figures
-from tests.helpers.lake import Lake
+from tests.helpers.lake import Lake, processes_at_once
 
 CONFLICT = "Transaction conflict"
 
@@ -87,21 +84,8 @@ def _writers(lake: Lake, tmp_path, n: int, commits: int, rows: int, retries: int
     env = {**os.environ, "LAKE_ATTACH": lake.attach_sql("lake", read_only=False), "PYTHONPATH": os.getcwd()}
     if retries is not None:
         env["RETRIES"] = str(retries)
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(k), str(commits), str(rows), str(go),
-                               str(n if lockstep else 0)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for k in range(1, n + 1)]
-    deadline = time.monotonic() + 300
-    while not all(os.path.exists(f"{go}.ready-{k}") for k in range(1, n + 1)):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "a writer did not get ready"
-        time.sleep(0.02)
-    go.touch()
-    out = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=600)
-        assert p.returncode == 0, f"writer exited {p.returncode}:\n{stderr[-3000:]}"
-        out.append(json.loads(stdout.strip().splitlines()[-1]))
-    return out
+    argvs = [[str(k), str(commits), str(rows), str(go), str(n if lockstep else 0)] for k in range(1, n + 1)]
+    return processes_at_once(WRITER, argvs, go, env)
 
 
 def test_two_processes_appending_to_one_table_both_commit_everything(postgres, tmp_path):

@@ -12,6 +12,10 @@ through the project's `Warehouse`, so the tests check what the pipeline wrote, n
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,3 +108,27 @@ class Lake:
 
     def __repr__(self) -> str:
         return f"Lake({self.describe()})"
+
+
+def processes_at_once(script: str, argvs: list[list[str]], go: Path, env: dict[str, str],
+                      cwd: Path | None = None, timeout_s: float = 600) -> list[dict]:
+    """Run `python -c script *argv` once per argv, released together: the k-th (from 1) touches `<go>.ready-<k>`
+    when set up and waits for `go`, which is touched once all are ready. Each prints one JSON report as its last
+    line; the reports, in order. A process that fails or never gets ready fails the test with its stderr."""
+    procs = [subprocess.Popen([sys.executable, "-c", script, *argv], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for argv in argvs]
+    ready = [Path(f"{go}.ready-{k}") for k in range(1, len(procs) + 1)]
+    deadline = time.monotonic() + 300
+    while not all(r.exists() for r in ready):
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            for p in procs:
+                p.kill()
+            raise AssertionError("a process did not get ready:\n" + "\n".join(p.communicate()[1][-2000:] for p in procs))
+        time.sleep(0.02)
+    go.touch()
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=timeout_s)
+        assert p.returncode == 0, f"a process exited {p.returncode}:\n{stderr[-3000:]}"
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
