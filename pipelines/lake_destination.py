@@ -22,17 +22,12 @@ from dlt.destinations.impl.ducklake.ducklake import DuckLakeClient
 from dlt.destinations.impl.ducklake.factory import ducklake as DuckLakeDestination
 from dlt.destinations.impl.ducklake.sql_client import DuckLakeSqlClient
 
-from pipelines.destination import STAGING_CATALOG
+from pipelines.destination import STAGING_CATALOG, staging_in_memory, with_sql_client
 
 
-class _SharedLakeSqlClient(DuckLakeSqlClient):
+class _SharedLakeSqlClient(staging_in_memory(DuckLakeSqlClient)):  # type: ignore[misc]
     shared: duckdb.DuckDBPyConnection
     main_dataset: str
-
-    def catalog_name(self, quote: bool = True, casefold: bool = True) -> str | None:
-        if not self.is_staging_dataset_active:
-            return super().catalog_name(quote, casefold)
-        return self.capabilities.escape_identifier(STAGING_CATALOG) if quote else STAGING_CATALOG
 
     def open_connection(self) -> duckdb.DuckDBPyConnection:
         # a cursor: a connection of its own (own transaction, USE and search_path) to the same instance
@@ -64,21 +59,5 @@ def lake_destination(credentials: Any, conn: duckdb.DuckDBPyConnection) -> DuckL
     connection) and the staging dataset in memory."""
     conn.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {STAGING_CATALOG}")
 
-    class _Client(DuckLakeClient):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.sql_client.__class__ = _SharedLakeSqlClient
-            self.sql_client.shared = conn
-            self.sql_client.main_dataset = self.sql_client.dataset_name
-
-    class _OnConnection(DuckLakeDestination):  # type: ignore[misc]
-        @property
-        def client_class(self) -> type[DuckLakeClient]:
-            return _Client
-
-        @property
-        def destination_type(self) -> str:
-            # the pipeline's state records the destination type: this is still dlt's ducklake destination
-            return DuckLakeDestination().destination_type
-
-    return _OnConnection(credentials=credentials, loader_parallelism_strategy="sequential")
+    destination = with_sql_client(DuckLakeDestination, DuckLakeClient, _SharedLakeSqlClient, shared=conn)
+    return destination(credentials=credentials, loader_parallelism_strategy="sequential")
