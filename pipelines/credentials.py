@@ -116,9 +116,12 @@ def credential_slots(cfg: Any) -> list[SharedToken]:
     return [SharedToken() for _ in credential_sets(cfg)] or [SharedToken()]
 
 
-def make_api(spec: Any, cfg: Any, stats: HttpStats, slots: Sequence[SharedToken] | SharedToken | None = None) -> Any:
+def make_api(spec: Any, cfg: Any, stats: HttpStats, slots: Sequence[SharedToken] | SharedToken | None = None,
+             shard: tuple[int, int] | None = None) -> Any:
     """The source's API client: its own (`spec.make_api`) for one credential, a `CredentialApis` over one client per
-    credential for several. `slots`: the credentials' shared login slots (`credential_slots`), in the same order."""
+    credential for several. `slots`: the credentials' shared login slots (`credential_slots`), in the same order.
+    `shard`: (K, N) of a `--shard K/N` run; when C divides N its customers use one credential only, and the client
+    then logs in and lists with that one alone (`CredentialApis.own`)."""
     if isinstance(slots, SharedToken):
         slots = [slots]
     sets = credential_sets(cfg)
@@ -128,18 +131,28 @@ def make_api(spec: Any, cfg: Any, stats: HttpStats, slots: Sequence[SharedToken]
     for i, creds in enumerate(sets):
         child = HttpStats(credential=str(creds.name), parent=stats)
         apis.append(spec.make_api(for_credential(cfg, creds), child, slots[i] if slots else None))
-    return CredentialApis(cfg.name, [str(c.name) for c in sets], apis)
+    own = None
+    if shard is not None:
+        index = credential_of_shard(shard[0], shard[1], len(sets))
+        own = [index] if index is not None else None
+    return CredentialApis(cfg.name, [str(c.name) for c in sets], apis, own)
 
 
 class CredentialApis:
     """One source's API clients, one per credential (`SourceApi` to the engine). A customer's requests go through
     the client of its credential (`lane_of`); what is not per customer (listings, change discovery, the roster,
-    attributes such as `timezone`) goes to the first credential that works."""
+    attributes such as `timezone`) goes to the first credential that works.
 
-    def __init__(self, source: str, names: list[str], apis: list[Any]) -> None:
+    `own`: the credentials this run's customers use (a shard's one credential when C divides N; default all). Only
+    those are logged in by `check` and asked for listings (`primary`), so a shard task that sits in one
+    credential's Airflow pool never spends another credential's budget (not even a login): before, every shard
+    logged in with every credential and listed with the first one, a request outside its pool each time."""
+
+    def __init__(self, source: str, names: list[str], apis: list[Any], own: Sequence[int] | None = None) -> None:
         self.source = source
         self.names = names
         self.apis = apis
+        self.own = list(own) if own is not None else list(range(len(apis)))
         self.unusable: dict[int, str] = {}     # credential index -> why (its login was refused, a 401 on data)
         self._checked: set[int] = set()
 
@@ -168,10 +181,13 @@ class CredentialApis:
         return SourceUnavailable(f"{self.source}: no credential works: " + "; ".join(
             f"{self.names[i]}: {why}" for i, why in sorted(self.unusable.items())))
 
+    def _all_unusable(self) -> bool:
+        return all(i in self.unusable for i in self.own)
+
     def check(self) -> None:
-        """Log in with every credential; those refused are marked unusable (their customers will fail), and only
-        when none works is the whole source unavailable."""
-        results = [self._check(i) for i in range(len(self.apis))]
+        """Log in with every credential this run uses (`own`); those refused are marked unusable (their customers
+        will fail), and only when none works is the whole source unavailable."""
+        results = [self._check(i) for i in self.own]
         if not any(results):
             raise self._none_left()
 
@@ -186,20 +202,21 @@ class CredentialApis:
     def customer_steps(self, customer_id: str, window: Any) -> Steps:
         i = self.lane_of(customer_id)
         if i in self.unusable:
-            if len(self.unusable) == len(self.apis):
+            if self._all_unusable():
                 raise self._none_left()
             raise CustomerFailed(UNAVAILABLE, f"credential {self.names[i]} unusable: {self.unusable[i]}")
         try:
             return (yield from self.apis[i].customer_steps(customer_id, window))
         except SourceUnavailable as exc:  # its login refused, or its data requests answered 401
             self._mark_unusable(i, str(exc))
-            if len(self.unusable) == len(self.apis):
+            if self._all_unusable():
                 raise self._none_left() from None
             raise CustomerFailed(UNAVAILABLE, f"credential {self.names[i]} unusable: {self.unusable[i]}") from None
 
     def primary(self) -> Any:
-        """The client of the first credential (in list order) whose login works, for what is not per customer."""
-        for i in range(len(self.apis)):
+        """The client of the first credential this run uses (`own`, in list order) whose login works, for what is not
+        per customer."""
+        for i in self.own:
             if self._check(i):
                 return self.apis[i]
         raise self._none_left()
@@ -207,7 +224,7 @@ class CredentialApis:
     def __getattr__(self, name: str) -> Any:
         # only for what this class does not define: a source's optional hooks (sync_roster, discover, observe,
         # listing calls) and attributes (timezone, settings) come from the first working credential's client
-        if name.startswith("__") or name in ("apis", "unusable", "names", "_checked", "source"):
+        if name.startswith("__") or name in ("apis", "unusable", "names", "_checked", "source", "own"):
             raise AttributeError(name)
         return getattr(self.primary(), name)
 

@@ -118,7 +118,7 @@ class SourceRun:
     """One source within one run: its API client (one login, one limiter) and counters."""
 
     def __init__(self, settings: Settings, source: str, report: RunReport, progress: RunProgress | None,
-                 pipeline: Any, pool: ExtractPool | None = None) -> None:
+                 pipeline: Any, pool: ExtractPool | None = None, shard: Shard | None = None) -> None:
         self.settings = settings
         self.source = source
         self.spec = registry.get(source)
@@ -130,7 +130,8 @@ class SourceRun:
         self.stats = HttpStats(on_update=(lambda r, t, q: progress.update(source, requests=r, retries=t, http_429=q))
                                if progress else None)
         self.pool = pool
-        self.api = credentials.make_api(self.spec, self.cfg, self.stats, pool.slots.get(source) if pool else None)
+        self.api = credentials.make_api(self.spec, self.cfg, self.stats, pool.slots.get(source) if pool else None,
+                                        (shard.k, shard.n) if shard else None)
         self.api.check()
         self.issues: list[Issue] = []   # run-level issues found here (a credential refused), for the runs row
         for name, why in getattr(self.api, "unusable_credentials", dict)().items():
@@ -335,7 +336,8 @@ def _plan_source(settings: Settings, source: str, writer: WarehouseWriter, conn:
     spec = registry.get(source)
     if (not customers_file and cfg.customers == changes.API_CUSTOMERS) or (
             not full and cfg.selection == "changed") or spec.observe_in_all_mode:
-        api = credentials.make_api(spec, cfg, stats, pool.slots.get(source) if pool else None)
+        api = credentials.make_api(spec, cfg, stats, pool.slots.get(source) if pool else None,
+                                   (shard.k, shard.n) if shard else None)
     try:
         listed = changes.customer_list(api, cfg, conn, DATASET, customers_file, report.run_id, srep)
         if shard is not None:
@@ -410,7 +412,7 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
         sruns = []
         for source, tasks, end in plans:
             try:
-                sruns.append((SourceRun(settings, source, report, progress, pipeline, pool), tasks, end))
+                sruns.append((SourceRun(settings, source, report, progress, pipeline, pool, shard), tasks, end))
                 pre_issues.extend(sruns[-1][0].issues)
             except SourceUnavailable as exc:
                 errors.append(f"{source}: {exc}")

@@ -300,6 +300,19 @@ def _open_lake(env: dict[str, str]):
         os.environ.update(saved)
 
 
+def _credentials_used(lake) -> dict[tuple[str, str], set[str]]:
+    """(source, shard "K/N") -> the credentials the runs of that shard sent any request with, logins and listings
+    included (the run report's per-credential counts in `runs.sources`)."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for extra, sources in query(lake, "select extra, sources from loyalty_raw.runs where command = 'run'"):
+        extra = json.loads(extra) if isinstance(extra, str) else extra
+        sources = json.loads(sources) if isinstance(sources, str) else sources
+        for source, s in sources.items():
+            used = {name for name, c in (s.get("credentials") or {}).items() if c.get("requests")}
+            out.setdefault((source, extra["shard"]), set()).update(used)
+    return out
+
+
 def _ledger_customers(lake) -> set[str]:
     return {r[0] for r in query(lake, "select distinct customer_id from loyalty.fct_points_ledger "
                                       "where source_system = 'carecloud'")}
@@ -354,6 +367,16 @@ def test_dags_test_4_shards_2_credentials_on_the_lake(sandbox_factory, postgres,
                        "from loyalty_raw._customer_sync_state group by source order by source")
     assert ends == [("capillary", 40, INTERVAL_END, INTERVAL_END), ("carecloud", 40, INTERVAL_END, INTERVAL_END)]
     assert _ledger_customers(lake) == with_records, "the marts were rebuilt with every shard"
+    # each shard spoke only with its own credential, the one whose pool its task sits in (not even a login or a
+    # listing with the other): shard K uses credential (K-1) mod 2
+    assert _credentials_used(lake) == {(s, f"{k}/{SHARDS}"): {f"u{(k - 1) % 2 + 1}"}
+                                       for s in ("carecloud", "capillary") for k in range(1, SHARDS + 1)}
+    # the marts were built once per night, after that night's shards: one merge per DAG run, started after every
+    # shard run had ended
+    merges = query(lake, "select started_at from loyalty_raw.runs where command = 'merge' order by started_at")
+    assert len(merges) == 2, merges
+    last_shard_end = query(lake, "select max(ended_at) from loyalty_raw.runs where command = 'run'")[0][0]
+    assert merges[-1][0] >= last_shard_end, (merges, last_shard_end)
     counts = sb.stats()["credentials"]
     assert all(c["429"] == 0 for c in counts.values()), counts
     assert all(counts[k]["requests"] > 0 for k in ("carecloud:sandbox", "carecloud:sandbox-2",

@@ -156,6 +156,42 @@ def test_shard_credential_rule() -> None:
     assert credentials.credential_of_shard(3, 3, 1) == 0
 
 
+class _Client:
+    """A credential's client that records what was asked of it; `refused`: its login fails."""
+
+    def __init__(self, refused: bool = False) -> None:
+        self.refused, self.calls = refused, []
+
+    def check(self) -> None:
+        self.calls.append("check")
+        if self.refused:
+            from pipelines.errors import SourceUnavailable
+            raise SourceUnavailable("login refused")
+
+    def list_changes(self) -> str:
+        self.calls.append("list")
+        return "listed"
+
+
+def test_a_shard_logs_in_and_lists_only_with_its_own_credential() -> None:
+    """Shard K of N with C | N: only credential (K-1) mod C is logged in and asked for listings (a shard task sits in
+    that credential's Airflow pool and must not spend another's budget); its credential refused = the source is
+    unavailable for the shard even though the other works. Unsharded: every credential is logged in, as before."""
+    for k in range(1, 5):
+        clients = [_Client(), _Client()]
+        own = credentials.credential_of_shard(k, 4, 2)
+        apis = credentials.CredentialApis("carecloud", ["u1", "u2"], clients, [own])
+        apis.check()
+        assert apis.list_changes() == "listed"
+        assert clients[own].calls == ["check", "list"] and clients[1 - own].calls == [], (k, clients)
+    refused = credentials.CredentialApis("carecloud", ["u1", "u2"], [_Client(), _Client(refused=True)], [1])
+    with pytest.raises(Exception, match="no credential works: u2: login refused"):
+        refused.check()
+    everyone = [_Client(), _Client()]
+    credentials.CredentialApis("carecloud", ["u1", "u2"], everyone).check()
+    assert [c.calls for c in everyone] == [["check"], ["check"]]
+
+
 def test_lanes_keep_each_credential_within_its_limit_without_blocking_the_other() -> None:
     """Lane 0 items take long, lane 1 items are quick: lane 1 is never held up behind lane 0's full slots, and
     neither lane ever has more in flight than its limit."""
