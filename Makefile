@@ -45,7 +45,8 @@ $(AIRFLOW_STAMP): $(AIRFLOW_CONSTRAINTS)
 	touch $(AIRFLOW_STAMP)
 
 test-airflow: install airflow-venv ## the DAG on a real Airflow 3 (`airflow dags test`): sandbox, shards, pools, rows = truth
-	LOYALTY_AIRFLOW_VENV=$(CURDIR)/$(AIRFLOW_VENV) $(BIN)/python -m pytest -m airflow -p no:xdist -q tests/test_airflow_dag.py
+	LOYALTY_AIRFLOW_VENV=$(CURDIR)/$(AIRFLOW_VENV) LOYALTY_REQUIRE_AIRFLOW=1 LOYALTY_REQUIRE_POSTGRES=1 \
+	  $(BIN)/python -m pytest -m airflow -p no:xdist -q -rs tests/test_airflow_dag.py
 
 lint: install ## sqlfluff on the dbt project (also part of `make test`)
 	$(BIN)/sqlfluff lint sql/
