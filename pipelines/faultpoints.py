@@ -3,8 +3,9 @@ atexit, like a power cut or the OOM killer) when env `LOYALTY_TEST_CRASH_AT` nam
 to die on its N-th call. Stages: `STAGES` (the reliability suite kills a run at each). No effect when the variable is
 unset.
 
-Every crash point is also a hold point: with `LOYALTY_TEST_HOLD_AT=stage` and `LOYALTY_TEST_HOLD_UNTIL=<file>` the
-process stops at the stage's first call, says so on stderr (`HOLD_MARKER`), and goes on once the file exists. A test
+Every crash point is also a hold point: with `LOYALTY_TEST_HOLD_AT=stage` (or `stage:N`, its N-th call) and
+`LOYALTY_TEST_HOLD_UNTIL=<file>` the process stops at the stage's first (N-th) call, says so on stderr
+(`HOLD_MARKER`), and goes on once the file exists. A test
 then knows the run is at that stage (holding its lock) for as long as it needs, whatever the machine's load, instead
 of hoping the run is still busy when it looks.
 """
@@ -26,6 +27,7 @@ STAGES = ("extract", "normalize", "load", "state", "models")   # every `maybe_cr
 
 _calls: dict[str, int] = {}
 _held: set[str] = set()
+_hold_calls: dict[str, int] = {}
 _lock = threading.Lock()
 
 
@@ -42,11 +44,15 @@ def _target() -> tuple[str, int] | None:
 
 def _maybe_hold(stage: str) -> None:
     until = os.environ.get(HOLD_UNTIL_ENV, "").strip()
-    if not until or os.environ.get(HOLD_ENV, "").strip() != stage:
+    name, _, nth = os.environ.get(HOLD_ENV, "").strip().partition(":")
+    if not until or name.strip() != stage:
         return
     release = Path(until)
     with _lock:
         if stage in _held:
+            return
+        _hold_calls[stage] = _hold_calls.get(stage, 0) + 1
+        if _hold_calls[stage] < (max(1, int(nth)) if nth.strip().isdigit() else 1):
             return
         _held.add(stage)
     print(f"{HOLD_MARKER} {stage} (pid {os.getpid()}): waiting for {release}", file=sys.stderr, flush=True)

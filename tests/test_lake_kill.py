@@ -62,29 +62,43 @@ def test_kill_9_mid_load_then_rerun_loses_and_doubles_nothing(lake_rig):
 
 @pytest.mark.chaos
 def test_kill_9_storm_on_the_lake(lake_rig):
-    """Many kills over several incremental nights (new and late records between them): crash points at every stage
-    and kills at random moments inside the load, then the clean rerun each night equals the truth."""
+    """Many kills over several incremental nights (new and late records between them): crash points at every stage,
+    kills at random moments inside the load and kills while a later round is fetched (a round already committed;
+    a reader attaches the lake at that moment: `Rig.kill_while_fetching`), then the clean rerun each night equals
+    the truth."""
     from pipelines.faultpoints import STAGES
 
     seed = chaos_seed()
     rng = random.Random(seed)
-    rig = lake_rig("storm", customers=60, chunk_customers=15, seed=rng.randrange(1000), random_429_share=0.02)
+    customers, per_round = 60, 15    # 4 rounds per run
+    rig = lake_rig("storm", customers=customers, chunk_customers=per_round, seed=rng.randrange(1000),
+                   random_429_share=0.02)
     budget_s = float(os.environ.get("LOYALTY_CHAOS_MINUTES", "5")) * 60
     started = time.monotonic()
-    tally = {"runs": 0, "crashes": 0, "rows_compared": 0}
+    tally = {"runs": 0, "crashes": 0, "rows_compared": 0, "by_kind": {}}
     night = 0
+    kinds: list[str] = []
     while time.monotonic() - started < budget_s or night < 2:
         for k in range(rng.randint(2, 4)):
             ctx = f"seed {seed} night {night} crash {k + 1}"
-            kind = rng.choice([*STAGES, "in load", "in load"])
+            if not kinds:  # every kind in turn (shuffled), the kill while fetching first
+                kinds = [*STAGES, "in load", "in load"]
+                rng.shuffle(kinds)
+                kinds.append("fetch, later round")
+            kind = kinds.pop()
             if kind == "in load":
                 run = _kill_during_load(rig, rng.uniform(0.05, 3.0))
+            elif kind == "fetch, later round":
+                # past round 1's fetches (`per_round` customers of each source; every customer is fetched each run)
+                run, _ = rig.kill_while_fetching(rng.randint(2 * per_round + 1, 2 * customers),
+                                                 models=False)
             else:
                 spec = f"{kind}:{rng.randint(1, 3)}" if kind in ("normalize", "load", "state") else kind
                 run = rig.run(models=kind == "models", crash_at=spec)
             tally["runs"] += 1
             if run.crashed:
                 tally["crashes"] += 1
+                tally["by_kind"][kind] = tally["by_kind"].get(kind, 0) + 1
                 _check_after_crash(rig, run, f"{ctx} ({kind})")
             else:
                 assert run.returncode == 0, f"{ctx} ({kind}): {run.describe()}"

@@ -27,16 +27,19 @@ def _check_after_crash(rig, run: EtlRun, ctx: str) -> None:
 
 class Crasher:
     """Chooses the next crash: the crash points in a shuffled round-robin (so every stage is hit), with a timed
-    kill from outside and a kill inside dbt in every round. A timed kill lands anywhere
-    in a run's expected duration."""
+    kill from outside, a kill inside dbt and a kill while a later round is fetched (the file released, a round
+    already committed: `Rig.kill_while_fetching`) in every round. A timed kill lands anywhere in a run's expected
+    duration. `per_round`, `customers`: customers per source per round and in all."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, per_round: int, customers: int) -> None:
         self.rng = rng
+        self.per_round = per_round
+        self.customers = customers
         self.queue: list[str] = []
 
     def next(self) -> str:
         if not self.queue:
-            self.queue = list(CRASH_STAGES) + ["timed kill", "kill in models"]
+            self.queue = list(CRASH_STAGES) + ["timed kill", "kill in models", RELEASED]
             self.rng.shuffle(self.queue)
         return self.queue.pop()
 
@@ -50,6 +53,14 @@ class Crasher:
             delay = self.rng.uniform(0.2, max(1.0, clean_seconds / 2))
             run = rig.run(models=True, kill_in_models_after=delay)
             how = f"kill {delay:.1f}s into dbt"
+        elif kind == RELEASED:
+            # past round 1's fetches (both sources, `per_round` each; fewer when a customer's window is already
+            # done this night): while a later round is fetched with the file released
+            nth = self.rng.randint(2 * self.per_round + 1, 2 * self.customers)
+            run, done = rig.kill_while_fetching(nth)
+            how = f"kill at extract:{nth} (file released, {done} customers done)"
+            if done is None:
+                kind = "fetch, never reached"
         else:
             # extract fires once per customer fetched; normalize and load once per round of customers (one round
             # per source chunk here), so only their first call is sure to come
@@ -59,6 +70,9 @@ class Crasher:
         # a crash point never reached (fewer calls than N) or a kill after the end is a normal, complete run
         assert run.crashed or run.returncode == 0, f"{ctx} {how}: {run.describe()}"
         return kind, how, run
+
+
+RELEASED = "fetch, file released"
 
 
 def _night(rig, crasher: Crasher, crashes: int, seed: int, night: int, clean_seconds: float,
@@ -132,6 +146,34 @@ def test_crash_at_each_kind_of_point_then_rerun(rig_factory):
     record_figures("crash_fast", seed=seed, **tally)
 
 
+def test_kill_while_fetching_with_the_file_released_then_rerun(rig_factory):
+    """A run of three rounds killed while it fetches its second round: the warehouse writer has let go of the file
+    (pipelines/writer.py) after committing round 1 (its load and its bookkeeping), and a reader opens the file
+    read-only at that moment and sees round 1's customers marked done. After the kill -9 the state is never ahead
+    of the data (round 1 whole, round 2's customers not done) and the clean rerun equals the truth. Held at the
+    crash point (pipelines/faultpoints.py, `extract:N`), so bound by the run's state, not by timing."""
+    seed = chaos_seed()
+    rng = random.Random(seed)
+    per_round = 5                      # customers per source per round; 15 per source -> 3 rounds
+    rig = rig_factory("released", customers=15, seed=rng.randrange(1000),
+                      env={"LOYALTY__CHUNK_CUSTOMERS": str(per_round)})
+    # round 1 fetches exactly `per_round` customers of each source (every window is new: none is skipped);
+    # the crash point counts each fetched customer once, so call 2 * per_round + k is inside round 2's fetch
+    nth = 2 * per_round + rng.randint(1, 2 * per_round)
+    killed, done = rig.kill_while_fetching(nth)
+    tally = _tally()
+    tally["runs"] += 1
+    assert done is not None, f"seed {seed}: the run never reached extract:{nth}\n{killed.describe()}"
+    assert killed.crashed, f"seed {seed}: {killed.describe()}"
+    tally["crashes"] += 1
+    tally["by_kind"]["fetch, file released"] = 1
+    assert done == 2 * per_round, (f"seed {seed}: at extract:{nth} (round 2) the reader saw {done} customers "
+                                   f"done, expected round 1's {2 * per_round}")
+    _check_after_crash(rig, killed, f"seed {seed} kill at extract:{nth}, file released")
+    _rerun_equals_truth(rig, f"seed {seed}", tally)
+    record_figures("crash_released", seed=seed, kill_at=f"extract:{nth}", done_at_kill=done, **tally)
+
+
 @pytest.mark.chaos
 def test_crash_storm_over_many_nights(rig_factory):
     """Many crashes of every kind over consecutive incremental nights (new and late records between them): 2-5
@@ -139,11 +181,13 @@ def test_crash_storm_over_many_nights(rig_factory):
     (default 5) and at least until 20 crashes happened."""
     seed = chaos_seed()
     rng = random.Random(seed)
-    rig = rig_factory("storm", customers=80, seed=rng.randrange(1000), random_429_share=0.02)
+    customers, per_round = 80, 30   # 3 rounds per run (30, 30, 20 customers of each source)
+    rig = rig_factory("storm", customers=customers, seed=rng.randrange(1000), random_429_share=0.02,
+                      env={"LOYALTY__CHUNK_CUSTOMERS": str(per_round)})
     tally = _tally()
     budget_s = float(os.environ.get("LOYALTY_CHAOS_MINUTES", "5")) * 60
     started = time.monotonic()
-    crasher = Crasher(rng)
+    crasher = Crasher(rng, per_round, customers)
     clean = _night(rig, crasher, 3, seed, 0, 20.0, tally)
     night = 1
     while (time.monotonic() - started < budget_s or tally["crashes"] < 20) \
@@ -152,6 +196,6 @@ def test_crash_storm_over_many_nights(rig_factory):
         clean = _night(rig, crasher, rng.randint(2, 5), seed, night, clean, tally)
         night += 1
     assert tally["crashes"] >= 20, f"seed {seed}: only {tally['crashes']} crashes happened: {tally}"
-    missed = set(CRASH_STAGES) - set(tally["by_kind"])
+    missed = {*CRASH_STAGES, RELEASED} - set(tally["by_kind"])
     assert not missed, f"seed {seed}: no crash ever happened at {missed}: {tally}"
     record_figures("crash_storm", seed=seed, nights=night, faults=rig.sb.stats()["faults"], **tally)

@@ -72,6 +72,37 @@ class Rig:
             args.append("--no-models")
         return self.etl.spawn(*args, env=env)
 
+    def kill_while_fetching(self, nth: int, *, models: bool = True, timeout: float = 600) -> tuple[EtlRun, int | None]:
+        """A run held at its `nth` fetched customer (crash point `extract:nth`, pipelines/faultpoints.py), i.e. while
+        it fetches from the APIs: on the file the run's writer has released the warehouse then (pipelines/writer.py),
+        so a reader opens it read-only at once, without waiting (asserted); then the whole run is SIGKILLed there.
+        Returns the run and how many customers the warehouse marks done at the kill (read by that reader), or None
+        when the run never reached its `nth` customer (it then ran to its end)."""
+        from pipelines.faultpoints import HOLD_ENV, HOLD_MARKER, HOLD_UNTIL_ENV
+        from tests.helpers.cli import query
+
+        release = self.dir / f"never-released-{time.monotonic_ns()}"   # the run is killed at the hold, never let go
+        args = ["run", "--until", self.until().isoformat(), *([] if models else ["--no-models"])]
+        sp = self.etl.spawn(*args, env={HOLD_ENV: f"extract:{nth}", HOLD_UNTIL_ENV: str(release)})
+        deadline = time.monotonic() + timeout
+        while sp.running() and HOLD_MARKER not in sp.err.read_text(errors="replace"):
+            if time.monotonic() > deadline:
+                sp.kill()
+                raise AssertionError(f"the run did not reach extract:{nth} in {timeout:.0f} s")
+            time.sleep(0.05)
+        if not sp.running():
+            return sp.wait(timeout), None
+        try:
+            # the file: read-only without waiting, so a file the run still held would fail here at once
+            done = query(self.warehouse, "select count(*) from loyalty_raw._customer_sync_state "
+                                         "where last_success_end is not null")[0][0]
+        except Exception as exc:  # noqa: BLE001
+            raise AssertionError(f"a reader could not read the warehouse while the run fetched (extract:{nth}): "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            sp.kill()
+        return sp.wait(timeout), done
+
     def truth(self):
         return self.sb.truth()
 
