@@ -442,8 +442,16 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
         report.error = f"{type(exc).__name__}: {exc}"
         log.error("run failed: %s", redact(report.error))
     except Exception as exc:  # noqa: BLE001 - the runs row and the alert must still be written
-        report.error = f"{type(exc).__name__}: {exc}"
-        log.exception("run failed")
+        # dlt wraps the warehouse's own error in PipelineStepFailed (a load whose lake catalog went away, a file
+        # that could not be written): that error is the run's, one clear line; the traceback only at debug level
+        cause = _root_cause(exc, (duckdb.Error, WarehouseUnavailable))
+        if cause is not None:
+            report.error = f"{type(cause).__name__}: {cause}"
+            log.error("run failed: %s", redact(report.error))
+            log.debug("run failed", exc_info=True)
+        else:
+            report.error = f"{type(exc).__name__}: {exc}"
+            log.exception("run failed")
     finally:
         if pool is not None:
             pool.close()
@@ -468,7 +476,7 @@ def run(settings: Settings, sources: Sequence[str], customers_file: str | None =
     return report
 
 
-def _root_cause(exc: BaseException, kind: type) -> BaseException | None:
+def _root_cause(exc: BaseException, kind: type | tuple[type, ...]) -> BaseException | None:
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, kind):
@@ -507,23 +515,38 @@ def _run_models(settings: Settings | None, writer: WarehouseWriter | None = None
                     log.warning("marts not built: %s", redact(str(exc)))
                     return "skipped"
                 time.sleep(2)
-            except WarehouseUnavailable as exc:
-                log.error("dbt not run: %s", redact(str(exc)))
-                return "failed"
+            # the catalog cannot be reached (WarehouseUnavailable): raised, the run fails (exit 1) and says why
     try:
         manifest = parse_manifest(wh) if writer is not None else None
         # the file: in this process, sharing the run's open writer (pipelines/models.py); a lake: dbt attaches it
         with writer.hold() if writer is not None else contextlib.nullcontext():
             maybe_crash("models")
-            return "ok" if run_dbt(wh, quiet=True, manifest=manifest) == 0 else "failed"
-    except duckdb.Error:
-        raise  # the warehouse could not be taken back: the run fails (the `runs` row says so)
+            _reachable(wh)
+            code = run_dbt(wh, quiet=True, manifest=manifest)
+            if code == 2:   # dbt could not run at all: because the lake's catalog went away meanwhile?
+                _reachable(wh)
+            return "ok" if code == 0 else "failed"
+    except (duckdb.Error, WarehouseUnavailable):
+        # the warehouse could not be taken back, or a lake's catalog cannot be reached: the run fails (exit 1,
+        # the `runs` row or the log says so) rather than ending "partial" as if only a model had failed
+        raise
     except Exception as exc:  # noqa: BLE001 - a model failure must not hide the load's result
         log.error("dbt failed: %s", redact(str(exc)))
         return "failed"
     finally:
         if lock is not None:
             lock.release()
+
+
+def _reachable(wh: Warehouse) -> None:
+    """A lake's catalog answers, else `WarehouseUnavailable` naming it (no password). Asked before dbt starts, so a
+    catalog that went away gives the run's one clear error instead of dbt's traceback; and after dbt could not
+    run, to tell an outage (the run fails) from a failed build (marts "failed", exit 2). The file: nothing to ask."""
+    if wh.kind != "ducklake":
+        return
+    from pipelines.lake import catalog_session
+
+    catalog_session(wh.config).close()  # type: ignore[attr-defined]
 
 
 def _alert(settings: Settings, report: RunReport) -> None:

@@ -67,8 +67,10 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def _lake(postgres, tmp_path) -> Lake:
-    lake = Lake(postgres, tmp_path / "lake-data")
+def _lake(postgres, tmp_path, name: str = "ducklake") -> Lake:
+    """A fresh lake on the test's catalog database; `name` (its metadata schema) tells apart several lakes of one
+    test: a second lake in the same schema would be the first one, whose catalog records another data path."""
+    lake = Lake(postgres, tmp_path / "lake-data", name=name)
     con = lake.connect(read_only=False)
     con.execute("create table t (id bigint, writer int)")
     con.close()
@@ -213,7 +215,7 @@ def test_many_writers_exhaust_the_default_retries(postgres, tmp_path):
     as a whole (no partial batch). Figures: LOYALTY_RELIABILITY_FIGURES."""
     figures = {}
     for retries in (None, 100):
-        lake = _lake(postgres, tmp_path / f"r{retries}")
+        lake = _lake(postgres, tmp_path / f"r{retries}", name=f"lake_r{retries or 'default'}")
         n, commits, rows = 6, 30, 200
         reports = _writers(lake, tmp_path, n, commits, rows, retries=retries)
         failed = sum(len(r["failures"]) for r in reports)
