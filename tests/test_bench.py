@@ -150,3 +150,14 @@ def test_quick_reader_availability_counts_the_reader_tries_during_the_run(tmp_pa
     assert ra["writer_holds"] >= 3 and 0 < ra["writer_held_s"] < ra["wall_s"], ra
     assert "reader_availability_at_least_90pct" in results["targets"]
     assert "Readers during a run" in render(results)
+
+
+def test_make_bench_runs_reader_availability():
+    """`make bench` is `python -m bench.run` without --only, whose default is every scenario: reader_availability
+    (issue 19's figure) must be one of them, so a full run writes its key into bench/results.json."""
+    from pathlib import Path
+
+    makefile = (Path(bench_run.ROOT) / "Makefile").read_text()
+    recipe = makefile.split("\nbench:", 1)[1].split("\n\n", 1)[0]
+    assert "-m bench.run" in recipe and "--only" not in recipe, recipe
+    assert "reader_availability" in bench_run.SCENARIOS
