@@ -46,7 +46,7 @@ $(AIRFLOW_STAMP): $(AIRFLOW_CONSTRAINTS)
 
 test-airflow: install airflow-venv ## the DAG on a real Airflow 3 (`airflow dags test`): sandbox, shards, pools, rows = truth
 	LOYALTY_AIRFLOW_VENV=$(CURDIR)/$(AIRFLOW_VENV) LOYALTY_REQUIRE_AIRFLOW=1 LOYALTY_REQUIRE_POSTGRES=1 \
-	  $(BIN)/python -m pytest -m airflow -p no:xdist -q -rs tests/test_airflow_dag.py
+	  $(BIN)/python -m pytest -m airflow -p no:xdist -q -rs --durations=0 tests/test_airflow_dag.py
 
 lint: install ## sqlfluff on the dbt project (also part of `make test`)
 	$(BIN)/sqlfluff lint sql/
