@@ -267,6 +267,18 @@ SANDBOX_RATE = 12    # the sandbox's bucket per credential: above the client's, 
 SANDBOX_BURST = 5
 
 
+def _lake_airflow(tmp_path: Path, env: dict[str, str]) -> "Airflow":
+    """A fresh Airflow home for the lake with its metadata database and one 1-slot pool per source and credential
+    (u1, u2), as docs/operations.md tells an operator to create them."""
+    airflow = Airflow(tmp_path / "airflow", env)
+    airflow.home.mkdir()
+    airflow("db", "migrate")
+    for source in ("carecloud", "capillary"):
+        for credential in ("u1", "u2"):
+            airflow("pools", "set", f"loyalty_{source}_{credential}", "1", f"{source} API credential {credential}")
+    return airflow
+
+
 def _lake_project_env(sb, postgres, root: Path, *, broken: str | None = None, **settings: str) -> dict[str, str]:
     """Scheduler and worker environment for the lake with 2 credentials per source; `broken`: the name of a
     CareCloud credential whose password is made wrong."""
@@ -336,12 +348,7 @@ def test_dags_test_4_shards_2_credentials_on_the_lake(sandbox_factory, postgres,
 
     sb = sandbox_factory(customers=40, now=INTERVAL_END.isoformat(), api_users=2, heavy_every=0,
                          rate_limit_rps=SANDBOX_RATE, rate_limit_burst=SANDBOX_BURST)
-    airflow = Airflow(tmp_path / "airflow", _lake_project_env(sb, postgres, tmp_path, broken="u2"))
-    airflow.home.mkdir()
-    airflow("db", "migrate")
-    for source in ("carecloud", "capillary"):
-        for credential in ("u1", "u2"):
-            airflow("pools", "set", f"loyalty_{source}_{credential}", "1", f"{source} API credential {credential}")
+    airflow = _lake_airflow(tmp_path, _lake_project_env(sb, postgres, tmp_path, broken="u2"))
 
     _, states = _dags_test(airflow, INTERVAL_END)
     assert states == {
@@ -424,12 +431,7 @@ def test_scheduler_runs_4_shards_2_credentials_at_once_one_task_per_credential(
 
     sb = sandbox_factory(customers=40, now=INTERVAL_END.isoformat(), api_users=2, heavy_every=0,
                          rate_limit_rps=SANDBOX_RATE, rate_limit_burst=SANDBOX_BURST)
-    airflow = Airflow(tmp_path / "airflow", _lake_project_env(sb, postgres, tmp_path, LOYALTY_SCHEDULE="none"))
-    airflow.home.mkdir()
-    airflow("db", "migrate")
-    for source in ("carecloud", "capillary"):
-        for credential in ("u1", "u2"):
-            airflow("pools", "set", f"loyalty_{source}_{credential}", "1", f"{source} API credential {credential}")
+    airflow = _lake_airflow(tmp_path, _lake_project_env(sb, postgres, tmp_path, LOYALTY_SCHEDULE="none"))
     airflow("dags", "reserialize")
     with _scheduler(airflow):
         state, tis = _triggered_run(airflow, INTERVAL_END)
