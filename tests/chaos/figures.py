@@ -17,7 +17,10 @@ DETAILS = {
     "issues_by_code": "issues", "bad_time_rows": "broken-time rows", "reader_reads_ok": "reads ok",
     "reader_busy": "reads busy", "status_ok": "status ok", "status_busy": "status busy (75)", "refused": "refused",
     "changed_values": "values retyped", "files_searched": "files searched", "bytes_searched": "bytes searched",
-    "leaks": "leaks",
+    "leaks": "leaks", "kill_at": "killed at", "done_at_kill": "customers done at the kill",
+    "failed_commits_retries_default": "failed commits with 10 retries",
+    "failed_commits_retries_100": "with 100 retries", "seconds_retries_default": "seconds (10 retries)",
+    "seconds_retries_100": "seconds (100 retries)",
 }
 
 
