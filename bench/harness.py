@@ -218,7 +218,8 @@ def machine_facts() -> dict[str, Any]:
 
 def save_scenario(path: Path, keys: tuple[str, ...], result: dict[str, Any]) -> None:
     """Stamp a scenario's result (when, which commit, which machine) and merge it into the results file under
-    `keys` only: the other scenarios' results stay as they are (a scenario run alone must not erase them)."""
+    `keys` only: the other scenarios' results stay as they are (a scenario run alone must not erase them); the
+    `targets` block is derived again from the merged results."""
     import datetime as dt
 
     result["measured_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -230,5 +231,9 @@ def save_scenario(path: Path, keys: tuple[str, ...], result: dict[str, Any]) -> 
     for key in keys[:-1]:
         node = node.setdefault(key, {})
     node[keys[-1]] = result
+    if "targets" in data:   # the target lines follow every scenario's latest result, not only a full run's
+        from bench.report import targets
+
+        data["targets"] = targets(data)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, default=str) + "\n")
