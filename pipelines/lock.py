@@ -72,7 +72,8 @@ def connect_writer(warehouse: Path, wait_s: float = 30.0, memory_limit: str | No
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
                 raise
-            log.info("warehouse busy (a reader holds it), retrying")
+            if delay == 0.1:    # once per wait, not once per retry: a writer may wait for minutes
+                log.info("warehouse busy (a reader holds it), retrying for up to %.0f s", wait_s)
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
             continue

@@ -80,8 +80,8 @@ def make_pipeline(settings: Settings, conn: duckdb.DuckDBPyConnection, wh: Wareh
     dlt's retry of the merge fails ("... loyalty_raw_staging ... does not exist") on this and every later run
     (tests/test_interrupted_load.py). A shard has its own pipeline and raw dataset, the shards' merge step its own
     pipeline (pipelines/shards.py); `tag_loads`: every row gets dlt's `_dlt_load_id` (a shard's rows, which the
-    merge step takes load by load). Extract and normalize need no
-    connection; every later load names the connection it is to use (`load`)."""
+    merge step takes load by load). Extract and normalize need no connection; every later load names the
+    connection it is to use (`load`)."""
     import dlt
 
     if tag_loads:  # scoped to this pipeline's name: dlt reads `<pipeline>.normalize...` before `normalize...`

@@ -49,7 +49,8 @@ class Warehouse:
     def exists(self) -> bool:
         raise NotImplementedError
 
-    def connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    def connect(self, read_only: bool = False, wait_s: float = 30.0) -> duckdb.DuckDBPyConnection:
+        """`wait_s`: how long a writer waits for readers of the embedded file to let go (a lake never waits)."""
         raise NotImplementedError
 
     def destination(self, conn: duckdb.DuckDBPyConnection) -> Any:
@@ -85,13 +86,13 @@ class FileWarehouse(Warehouse):
     def exists(self) -> bool:
         return self.path.exists()
 
-    def connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-        """The writer: retries while a reader holds the file (`connect_writer`). A reader: at once, or
+    def connect(self, read_only: bool = False, wait_s: float = 30.0) -> duckdb.DuckDBPyConnection:
+        """The writer: retries while a reader holds the file, up to `wait_s` (`connect_writer`). A reader: at once, or
         `WarehouseBusy` while a load holds the file, `WarehouseMissing` when there is no file."""
         if not read_only:
             from pipelines.lock import connect_writer
 
-            return connect_writer(self.path, memory_limit=self.memory_limit)
+            return connect_writer(self.path, wait_s=wait_s, memory_limit=self.memory_limit)
         if not self.path.exists():
             raise WarehouseMissing(f"warehouse {self.path} does not exist yet; load it first with `loyalty-etl run`")
         try:
@@ -135,7 +136,7 @@ class LakeWarehouse(Warehouse):
 
         return lake.exists(self.config)
 
-    def connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    def connect(self, read_only: bool = False, wait_s: float = 30.0) -> duckdb.DuckDBPyConnection:
         from pipelines import lake
 
         return lake.connect(self.config, read_only=read_only, memory_limit=self.memory_limit)

@@ -29,14 +29,10 @@ from typing import Iterator
 
 import duckdb
 
-from pipelines.logs import get_logger
 from pipelines.warehouse import Warehouse
 
-log = get_logger("writer")
-
-
-# how long a step waits for readers to let go of the file (they open, query and close: moments) beyond the writer's
-# own bounded retry (`Warehouse.connect`). Long, because what waits is a round already fetched: failing it would only
+# how long a step waits for readers to let go of the file (they open, query and close: moments; the retry is
+# `Warehouse.connect`'s). Long, because what waits is a round already fetched: failing it would only
 # mean fetching it again tomorrow.
 WAIT_S = 600.0
 
@@ -81,14 +77,7 @@ class WarehouseWriter:
             self._close()
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
-        deadline = time.monotonic() + self.wait_s
-        while True:
-            try:
-                return self.warehouse.connect()
-            except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
-                    raise
-                log.warning("a reader still holds %s; the run waits for it", self.warehouse.describe())
+        return self.warehouse.connect(wait_s=self.wait_s)
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None
