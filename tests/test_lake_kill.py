@@ -13,7 +13,7 @@ import pytest
 
 from tests.chaos.fixtures import Rig, chaos_seed, record_figures, rig_factory  # noqa: F401  (fixture)
 from tests.chaos.harness import EtlRun
-from tests.chaos.lake_rig import lake_rig, spawn_held  # noqa: F401  (fixture)
+from tests.chaos.lake_rig import lake_rig  # noqa: F401  (fixture)
 
 
 def _check_after_crash(rig: Rig, run: EtlRun, ctx: str) -> None:
@@ -26,7 +26,7 @@ def _check_after_crash(rig: Rig, run: EtlRun, ctx: str) -> None:
 def _kill_during_load(rig: Rig, delay: float) -> EtlRun:
     """Hold the run just before its first load, release it and SIGKILL the whole run `delay` s later: inside dlt's
     load into the lake (its copy jobs, the merge, the commits to the catalog) or just after it."""
-    sp, release = spawn_held(rig, "load")
+    sp, release = rig.spawn_held("load")
     release.touch()
     try:
         sp.proc.wait(delay)

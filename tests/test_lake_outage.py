@@ -11,7 +11,7 @@ import pytest
 
 from tests.chaos.fixtures import Rig, record_figures, rig_factory  # noqa: F401  (fixture)
 from tests.chaos.harness import EtlRun
-from tests.chaos.lake_rig import lake_rig, spawn_held  # noqa: F401  (fixture)
+from tests.chaos.lake_rig import lake_rig  # noqa: F401  (fixture)
 
 
 def _assert_no_secret(rig: Rig, text: str, ctx: str) -> None:
@@ -21,7 +21,7 @@ def _assert_no_secret(rig: Rig, text: str, ctx: str) -> None:
 def _outage(rig: Rig, stage: str, how: str) -> EtlRun:
     """Hold the run at `stage`, stop (or kill) the catalog's PostgreSQL, release the run: it must fail cleanly."""
     pg = rig.warehouse.pg
-    run, release = spawn_held(rig, stage)
+    run, release = rig.spawn_held(stage)
     try:
         pg.kill() if how == "kill" else pg.stop()
     finally:
@@ -79,7 +79,7 @@ def test_catalog_outage_at_every_stage(lake_rig, stage, how):
         first = rig.run()
         assert first.returncode == 0, first.describe()
         rig.sb.advance(12 * 3600)
-        run, release = spawn_held(rig, stage, models=True)
+        run, release = rig.spawn_held(stage, models=True)
         try:
             rig.warehouse.pg.kill() if how == "kill" else rig.warehouse.pg.stop()
         finally:

@@ -11,8 +11,8 @@ import subprocess
 import sys
 import time
 
-from tests.chaos.fixtures import Rig, record_figures, rig_factory  # noqa: F401  (fixture)
-from tests.chaos.lake_rig import lake_rig, spawn_held, wait_for  # noqa: F401  (fixture)
+from tests.chaos.fixtures import Rig, record_figures, rig_factory, wait_for  # noqa: F401  (fixture)
+from tests.chaos.lake_rig import lake_rig  # noqa: F401  (fixture)
 from tests.chaos.harness import ROOT
 
 
@@ -87,7 +87,7 @@ def test_reader_during_a_lake_load_never_fails_and_sees_only_committed_rounds(la
     reader reads, then goes on. The reader must see that round's rows (a committed mid-run state) and nothing
     partial, ever; afterwards the lake equals the truth."""
     rig = lake_rig("reader", customers=12, chunk_customers=6)
-    run, release = spawn_held(rig, "state")
+    run, release = rig.spawn_held("state")
     reader = None
     try:
         reader = LakeReader(rig)

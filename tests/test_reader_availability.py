@@ -19,21 +19,12 @@ from pathlib import Path
 
 import duckdb
 
-from pipelines.faultpoints import HOLD_ENV, HOLD_MARKER, HOLD_UNTIL_ENV
-from tests.chaos.fixtures import rig_factory  # noqa: F401  (fixture)
+from tests.chaos.fixtures import rig_factory, wait_for  # noqa: F401  (fixture)
 from tests.chaos.harness import ROOT, connect_ro, is_lock_error
 from tests.chaos.reader import snapshot
 
 MARTS = ("fct_points_ledger", "dim_customers", "agg_customer_points_daily", "agg_store_points_monthly",
          "agg_transfer_network", "agg_points_expiring")
-
-
-def _wait_for(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _read_once(warehouse: Path) -> dict:
@@ -53,15 +44,6 @@ def _status(env: dict[str, str]) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def _held(rig, stage: str, models: bool):
-    release = rig.dir / f"release-{stage}-{time.monotonic_ns()}"
-    run = rig.spawn(models=models, verbose=True, env={HOLD_ENV: stage, HOLD_UNTIL_ENV: str(release)})
-    _wait_for(lambda: f"{HOLD_MARKER} {stage}" in run.err.read_text(errors="replace") or not run.running(), 600,
-              f"the run to reach {stage}")
-    assert run.running(), f"the run ended before {stage}:\n{run.wait(60).describe()}"
-    return run, release
-
-
 def test_readers_work_while_the_run_fetches_and_are_refused_cleanly_while_it_writes(rig_factory):
     rig = rig_factory("readers", customers=12)
     first = rig.run(models=True)
@@ -70,7 +52,7 @@ def test_readers_work_while_the_run_fetches_and_are_refused_cleanly_while_it_wri
     # night 1, held while extracting (the first customers fetched): the file is free
     before = _snapshot(rig.warehouse)
     rig.sb.advance(36 * 3600)
-    run, release = _held(rig, "extract", models=True)
+    run, release = rig.spawn_held("extract", models=True)
     try:
         read = _read_once(rig.warehouse)
         assert read["ok"], f"a reader could not open the warehouse while the run fetches: {read['error']}"
@@ -82,7 +64,7 @@ def test_readers_work_while_the_run_fetches_and_are_refused_cleanly_while_it_wri
         con = duckdb.connect(str(rig.warehouse), read_only=True)
         try:
             release.touch()
-            _wait_for(lambda: "warehouse busy" in run.err.read_text(errors="replace") or not run.running(), 300,
+            wait_for(lambda: "warehouse busy" in run.err.read_text(errors="replace") or not run.running(), 300,
                       "the run to wait for the reader")
             assert run.running(), f"the run did not wait for the reader:\n{run.wait(60).describe()}"
             time.sleep(1.0)
@@ -100,7 +82,7 @@ def test_readers_work_while_the_run_fetches_and_are_refused_cleanly_while_it_wri
 
     # night 2, held inside the load's hold on the file: readers are refused at once, with a lock error
     rig.sb.advance(36 * 3600)
-    run, release = _held(rig, "load", models=False)
+    run, release = rig.spawn_held("load", models=False)
     try:
         read = _read_once(rig.warehouse)
         assert not read["ok"] and read["busy"], f"a reader during the load: {read}"

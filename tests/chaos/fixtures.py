@@ -39,6 +39,15 @@ def source_settings(**settings: Any) -> dict[str, str]:
     return env
 
 
+def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `pred` every 50 ms until it holds; fail the test after `timeout` seconds, naming `what`."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
 @dataclass
 class Rig:
     sb: Any
@@ -71,6 +80,18 @@ class Rig:
         if not models:
             args.append("--no-models")
         return self.etl.spawn(*args, env=env)
+
+    def spawn_held(self, stage: str, *, models: bool = False, timeout: float = 600) -> tuple[Any, Path]:
+        """A run (at -v) stopped at the first call of `stage` (pipelines/faultpoints.py) until the returned release
+        file exists: it is at that stage, holding whatever it holds there, for as long as the test needs."""
+        from pipelines.faultpoints import HOLD_ENV, HOLD_MARKER, HOLD_UNTIL_ENV
+
+        release = self.dir / f"release-{stage}-{time.monotonic_ns()}"
+        run = self.spawn(models=models, verbose=True, env={HOLD_ENV: stage, HOLD_UNTIL_ENV: str(release)})
+        wait_for(lambda: f"{HOLD_MARKER} {stage}" in run.err.read_text(errors="replace") or not run.running(),
+                 timeout, f"the run to reach {stage}")
+        assert run.running(), f"the run ended before reaching {stage}:\n{run.wait(60).describe()}"
+        return run, release
 
     def kill_while_fetching(self, nth: int, *, models: bool = True, timeout: float = 600) -> tuple[EtlRun, int | None]:
         """A run held at its `nth` fetched customer (crash point `extract:nth`, pipelines/faultpoints.py), i.e. while
